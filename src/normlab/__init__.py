@@ -1,0 +1,36 @@
+"""normlab: normalization layers for PyTorch as one family.
+
+Every normalizer computes ``y = gamma * (x - mean) / sqrt(var + eps) + beta``
+and differs only in the dims it reduces over, the dims its affine parameters
+cover, and whether it re-centers.  :mod:`normlab.functional` holds the one
+formula, :class:`normlab.Norm` the general module, and the named layers
+(:class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`, ...) are presets.
+"""
+
+from . import functional
+from .layers import (
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    LayerNorm2d,
+    Norm,
+    RMSNorm,
+    SyncBatchNorm,
+    convert,
+    freeze_batchnorm,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional", "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm",
+    "SyncBatchNorm", "convert", "freeze_batchnorm", "__version__",
+]

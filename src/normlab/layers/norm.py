@@ -1,0 +1,415 @@
+r"""The general normalizer: one module, every named normalizer a choice of axes."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as NF
+
+__all__ = ["Norm"]
+
+
+def _as_shape(shape: int | Sequence[int] | None) -> tuple[int, ...]:
+    if shape is None:
+        return ()
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 1 for s in shape):
+        raise ValueError(f"feature sizes must be >= 1, got {shape}")
+    return shape
+
+
+class Norm(nn.Module):
+    r"""Normalize over any set of dims, with affine parameters over any other set.
+
+    .. math::
+
+        y = \gamma \cdot \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} + \beta
+
+    where the mean and biased variance are taken over ``dims`` (or over every
+    dim except ``keep_dims``), and :math:`\gamma`, :math:`\beta` have shape
+    ``shape`` laid along the input dims ``param_dims``.  With
+    ``center=False`` the mean is not subtracted and the variance is replaced
+    by the mean square (RMSNorm).  With ``num_groups``, ``group_dim`` is cut
+    into that many contiguous groups and each group is reduced separately
+    (GroupNorm).  With ``track_running_stats``, the batch statistics are
+    folded into ``running_mean`` / ``running_var`` during training and used
+    instead of batch statistics in eval mode (BatchNorm).
+
+    Every named normalizer in normlab is this module with fixed arguments:
+
+    =================  ========================  ==================  ================
+    preset             reduces over (N,C,H,W)    reduces (B,T,D)     affine shape
+    =================  ========================  ==================  ================
+    BatchNorm          N, H, W                   B, T (channel_dim=-1) C / D
+    LayerNorm((C,H,W)) C, H, W                   --                  (C, H, W)
+    LayerNorm(D)       --                        D                   D
+    LayerNorm2d        C                         --                  C
+    InstanceNorm       H, W                      --                  C
+    GroupNorm(G)       C/G channels, H, W        --                  C
+    RMSNorm(D)         --                        D (no centering)    D
+    =================  ========================  ==================  ================
+
+    Args:
+        shape: sizes of the input along ``param_dims`` (the feature shape);
+            the affine parameters and running statistics have this shape.
+        dims: the dims to reduce over (negative counts from the end).
+        keep_dims: alternatively, the dims *not* to reduce over; every other
+            dim is reduced, whatever the input's rank (BatchNorm: ``(1,)``).
+        param_dims: the input dims ``shape`` lies along; default: the last
+            ``len(shape)`` dims.
+        center: subtract the mean (True) or not (RMSNorm, False).
+        eps: added to the variance; ``None`` means the machine epsilon of the
+            dtype the statistics are computed in (float32 for bf16/fp16 input,
+            as ``torch.nn.RMSNorm`` does).
+        affine: learnable scale ``weight`` (gamma), initialised to 1.
+        bias: learnable shift ``bias`` (beta), initialised to 0; only with ``affine``.
+        num_groups: reduce ``group_dim`` in this many contiguous groups.
+        group_dim: the dim split into groups; must be a reduced dim.
+        momentum: running-statistics EMA factor (``None``: cumulative average).
+            Not an optimizer momentum: ``running = (1 - momentum) * running +
+            momentum * batch``.
+        track_running_stats: keep running statistics and use them in eval mode.
+        zero_centered_gamma: store gamma as an offset from 1 (``weight`` is
+            initialised to 0 and the layer scales by ``1 + weight``), so weight
+            decay pulls gamma towards 1, not 0 (Gemma, Transformer Engine).
+        min_ndim: the smallest input rank accepted.
+
+    Shape:
+        - Input: ``(*)`` with rank >= ``min_ndim`` and ``shape`` along ``param_dims``.
+        - mask (optional, in ``forward``): bool, True = real element; either
+          the input's shape without ``param_dims``, or any shape that
+          broadcasts to the input.  Masked elements do not enter the
+          statistics (nor the running averages); they are still normalized
+          with the statistics of the real elements, so their output is finite.
+        - Output: same shape and dtype as the input.
+
+    Example::
+
+        >>> import torch
+        >>> from normlab import Norm
+        >>> x = torch.randn(8, 16, 5, 5)
+        >>> bn = Norm(16, keep_dims=(1,), param_dims=(1,), track_running_stats=True)
+        >>> torch.allclose(bn(x), torch.nn.BatchNorm2d(16)(x), atol=1e-5)
+        True
+        >>> ln_cnn = Norm((16, 5, 5), dims=(1, 2, 3))    # LayerNorm in a CNN
+        >>> gn = Norm(16, keep_dims=(0,), param_dims=(1,), num_groups=4)
+    """
+
+    _version = 2
+    #: the fewest values one statistic may see when batch statistics are used in training
+    _min_count_training = 1
+    #: input ranks a preset accepts (empty: any rank >= min_ndim), and how to name them in errors
+    #: whether training steps count into num_batches_tracked (torch's InstanceNorm does not count them)
+    _counts_batches = True
+    _ndims: tuple[int, ...] = ()
+    _ndims_hint = ""
+
+    def __init__(
+        self,
+        shape: int | Sequence[int] | None,
+        dims: int | Sequence[int] | None = None,
+        *,
+        keep_dims: int | Sequence[int] | None = None,
+        param_dims: int | Sequence[int] | None = None,
+        center: bool = True,
+        eps: float | None = 1e-5,
+        affine: bool = True,
+        bias: bool = True,
+        num_groups: int | None = None,
+        group_dim: int = 1,
+        momentum: float | None = 0.1,
+        track_running_stats: bool = False,
+        zero_centered_gamma: bool = False,
+        min_ndim: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.shape = _as_shape(shape)
+        if (dims is None) == (keep_dims is None):
+            raise ValueError("give exactly one of dims (to reduce over) or keep_dims (to keep), "
+                             f"got dims={dims!r}, keep_dims={keep_dims!r}")
+        self.dims = None if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+        self.keep_dims = None if keep_dims is None else (keep_dims,) if isinstance(keep_dims, int) else tuple(keep_dims)
+        if param_dims is None:
+            param_dims = tuple(range(-len(self.shape), 0))
+        self.param_dims = (param_dims,) if isinstance(param_dims, int) else tuple(param_dims)
+        if len(self.param_dims) != len(self.shape):
+            raise ValueError(f"param_dims={self.param_dims} must name one dim per entry of shape={self.shape}")
+        if eps is not None and not eps >= 0:
+            raise ValueError(f"eps must be >= 0 (or None for the dtype's machine epsilon), got {eps}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1] (or None for a cumulative average), got {momentum}")
+        if num_groups is not None and num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        if (affine or track_running_stats) and not self.shape:
+            raise ValueError("affine parameters and running statistics need the feature shape: pass shape")
+        if track_running_stats:
+            if not center:
+                raise ValueError("running statistics are only supported with center=True")
+            if num_groups is not None:
+                raise ValueError("running statistics are not supported with num_groups")
+        if bias and not affine:
+            bias = False  # no shift without a scale, as torch's affine=False
+        self.center = center
+        self.eps = eps
+        self.affine = affine
+        self.num_groups = num_groups
+        self.group_dim = group_dim
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        self.zero_centered_gamma = zero_centered_gamma
+        self.min_ndim = max(min_ndim, len(self.shape))
+        self.frozen = False
+        if affine:
+            self.weight = nn.Parameter(torch.empty(self.shape, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(self.shape, **factory_kwargs)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(self.shape, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(self.shape, **factory_kwargs))
+            self.register_buffer(
+                "num_batches_tracked",
+                torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory_kwargs.items() if k != "dtype"}),
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------- state
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            if self.zero_centered_gamma:
+                nn.init.zeros_(self.weight)
+            else:
+                nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints written before num_batches_tracked existed (as torch's _NormBase)
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def freeze(self) -> Norm:
+        """Use the running statistics and stop gamma/beta from learning, whatever ``.train()`` says.
+
+        A frozen layer normalizes with ``running_mean``/``running_var``, never
+        updates them, and its ``weight``/``bias`` have ``requires_grad=False``.
+        Unlike ``module.eval()``, the freeze survives a later ``.train()`` on
+        any parent module (the complaint of pytorch#66073).  Undo with
+        :meth:`unfreeze`.
+        """
+        if not self.track_running_stats:
+            raise ValueError(f"cannot freeze {type(self).__name__} without running statistics "
+                             "(track_running_stats=False): there is nothing to normalize with")
+        self.frozen = True
+        for p in (self.weight, self.bias):
+            if p is not None:
+                p.requires_grad_(False)
+        return self.train(self.training)
+
+    def unfreeze(self) -> Norm:
+        """Undo :meth:`freeze`: parameters learn again and ``.train()`` works as usual."""
+        self.frozen = False
+        for p in (self.weight, self.bias):
+            if p is not None:
+                p.requires_grad_(True)
+        return self
+
+    def train(self, mode: bool = True) -> Norm:
+        super().train(mode)
+        if self.frozen:
+            self.training = False
+        return self
+
+    # ------------------------------------------------------------- geometry
+    def _layout(self, x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Validate ``x`` and return (reduced dims, param dims) as non-negative ints."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} expects a floating-point input, got dtype {x.dtype}")
+        if self._ndims and x.ndim not in self._ndims:
+            want = " or ".join(f"{n}-D" for n in self._ndims)
+            raise ValueError(f"{name} expects a {want} input{self._ndims_hint}, "
+                             f"got a {x.ndim}-D input of shape {tuple(x.shape)}")
+        if x.ndim < self.min_ndim:
+            raise ValueError(f"{name} expects an input of at least {self.min_ndim} dims, "
+                             f"got a {x.ndim}-D input of shape {tuple(x.shape)}")
+        pdims = NF.resolve_dims(self.param_dims, x.ndim, what="param_dims") if self.shape else ()
+        got = tuple(x.shape[d] for d in pdims)
+        if got != self.shape:
+            where = ", ".join(str(d) for d in pdims)
+            raise ValueError(f"{name} expects size {self.shape} at dim(s) {where} of the input "
+                             f"(the feature dims), got an input of shape {tuple(x.shape)}")
+        if self.dims is not None:
+            rdims = NF.resolve_dims(self.dims, x.ndim)
+        else:
+            keep = NF.resolve_dims(self.keep_dims, x.ndim, what="keep_dims")
+            rdims = tuple(d for d in range(x.ndim) if d not in keep)
+        if self.num_groups is not None:
+            size = x.shape[NF.resolve_dims(self.group_dim, x.ndim, what="group_dim")[0]]
+            if size % self.num_groups:
+                raise ValueError(_group_error(self.num_groups, size))
+        return rdims, pdims
+
+    def _param_view(self, t: Tensor | None, x: Tensor, pdims: tuple[int, ...]) -> Tensor | None:
+        """Lay a ``shape``-shaped tensor along ``pdims`` of ``x`` for broadcasting."""
+        if t is None:
+            return None
+        view = [1] * x.ndim
+        for d, s in zip(pdims, self.shape):
+            view[d] = s
+        return t.view(view)
+
+    def _mask(self, mask: Tensor | None, x: Tensor, pdims: tuple[int, ...]) -> Tensor | None:
+        if mask is None:
+            return None
+        name = type(self).__name__
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"{name} mask must be a bool tensor (True = real element), got {got}")
+        if mask.ndim == x.ndim - len(pdims):
+            for d in pdims:
+                mask = mask.unsqueeze(d)
+        expected = tuple(1 if d in pdims else s for d, s in enumerate(x.shape))
+        ok = mask.ndim == x.ndim and all(m in (1, s) for m, s in zip(mask.shape, x.shape))
+        if not ok:
+            exp = tuple(s for d, s in enumerate(x.shape) if d not in pdims)
+            raise ValueError(f"{name} mask must have the input's shape without the feature dim(s), "
+                             f"{exp}, or broadcast to {expected}; got mask of shape "
+                             f"{tuple(mask.shape)} for input of shape {tuple(x.shape)}")
+        return mask.to(x.device)
+
+    # -------------------------------------------------------------- compute
+    def _eps(self, x: Tensor) -> float:
+        if self.eps is None:
+            return torch.finfo(NF.compute_dtype(x.dtype)).eps
+        return self.eps
+
+    def _use_batch_stats(self) -> bool:
+        return not self.track_running_stats or (self.training and not self.frozen)
+
+    def _updates_running_stats(self) -> bool:
+        return self.track_running_stats and self.training and not self.frozen
+
+    def _batch_moments(self, x: Tensor, rdims: tuple[int, ...], mask: Tensor | None):
+        """Batch statistics and the number of values behind each (SyncBatchNorm overrides this)."""
+        return NF.moments(x, rdims, center=self.center, mask=mask, return_count=True)
+
+    def _min_count(self) -> int:
+        """The fewest values a batch statistic may be computed from."""
+        return self._min_count_training if self.training else 1
+
+    def _check_count(self, count: Tensor | int, x: Tensor) -> None:
+        need = self._min_count()
+        least = count if isinstance(count, int) else int(count.min().item()) if count.numel() else 1
+        if least >= need:
+            return
+        name = type(self).__name__
+        if least == 0:
+            raise ValueError(f"{name}: the mask selects no element for at least one statistic "
+                             f"(input of shape {tuple(x.shape)}); every channel/instance needs a real element")
+        raise ValueError(f"{name} expected more than 1 value per statistic when training, got input of "
+                         f"shape {tuple(x.shape)} (1 value per channel: with batch size 1 the batch variance "
+                         "is 0 and the output would be all beta; use eval mode, a larger batch, or GroupNorm/LayerNorm)")
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor | int,
+                              rdims: tuple[int, ...], pdims: tuple[int, ...]) -> None:
+        with torch.no_grad():
+            if self._counts_batches or self.momentum is None:
+                self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            unbiased = var * (count / (count - 1).clamp_min(1)) if isinstance(count, Tensor) \
+                else var * (count / max(count - 1, 1))
+            # stats keep every non-reduced dim; dims that are neither reduced nor features
+            # (the batch dim of InstanceNorm) are averaged into the running statistics
+            extra = tuple(d for d in range(mean.ndim) if d not in rdims and d not in pdims)
+            bmean = mean.mean(extra, keepdim=True) if extra else mean
+            bvar = unbiased.mean(extra, keepdim=True) if extra else unbiased
+            bmean = bmean.reshape(self.shape).to(self.running_mean.dtype)
+            bvar = bvar.reshape(self.shape).to(self.running_var.dtype)
+            finite = torch.isfinite(bmean) & torch.isfinite(bvar)
+            new_mean = torch.lerp(self.running_mean, bmean, factor)
+            new_var = torch.lerp(self.running_var, bvar, factor)
+            self.running_mean.copy_(torch.where(finite, new_mean, self.running_mean))
+            self.running_var.copy_(torch.where(finite, new_var, self.running_var))
+            if not torch.compiler.is_compiling() and not bool(finite.all()):
+                bad = (~finite).nonzero().flatten().tolist()[:10]
+                warnings.warn(f"{type(self).__name__}: non-finite batch statistics (NaN/inf in the input) at "
+                              f"feature index {bad}; their running statistics were left unchanged",
+                              RuntimeWarning, stacklevel=4)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        rdims, pdims = self._layout(x)
+        mask = self._mask(mask, x, pdims)
+        weight, bias = self.weight, self.bias
+        if self.frozen:  # no gradient to gamma/beta, even if someone re-enabled requires_grad
+            weight = None if weight is None else weight.detach()
+            bias = None if bias is None else bias.detach()
+        if weight is not None and self.zero_centered_gamma:
+            weight = weight + 1
+        weight = self._param_view(weight, x, pdims)
+        bias = self._param_view(bias, x, pdims)
+        eps = self._eps(x)
+        if not self._use_batch_stats():
+            stats = (self._param_view(self.running_mean, x, pdims), self._param_view(self.running_var, x, pdims))
+            return NF.normalize(x, rdims, weight, bias, eps=eps, stats=stats)
+        if self.num_groups is not None:
+            if mask is not None:
+                self._check_count(mask.expand(x.shape).sum(rdims), x)
+            return NF.normalize(x, rdims, weight, bias, center=self.center, eps=eps, mask=mask,
+                                num_groups=self.num_groups, group_dim=self.group_dim)
+        mean, var, count = self._batch_moments(x, rdims, mask)
+        if x.numel() == 0 and isinstance(count, int):
+            if self._updates_running_stats():
+                self.num_batches_tracked.add_(1)  # as torch: an empty batch counts, but moves nothing
+            return NF.affine(x.to(NF.compute_dtype(x.dtype)), weight, bias).to(x.dtype)
+        self._check_count(count, x)
+        if self._updates_running_stats():
+            self._update_running_stats(mean, var, count, rdims, pdims)
+        return NF.normalize(x, rdims, weight, bias, center=self.center, eps=eps, stats=(mean, var))
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.shape}"]
+        parts.append(f"dims={self.dims}" if self.dims is not None else f"keep_dims={self.keep_dims}")
+        parts.append(f"param_dims={self.param_dims}")
+        parts.append(f"center={self.center}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}")
+        if self.num_groups is not None:
+            parts.append(f"num_groups={self.num_groups}, group_dim={self.group_dim}")
+        parts.append(f"momentum={self.momentum}, track_running_stats={self.track_running_stats}")
+        parts.append(f"zero_centered_gamma={self.zero_centered_gamma}")
+        if self.frozen:
+            parts.append("frozen=True")
+        return ", ".join(parts)
+
+
+def _group_error(num_groups: int, num_channels: int) -> str:
+    valid = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
+    return (f"GroupNorm needs num_channels divisible by num_groups: got {num_channels} channels, "
+            f"{num_groups} groups (valid group counts: {', '.join(map(str, valid))})")
