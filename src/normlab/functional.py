@@ -43,7 +43,7 @@ from math import prod
 import torch
 from torch import Tensor
 
-__all__ = ["compute_dtype", "resolve_dims", "moments", "normalize", "affine"]
+__all__ = ["compute_dtype", "resolve_dims", "moments", "normalize", "normalize_with", "affine"]
 
 Dims = int | Sequence[int]
 
@@ -88,6 +88,36 @@ def _broadcast_mask(mask: Tensor, x: Tensor) -> Tensor:
         ) from None
 
 
+def _stats(x: Tensor, dims: tuple[int, ...], center: bool, mask: Tensor | None):
+    """``(shift, corr, var, count)`` in compute dtype, with mean = shift + corr.
+
+    ``shift`` is the first-pass mean and ``corr`` the mean of ``x - shift``;
+    they are kept apart because adding ``corr`` back into a large ``shift``
+    (|mean| >> spread) would round it away again.  ``x - shift`` is exact
+    for elements near the mean (Sterbenz), so ``(x - shift) - corr`` keeps
+    the digits that ``x - (shift + corr)`` loses.
+    """
+    xc = x.to(compute_dtype(x.dtype))
+    if mask is None:
+        count: Tensor | int = prod(x.shape[d] for d in dims)
+        n = max(count, 1)
+        keep = None
+    else:
+        keep = _broadcast_mask(mask, x)
+        count = keep.sum(dims, keepdim=True, dtype=xc.dtype)
+        n = count.clamp_min(1)
+        xc = xc.masked_fill(~keep, 0)
+    if not center:
+        return None, None, xc.square().sum(dims, keepdim=True) / n, count
+    shift = xc.sum(dims, keepdim=True) / n
+    d = xc - shift
+    if keep is not None:
+        d = d.masked_fill(~keep, 0)
+    corr = d.sum(dims, keepdim=True) / n
+    var = (d.square().sum(dims, keepdim=True) / n - corr.square()).clamp_min(0)
+    return shift, corr, var, count
+
+
 def moments(
     x: Tensor,
     dims: Dims,
@@ -112,35 +142,28 @@ def moments(
         of ``x.dtype``, each of ``x``'s shape with ``dims`` set to 1.  A
         statistic over zero elements is 0 (mean) and 0 (variance).
     """
-    dims = resolve_dims(dims, x.ndim)
-    xc = x.to(compute_dtype(x.dtype))
-    if mask is None:
-        count: Tensor | int = prod(x.shape[d] for d in dims)
-        n = max(count, 1)
-        if center:
-            mean = xc.sum(dims, keepdim=True) / n
-            d = xc - mean
-            c = d.sum(dims, keepdim=True) / n
-            var = (d.square().sum(dims, keepdim=True) / n - c.square()).clamp_min(0)
-            mean = mean + c
-        else:
-            mean, var = None, xc.square().sum(dims, keepdim=True) / n
-    else:
-        keep = _broadcast_mask(mask, x)
-        count = keep.sum(dims, keepdim=True, dtype=xc.dtype)
-        n = count.clamp_min(1)
-        xz = xc.masked_fill(~keep, 0)
-        if center:
-            mean = xz.sum(dims, keepdim=True) / n
-            d = (xc - mean).masked_fill(~keep, 0)
-            c = d.sum(dims, keepdim=True) / n
-            var = (d.square().sum(dims, keepdim=True) / n - c.square()).clamp_min(0)
-            mean = mean + c
-        else:
-            mean, var = None, xz.square().sum(dims, keepdim=True) / n
-    if return_count:
-        return mean, var, count
-    return mean, var
+    shift, corr, var, count = _stats(x, resolve_dims(dims, x.ndim), center, mask)
+    mean = None if shift is None else shift + corr
+    return (mean, var, count) if return_count else (mean, var)
+
+
+def normalize_with(x: Tensor, shift: Tensor | None, var: Tensor, weight: Tensor | None = None,
+                   bias: Tensor | None = None, *, eps: float, corr: Tensor | None = None) -> Tensor:
+    """``weight * ((x - shift) - corr) / sqrt(var + eps) + bias`` with given statistics, in ``x``'s dtype.
+
+    ``shift=None`` means no centering (RMSNorm); ``corr`` is an optional
+    small correction of the mean (see :func:`moments`).  Statistics,
+    weight and bias must broadcast to ``x``.
+    """
+    _check_eps(eps)
+    cdtype = compute_dtype(x.dtype)
+    xc = x.to(cdtype)
+    rstd = torch.rsqrt(var.to(cdtype) + eps)
+    if shift is not None:
+        xc = xc - shift.to(cdtype)
+        if corr is not None:
+            xc = xc - corr.to(cdtype)
+    return affine(xc * rstd, weight, bias).to(x.dtype)
 
 
 def affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -198,27 +221,22 @@ def normalize(
         - x: ``(*)``, any shape; output: same.
     """
     _check_eps(eps)
-    cdtype = compute_dtype(x.dtype)
     if stats is not None:
         mean, var = stats
-        xc = x.to(cdtype)
-    elif num_groups is not None:
-        rdims = resolve_dims(dims, x.ndim)
-        g = resolve_dims(group_dim, x.ndim, what="group_dim")[0]
-        if g not in rdims:
-            raise ValueError(f"group_dim={group_dim} must be one of the reduced dims {rdims}")
-        size = x.shape[g]
-        if num_groups < 1 or size % num_groups:
-            raise ValueError(f"cannot split dim {g} of size {size} into {num_groups} equal groups")
-        xg = _split_groups(x, g, num_groups)
-        mg = None if mask is None else _split_groups(_broadcast_mask(mask, x), g, num_groups)
-        gdims = tuple(d if d < g else d + 1 for d in rdims)  # reduce inside each group, keep the group index
-        mean, var = moments(xg, gdims, center=center, mask=mg)
-        xc = xg.to(cdtype)
-    else:
-        mean, var = moments(x, dims, center=center, mask=mask)
-        xc = x.to(cdtype)
-    rstd = torch.rsqrt(var.to(cdtype) + eps)
-    y = (xc - mean.to(cdtype)) * rstd if center else xc * rstd
-    y = y.reshape(x.shape)
+        return normalize_with(x, mean if center else None, var, weight, bias, eps=eps)
+    if num_groups is None:
+        shift, corr, var, _ = _stats(x, resolve_dims(dims, x.ndim), center, mask)
+        return normalize_with(x, shift, var, weight, bias, eps=eps, corr=corr)
+    rdims = resolve_dims(dims, x.ndim)
+    g = resolve_dims(group_dim, x.ndim, what="group_dim")[0]
+    if g not in rdims:
+        raise ValueError(f"group_dim={group_dim} must be one of the reduced dims {rdims}")
+    size = x.shape[g]
+    if num_groups < 1 or size % num_groups:
+        raise ValueError(f"cannot split dim {g} of size {size} into {num_groups} equal groups")
+    xg = _split_groups(x, g, num_groups)
+    mg = None if mask is None else _split_groups(_broadcast_mask(mask, x), g, num_groups)
+    gdims = tuple(d if d < g else d + 1 for d in rdims)  # reduce inside each group, keep the group index
+    shift, corr, var, _ = _stats(xg, gdims, center, mg)
+    y = normalize_with(xg.to(compute_dtype(x.dtype)), shift, var, eps=eps, corr=corr).reshape(x.shape)
     return affine(y, weight, bias).to(x.dtype)

@@ -294,6 +294,7 @@ class Norm(nn.Module):
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"{name} mask must be a bool tensor (True = real element), got {got}")
+        given = tuple(mask.shape)
         if mask.ndim == x.ndim - len(pdims):
             for d in pdims:
                 mask = mask.unsqueeze(d)
@@ -303,7 +304,7 @@ class Norm(nn.Module):
             exp = tuple(s for d, s in enumerate(x.shape) if d not in pdims)
             raise ValueError(f"{name} mask must have the input's shape without the feature dim(s), "
                              f"{exp}, or broadcast to {expected}; got mask of shape "
-                             f"{tuple(mask.shape)} for input of shape {tuple(x.shape)}")
+                             f"{given} for input of shape {tuple(x.shape)}")
         return mask.to(x.device)
 
     # -------------------------------------------------------------- compute
@@ -319,8 +320,8 @@ class Norm(nn.Module):
         return self.track_running_stats and self.training and not self.frozen
 
     def _batch_moments(self, x: Tensor, rdims: tuple[int, ...], mask: Tensor | None):
-        """Batch statistics and the number of values behind each (SyncBatchNorm overrides this)."""
-        return NF.moments(x, rdims, center=self.center, mask=mask, return_count=True)
+        """Batch statistics ``(shift, corr, var, count)``, mean = shift + corr (SyncBatchNorm overrides this)."""
+        return NF._stats(x, rdims, self.center, mask)
 
     def _min_count(self) -> int:
         """The fewest values a batch statistic may be computed from."""
@@ -378,22 +379,22 @@ class Norm(nn.Module):
         bias = self._param_view(bias, x, pdims)
         eps = self._eps(x)
         if not self._use_batch_stats():
-            stats = (self._param_view(self.running_mean, x, pdims), self._param_view(self.running_var, x, pdims))
-            return NF.normalize(x, rdims, weight, bias, eps=eps, stats=stats)
+            return NF.normalize_with(x, self._param_view(self.running_mean, x, pdims),
+                                     self._param_view(self.running_var, x, pdims), weight, bias, eps=eps)
         if self.num_groups is not None:
             if mask is not None:
                 self._check_count(mask.expand(x.shape).sum(rdims), x)
             return NF.normalize(x, rdims, weight, bias, center=self.center, eps=eps, mask=mask,
                                 num_groups=self.num_groups, group_dim=self.group_dim)
-        mean, var, count = self._batch_moments(x, rdims, mask)
+        shift, corr, var, count = self._batch_moments(x, rdims, mask)
         if x.numel() == 0 and isinstance(count, int):
             if self._updates_running_stats():
                 self.num_batches_tracked.add_(1)  # as torch: an empty batch counts, but moves nothing
             return NF.affine(x.to(NF.compute_dtype(x.dtype)), weight, bias).to(x.dtype)
         self._check_count(count, x)
         if self._updates_running_stats():
-            self._update_running_stats(mean, var, count, rdims, pdims)
-        return NF.normalize(x, rdims, weight, bias, center=self.center, eps=eps, stats=(mean, var))
+            self._update_running_stats(shift + corr, var, count, rdims, pdims)
+        return NF.normalize_with(x, shift, var, weight, bias, eps=eps, corr=corr)
 
     def extra_repr(self) -> str:
         parts = [f"{self.shape}"]

@@ -117,7 +117,7 @@ class SyncBatchNorm(BatchNorm):
         sums = all_reduce_sum(torch.stack([d.sum(rdims, keepdim=True), d.square().sum(rdims, keepdim=True)]), group)
         c = sums[0] / n.clamp_min(1)
         var = (sums[1] / n.clamp_min(1) - c.square()).clamp_min(0)
-        return mean + c, var, n
+        return mean, c, var, n
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", process_group=custom" if self.process_group is not None else "")
