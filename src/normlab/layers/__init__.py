@@ -1,7 +1,7 @@
 """normlab's normalization modules: the general :class:`Norm` and its named presets."""
 
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, freeze_batchnorm
-from .convert import convert
+from .conversion import convert
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm, LayerNorm2d

@@ -120,7 +120,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         >>> net[1].training, net[1].weight.requires_grad
         (False, False)
     """
-    from .convert import BATCHNORM_TYPES, convert
+    from .conversion import BATCHNORM_TYPES, convert
 
     module = convert(module, types=BATCHNORM_TYPES)
     for m in module.modules():

@@ -139,7 +139,7 @@ class SyncBatchNorm(BatchNorm):
             >>> type(net[1]).__name__
             'SyncBatchNorm'
         """
-        from .convert import BATCHNORM_TYPES, _replace, _swap, convert
+        from .conversion import BATCHNORM_TYPES, _replace, _swap, convert
 
         module = convert(module, types=BATCHNORM_TYPES)
 

@@ -131,11 +131,8 @@ def convert(module: nn.Module, *, types: Iterable[type] | None = None) -> nn.Mod
                         f"{', '.join(t.__name__ for t in CONVERTIBLE_TYPES)}")
 
     def to_twin(m: nn.Module) -> nn.Module | None:
-        if type(m) not in wanted:
+        if type(m) not in wanted:  # a lazy layer becomes its torch type at its first forward
             return None
-        if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*m.parameters(recurse=False),
-                                                                              *m.buffers(recurse=False))):
-            raise ValueError(f"cannot convert an uninitialized lazy {type(m).__name__}: run one forward first")
         return _swap(m, _BUILDERS[type(m)](m))
 
     return _replace(module, to_twin)
