@@ -33,3 +33,11 @@ def test_bad_numbers_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--repeats", "0"])
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_with_compile_anchor(capsys):
+    assert main(["bench", "--quick", "--repeats", "2", "--cases", "RMSNorm", "--silent"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("RMSNorm") and "fwd+bwd" in line)
+    assert row.split()[5] != "-"  # the compiled column holds a time

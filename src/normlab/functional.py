@@ -38,8 +38,6 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import prod
-
 import torch
 from torch import Tensor
 
@@ -71,6 +69,14 @@ def resolve_dims(dims: Dims, ndim: int, *, what: str = "dims") -> tuple[int, ...
     return tuple(sorted(out))
 
 
+def numel_over(shape: Sequence[int], dims: Sequence[int]) -> int:
+    """Number of elements of ``shape`` along ``dims`` (a plain loop: torch.compile traces it)."""
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
+
+
 def _check_eps(eps: float) -> None:
     if not eps >= 0:  # also catches NaN
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -99,7 +105,7 @@ def _stats(x: Tensor, dims: tuple[int, ...], center: bool, mask: Tensor | None):
     """
     xc = x.to(compute_dtype(x.dtype))
     if mask is None:
-        count: Tensor | int = prod(x.shape[d] for d in dims)
+        count: Tensor | int = numel_over(x.shape, dims)
         n = max(count, 1)
         keep = None
     else:

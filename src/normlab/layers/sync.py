@@ -2,8 +2,6 @@ r"""SyncBatchNorm: BatchNorm whose statistics span every process of a ``torch.di
 
 from __future__ import annotations
 
-from math import prod
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -101,7 +99,7 @@ class SyncBatchNorm(BatchNorm):
         if mask is None:
             keep = None
             count = xc.new_full([1 if d in rdims else s for d, s in enumerate(x.shape)],
-                                float(prod(x.shape[d] for d in rdims)))
+                                float(NF.numel_over(x.shape, rdims)))
         else:
             keep = mask.expand(x.shape)
             count = keep.sum(rdims, keepdim=True, dtype=xc.dtype)
