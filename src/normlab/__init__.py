@@ -13,6 +13,7 @@ from .layers import (
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
+    DyT,
     GroupNorm,
     InstanceNorm,
     InstanceNorm1d,
@@ -22,9 +23,11 @@ from .layers import (
     LayerNorm2d,
     Norm,
     RMSNorm,
+    ScaleNorm,
     SyncBatchNorm,
     convert,
     freeze_batchnorm,
+    weight_norm,
 )
 
 __version__ = "0.1.0"
@@ -32,5 +35,5 @@ __version__ = "0.1.0"
 __all__ = [
     "functional", "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm",
-    "SyncBatchNorm", "convert", "freeze_batchnorm", "__version__",
+    "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "__version__",
 ]

@@ -1,0 +1,95 @@
+"""Training configuration, a dataclass passed whole."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        steps: optimizer steps.
+        lr: peak learning rate.
+        optimizer: "adamw" or "sgd".
+        betas, eps: AdamW's (Xiong et al. used (0.9, 0.98)).
+        weight_decay: decoupled weight decay (AdamW) / L2 (SGD), on matrices only.
+        momentum: SGD's momentum.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: after warm-up, "cosine" (to ``min_lr_ratio * lr`` at the last
+            step) or "constant".
+        grad_clip: max global gradient norm (None: no clipping).
+        seed: seeds parameters' dropout, data order and sampling.
+        threads: torch CPU threads (None: leave torch's setting).
+        log_every: record loss/lr/grad-norm every this many steps.
+        eval_every: evaluate every this many steps (0: at the end only).
+        eval_batches: batches per evaluation (language models).
+        instruments: names from :data:`normlab.train.INSTRUMENTS` to record.
+        instrument_every: record instruments every this many steps (0: first and last step only).
+        diverge_factor: a run is diverged when the loss is NaN/inf, or when its
+            moving average exceeds ``diverge_factor`` x the initial loss.
+        progress: show a progress bar (None: only on a terminal).
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    threads: int | None = None
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 10
+    instruments: tuple[str, ...] = field(default_factory=tuple)
+    instrument_every: int = 0
+    diverge_factor: float = 1.5
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not self.diverge_factor > 1:
+            raise ValueError(f"diverge_factor must be > 1, got {self.diverge_factor}")
+        from .instruments import INSTRUMENTS
+
+        unknown = [i for i in self.instruments if i not in INSTRUMENTS]
+        if unknown:
+            raise ValueError(f"unknown instruments {unknown}; choose from {', '.join(INSTRUMENTS)}")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the peak lr at ``step`` (0-based): linear warm-up, then cosine or constant."""
+        import math
+
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        span = max(1, self.steps - self.warmup_steps - 1)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        d["instruments"] = list(self.instruments)
+        return d
