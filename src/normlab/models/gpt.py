@@ -274,7 +274,8 @@ class GPT(nn.Module):
     - mask: (B, T) bool, True = real token (padding is kept out of BatchNorm
       statistics and of attention).
     - doc_ids: (B, T) long document index per token for packed rows:
-      attention stays inside a document.
+      attention stays inside a document and positions restart at 0 at
+      each document, so a document is treated as if it were alone.
 
     Returns logits (B, T, vocab_size), or ``(logits, loss)`` with targets.
     """
@@ -375,6 +376,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
         ctx = self._context(idx, mask, doc_ids)
         pos = torch.arange(T, device=idx.device)
+        if doc_ids is not None:  # positions restart at each packed document: (B, T)
+            start = doc_ids != torch.cat([doc_ids[:, :1] - 1, doc_ids[:, :-1]], dim=1)
+            pos = pos - torch.where(start, pos, torch.zeros_like(pos)).cummax(dim=1).values
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, D)
         for block in self.blocks:
             x = block(x, ctx)
