@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,6 @@ class GPTConfig:
     init_scale: float = 1.0
     z_loss: float = 0.0
     mup_base_width: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def placements(self) -> list[str]:
         p = [self.placement] * self.n_layer if isinstance(self.placement, str) else list(self.placement)
