@@ -47,6 +47,128 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_dir(path: str) -> str | None:
+    """None if ``path`` is (or can be made) a writable directory, else the reason."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {path}: {e.strerror}"
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def _context(args: argparse.Namespace) -> dict | None:
+    if not getattr(args, "text", None):
+        return None
+    from .data import text
+
+    text(args.text)  # validates: exists, UTF-8, long enough (raises with the reason)
+    return {"text": os.path.abspath(args.text)}
+
+
+def _progress_log(total_hint: str):
+    """Plain progress lines (one per finished run) on stderr."""
+    def log(summary: dict, done: int, total: int) -> None:
+        extra = "" if summary["status"] == "ok" else f"  {summary['error'].strip().splitlines()[-1]}"
+        print(f"[{done}/{total}] {summary['claim']} {summary['name']} seed {summary['seed']}: "
+              f"{summary['status']} ({summary['wall_time_s']:.1f} s){extra}", file=sys.stderr, flush=True)
+    return log
+
+
+def _experiments(args):
+    from .experiments import parse_claims
+
+    return parse_claims(getattr(args, "claims", None) or getattr(args, "claim", None))
+
+
+def _fail(cmd: str, message: str) -> int:
+    print(f"normlab {cmd}: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .experiments import all_experiments
+    from .experiments.suite import status_of
+
+    for claim, exp in all_experiments().items():
+        print(f"{claim}  {exp.title}\n      records in {args.out}: {status_of(exp, args.out)}")
+    return 0
+
+
+def _run_and_judge(args: argparse.Namespace, cmd: str):
+    import time
+
+    from .experiments.suite import judge, run_missing
+
+    try:
+        exps = _experiments(args)
+        context = _context(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        return _fail(cmd, str(e).strip("'\"")), None
+    reason = _writable_dir(args.out)
+    if reason:
+        return _fail(cmd, reason), None
+    mode = "quick" if args.quick else "full"
+    start = time.perf_counter()
+    run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context,
+                log=_progress_log(mode))
+    plots = os.path.join(args.out, "plots")
+    results = [judge(e, mode, args.out, seeds=args.seeds, plots_dir=plots, context=context) for e in exps]
+    return 0, (results, mode, time.perf_counter() - start)
+
+
+def _print_results(results: list[dict]) -> None:
+    for r in results:
+        v = r["verdict"]
+        print(f"{r['claim']} [{v['status']}] {r['title']}\n  {v['summary']}\n  rule: {v['rule']}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    rc, payload = _run_and_judge(args, "run")
+    if payload:
+        _print_results(payload[0])
+    return rc
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    rc, payload = _run_and_judge(args, "report")
+    if not payload:
+        return rc
+    results, mode, took = payload
+    path = render(results, args.out, mode=mode, wall_time_s=took)
+    _print_results(results)
+    print(f"\nreport: {path}  ({took / 60:.1f} min)")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .experiments.suite import judge
+
+    try:
+        exps = _experiments(args)
+        context = _context(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        return _fail("show", str(e).strip("'\""))
+    mode = "quick" if args.quick else "full"
+    _print_results([judge(e, mode, args.out, seeds=args.seeds, context=context) for e in exps])
+    return 0
+
+
+def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
+    p.add_argument("--quick", action="store_true", help="the quick mode (small models, few steps, 2 seeds)")
+    p.add_argument("--out", default="normlab-out", help="output directory: records, plots, report "
+                                                        "(default: normlab-out)")
+    p.add_argument("--seeds", type=_positive_int, default=None, help="seeds per config (default: the mode's)")
+    p.add_argument("--text", default=None, metavar="PATH", help="a UTF-8 text file to use instead of the "
+                                                               "default corpus for the language-model claims")
+    if run:
+        p.add_argument("--workers", type=_positive_int, default=None,
+                       help="worker processes (default: fill the cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -65,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=_cmd_bench)
+
+    lst = sub.add_parser("list", help="the claims and how many of their runs have records")
+    lst.add_argument("--out", default="normlab-out")
+    lst.set_defaults(func=_cmd_list)
+    run = sub.add_parser("run", help="run one claim's experiment (what is missing) and print its verdict")
+    run.add_argument("claim", help="a claim id such as C21 (or several: C21,C22)")
+    _add_suite_args(run)
+    run.set_defaults(func=_cmd_run)
+    rep = sub.add_parser("report", help="run what is missing, then write the HTML report")
+    rep.add_argument("--claims", default=None, help="comma-separated claim ids (default: all)")
+    _add_suite_args(rep)
+    rep.set_defaults(func=_cmd_report)
+    show = sub.add_parser("show", help="print a claim's verdict from the records already there")
+    show.add_argument("claim")
+    _add_suite_args(show, run=False)
+    show.set_defaults(func=_cmd_show)
     return parser
 
 

@@ -50,8 +50,11 @@ class GPTConfig:
         dropout: on attention weights and residual branches.
         bias: biases in the linear layers.
         tie_weights: share the token embedding with the output head.
+        init: "gpt2" (normal(0, init_std), residual-branch outputs / sqrt(2 n_layer)) or
+            "xavier" (Xavier-normal block matrices, as Xiong et al. 2020 and the original
+            Transformer; embeddings stay normal(0, init_std)).
         init_std: std of the normal init of weights (GPT-2: 0.02).
-        init_scale: multiplies init_std (claim C31 sweeps it).
+        init_scale: multiplies every initial weight's scale (claim C31 sweeps it).
         z_loss: coefficient of the z-loss mean(logsumexp(logits)^2) added to the loss.
         mup_base_width: if set, muP-style width scaling relative to this
             d_model: hidden init std / sqrt(m), hidden Adam lr / m, output
@@ -72,6 +75,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_weights: bool = True
+    init: str = "gpt2"
     init_std: float = 0.02
     init_scale: float = 1.0
     z_loss: float = 0.0
@@ -90,6 +94,8 @@ class GPTConfig:
         for p in self.placements():
             if p not in PLACEMENTS:
                 raise ValueError(f"unknown placement {p!r}; choose one of {', '.join(PLACEMENTS)}")
+        if self.init not in ("gpt2", "xavier"):
+            raise ValueError(f"init must be gpt2 or xavier, got {self.init!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         for k in ("n_layer", "d_model", "n_head", "block_size", "vocab_size"):
@@ -305,6 +311,8 @@ class GPT(nn.Module):
                 continue
             if name.startswith(("wte", "wpe", "lm_head")):
                 nn.init.normal_(p, 0.0, std)
+            elif cfg.init == "xavier":
+                nn.init.xavier_normal_(p, gain=cfg.init_scale / math.sqrt(self.width_mult))
             elif name.endswith("c_proj.weight"):  # residual-branch outputs, GPT-2's 1/sqrt(2 n_layer)
                 nn.init.normal_(p, 0.0, hidden_std / math.sqrt(2 * cfg.n_layer))
             else:

@@ -1,0 +1,51 @@
+"""Claim id -> experiment.  Importing the claim modules registers their experiments."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from .spec import Experiment
+
+__all__ = ["register", "get", "all_experiments", "parse_claims"]
+
+_REGISTRY: dict[str, Experiment] = {}
+_MODULES = ("normlab.experiments.transformer",)
+_loaded = False
+
+
+def register(exp: Experiment) -> Experiment:
+    if not re.fullmatch(r"C\d\d", exp.claim):
+        raise ValueError(f"claim ids look like C01..C34, got {exp.claim!r}")
+    if exp.claim in _REGISTRY:
+        raise ValueError(f"claim {exp.claim} is registered twice")
+    _REGISTRY[exp.claim] = exp
+    return exp
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for m in _MODULES:
+            importlib.import_module(m)
+        _loaded = True
+
+
+def all_experiments() -> dict[str, Experiment]:
+    _load()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(claim: str) -> Experiment:
+    exps = all_experiments()
+    key = claim.strip().upper()
+    if key not in exps:
+        raise KeyError(f"unknown claim id {claim!r}; implemented: {', '.join(exps)}")
+    return exps[key]
+
+
+def parse_claims(text: str | None) -> list[Experiment]:
+    """"C18,C22" -> those experiments (all when None); unknown ids raise KeyError naming the known ones."""
+    if not text:
+        return list(all_experiments().values())
+    return [get(c) for c in text.split(",") if c.strip()]

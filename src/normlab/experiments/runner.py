@@ -1,0 +1,134 @@
+"""Run experiments' runs in a local process pool, one atomically written record per run, resumable.
+
+Records live at ``<out>/records/<claim>/<name>-s<seed>-<key>.json`` where
+the key hashes claim, config, seed and code version.  A run whose record
+exists with status ``ok`` is never run again, so an interrupted ``normlab
+report`` (Ctrl-C, or SIGKILL) loses nothing that finished and redoes
+nothing; a record is written whole or not at all (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+
+from ..train.record import environment, write_record
+from .spec import Experiment, Run
+
+__all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers"]
+
+
+def record_path(out: str, run: Run, code_version: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.name)
+    return os.path.join(out, "records", run.claim, f"{safe}-s{run.seed}-{run.key(code_version)}.json")
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def load_records(out: str, exp: Experiment, mode: str, seeds: int | None = None,
+                 context: dict | None = None) -> list[dict]:
+    """The finished records of this experiment's runs in ``mode`` (current code version only)."""
+    version = exp.code_version()
+    records = []
+    for run in exp.runs(mode, seeds, context):
+        rec = _read(record_path(out, run, version))
+        if rec is not None and rec.get("status") == "ok":
+            records.append(rec)
+    return records
+
+
+def pending_runs(out: str, exp: Experiment, mode: str, seeds: int | None = None,
+                 context: dict | None = None) -> list[Run]:
+    version = exp.code_version()
+    return [r for r in exp.runs(mode, seeds, context)
+            if (_read(record_path(out, r, version)) or {}).get("status") != "ok"]
+
+
+def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_version: str, threads: int) -> dict:
+    """Worker: perform one run and write its record (also when it fails)."""
+    import torch
+
+    from . import registry
+
+    torch.set_num_threads(threads)
+    exp = registry.get(claim)
+    start = time.perf_counter()
+    record = {"claim": claim, "name": name, "seed": seed, "config": config, "mode": config.get("mode"),
+              "code_version": code_version, "status": "ok", "result": None, "error": None}
+    try:
+        torch.manual_seed(seed)
+        record["result"] = exp.run(dict(config), seed)
+    except Exception:
+        record["status"], record["error"] = "failed", traceback.format_exc()
+    record["wall_time_s"] = time.perf_counter() - start
+    record["env"] = environment()
+    write_record(path, record)
+    return {"claim": claim, "name": name, "seed": seed, "status": record["status"],
+            "wall_time_s": record["wall_time_s"], "error": record["error"]}
+
+
+def plan_workers(workers: int | None, threads: int) -> tuple[int, int]:
+    """(workers, threads per worker): by default fill the cores, each worker with the threads its runs want."""
+    cores = os.cpu_count() or 1
+    threads = max(1, min(threads, cores))
+    if workers is None:
+        workers = max(1, cores // threads)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return workers, threads
+
+
+def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int | None = None,
+                 log: Callable[[dict, int, int], None] | None = None) -> list[dict]:
+    """Run ``jobs`` (experiment, run) in a process pool; return one summary per finished run.
+
+    Runs whose ``ok`` record exists are skipped by the caller (see
+    :func:`pending_runs`).  Ctrl-C cancels what has not started and lets the
+    pool stop; finished records stay.
+    """
+    if not jobs:
+        return []
+    os.makedirs(out, exist_ok=True)
+    threads = max(exp.threads for exp, _ in jobs)
+    n_workers, n_threads = plan_workers(workers, threads)
+    summaries = []
+    total = len(jobs)
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
+        futures = {}
+        for exp, run in jobs:
+            version = exp.code_version()
+            fut = pool.submit(_execute, run.claim, run.name, run.config, run.seed,
+                              record_path(out, run, version), version, n_threads)
+            futures[fut] = run
+        try:
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        summary = fut.result()
+                    except Exception as e:  # the worker itself died
+                        run = futures[fut]
+                        summary = {"claim": run.claim, "name": run.name, "seed": run.seed, "status": "failed",
+                                   "wall_time_s": 0.0, "error": f"worker died: {e!r}"}
+                    summaries.append(summary)
+                    if log:
+                        log(summary, len(summaries), total)
+        except KeyboardInterrupt:
+            for fut in futures:
+                fut.cancel()
+            print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
+            raise
+    return summaries

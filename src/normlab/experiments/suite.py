@@ -1,0 +1,55 @@
+"""Run what is missing, then judge: the steps behind ``normlab run`` and ``normlab report``."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+
+from .runner import execute_runs, load_records, pending_runs
+from .spec import Experiment, Verdict
+
+__all__ = ["run_missing", "judge", "status_of"]
+
+
+def run_missing(exps: list[Experiment], mode: str, out: str, *, workers: int | None = None,
+                seeds: int | None = None, context: dict | None = None, log: Callable | None = None) -> list[dict]:
+    """Run every run of ``exps`` in ``mode`` that has no finished record yet; return their summaries."""
+    jobs = [(exp, run) for exp in exps for run in pending_runs(out, exp, mode, seeds, context)]
+    return execute_runs(out, jobs, workers=workers, log=log)
+
+
+def judge(exp: Experiment, mode: str, out: str, *, seeds: int | None = None, plots_dir: str | None = None,
+          context: dict | None = None) -> dict:
+    """Verdict (and plots) of one experiment from its finished records."""
+    records = load_records(out, exp, mode, seeds, context)
+    expected = len(exp.runs(mode, seeds, context))
+    try:
+        verdict = exp.verdict(records) if records else Verdict("inconclusive", "no finished runs", "needs runs")
+    except Exception:
+        verdict = Verdict("inconclusive", "the verdict could not be computed", traceback.format_exc(limit=3))
+    if len(records) < expected and verdict.status != "inconclusive":
+        verdict = Verdict("inconclusive", f"only {len(records)}/{expected} runs finished; " + verdict.summary,
+                          verdict.rule, verdict.numbers, verdict.key_number)
+    plots, plot_error = [], None
+    if plots_dir and records and exp.plot is not None:
+        os.makedirs(plots_dir, exist_ok=True)
+        try:
+            plots = exp.plot(records, verdict, os.path.join(plots_dir, exp.claim))
+        except Exception:
+            plot_error = traceback.format_exc(limit=3)
+    seeds_used = sorted({r["seed"] for r in records})
+    return {"claim": exp.claim, "title": exp.title, "statement": exp.statement, "setup": exp.setup,
+            "paper": exp.paper, "mode": mode, "runs_finished": len(records), "runs_expected": expected,
+            "seeds": len(seeds_used), "verdict": verdict.to_dict(), "plots": plots, "plot_error": plot_error,
+            "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in records)}
+
+
+def status_of(exp: Experiment, out: str) -> str:
+    """A one-word state for ``normlab list``: which modes have all their records."""
+    states = []
+    for mode in ("quick", "full"):
+        total = len(exp.runs(mode))
+        done = total - len(pending_runs(out, exp, mode))
+        states.append(f"{mode} {done}/{total}")
+    return ", ".join(states)
