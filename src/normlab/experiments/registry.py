@@ -1,8 +1,14 @@
-"""Claim id -> experiment.  Importing the claim modules registers their experiments."""
+"""Claim id -> experiment.  Importing the claim modules registers their experiments.
+
+Extra modules that register experiments can be named in the environment
+variable ``NORMLAB_EXPERIMENTS`` (comma-separated import paths); worker
+processes inherit it, so their runs find those experiments too.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 from .spec import Experiment
@@ -26,7 +32,8 @@ def register(exp: Experiment) -> Experiment:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for m in _MODULES:
+        extra = [m.strip() for m in os.environ.get("NORMLAB_EXPERIMENTS", "").split(",") if m.strip()]
+        for m in (*_MODULES, *extra):
             importlib.import_module(m)
         _loaded = True
 

@@ -79,6 +79,17 @@ def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_ver
             "wall_time_s": record["wall_time_s"], "error": record["error"]}
 
 
+def _remove_stale_temp_files(records_dir: str) -> None:
+    """Temp files of a process killed while writing (never read as records) are removed."""
+    for root, _, files in os.walk(records_dir):
+        for name in files:
+            if name.startswith(".tmp-"):
+                try:
+                    os.remove(os.path.join(root, name))
+                except OSError:
+                    pass
+
+
 def plan_workers(workers: int | None, threads: int) -> tuple[int, int]:
     """(workers, threads per worker): by default fill the cores, each worker with the threads its runs want."""
     cores = os.cpu_count() or 1
@@ -101,6 +112,7 @@ def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int |
     if not jobs:
         return []
     os.makedirs(out, exist_ok=True)
+    _remove_stale_temp_files(os.path.join(out, "records"))
     threads = max(exp.threads for exp, _ in jobs)
     n_workers, n_threads = plan_workers(workers, threads)
     summaries = []
