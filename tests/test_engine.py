@@ -88,6 +88,60 @@ def _stream_recs(groups):
     return out
 
 
+def _lm(name, seed, loss, status="ok", first=4.6, **extra):
+    return rec(name, seed, {"status": status, "final": {"val_loss": loss} if status == "ok" else {},
+                            "first_loss": first, **extra})
+
+
+def _c21(post_cost, pre_cost):
+    out = []
+    for placement, costs in (("post", post_cost), ("pre", pre_cost)):
+        for seed, cost in enumerate(costs):
+            for lr in (1e-3, 3e-3):
+                out.append(_lm(f"{placement}-warmup-lr{lr:g}", seed, 2.0))
+                out.append(_lm(f"{placement}-nowarmup-lr{lr:g}", seed, 2.0 + cost))
+    return out
+
+
+def _c20(kept_plain, kept_clip, kept_eps):
+    kept = {}
+    for norm in ("rmsnorm", "layernorm"):
+        for eps in (1e-5, 1.0, 1e3):
+            kept[f"{norm} eps={eps:g} clip=none"] = kept_plain if eps == 1e-5 else kept_eps
+            kept[f"{norm} eps={eps:g} clip=10"] = kept_clip
+    return [rec("outlier 1e3", s, {"kept": kept}) for s in range(2)]
+
+
+def _c26(sens_none, sens_qk):
+    out = []
+    lrs = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    for qk, sens in (("none", sens_none), ("layernorm", sens_qk)):
+        for seed, extra in enumerate(sens):
+            for i, lr in enumerate(lrs):
+                loss = 2.0 + (extra * len(lrs) if i == len(lrs) - 1 else 0.0)  # the mean excess equals `extra`
+                out.append(_lm(f"qk-{qk}-lr{lr:g}", seed, loss, first=10.0,
+                               instruments=[{"attn_logits": {"blocks.0.attn": 5.0}}]))
+    return out
+
+
+def _c31(pre_ok, none_ok):
+    out = []
+    for prefix, ok in (("pre-LN", pre_ok), ("no norm", none_ok)):
+        for seed, largest in enumerate(ok):
+            for sc in (1.0, 4.0, 16.0, 64.0):
+                out.append(_lm(f"{prefix} x{sc:g}", seed, 2.0 if sc <= largest else 4.0))
+    return out
+
+
+def _c34(dyt, deepnorm):
+    return [_lm("pre-LN", s, 2.0 + 0.005 * s) for s in range(2)] + \
+        [_lm("DyT (pre placement)", s, dyt) for s in range(2)] + [_lm("DeepNorm post-LN", s, deepnorm) for s in range(2)]
+
+
+def _groups(losses: dict[str, list[float]]):
+    return [_lm(name, seed, v) for name, vals in losses.items() for seed, v in enumerate(vals)]
+
+
 CLAIM_CASES = {
     "C18": [(_c18([1.50, 1.51], [1.505, 1.512]), "supported"), (_c18([1.50, 1.51], [1.70, 1.71]), "not supported")],
     "C19": [(_c19([[0.02, 0.05], [0.03, 0.04]]), "supported"), (_c19([[0.6, 0.7], [0.65, 0.5]]), "not supported"),
@@ -100,6 +154,22 @@ CLAIM_CASES = {
     "C25": [(_stream_recs({"none": [30, 35], "pre": [2, 2.2]}), "supported"),
             (_stream_recs({"none": [1.0, 1.1], "pre": [2, 2.2]}), "not supported"),
             (_stream_recs({"none": [2.0, 9.0], "pre": [2, 2.2]}), "inconclusive")],
+    "C20": [(_c20(0.01, 0.9, 0.01), "supported"), (_c20(0.8, 0.9, 0.8), "not supported")],
+    "C21": [(_c21([0.5, 0.6], [0.0, 0.01]), "supported"), (_c21([0.0, 0.01], [0.5, 0.6]), "not supported"),
+            (_c21([0.0, 0.5], [0.1, 0.11]), "inconclusive")],
+    "C24": [(_groups({"pre": [2.2, 2.21], "post": [2.0, 2.01]}), "supported"),
+            (_groups({"pre": [2.0, 2.01], "post": [2.2, 2.21]}), "not supported"),
+            (_groups({"pre": [2.0, 2.3], "post": [2.1, 2.11]}), "inconclusive")],
+    "C26": [(_c26([0.5, 0.6], [0.05, 0.06]), "supported"), (_c26([0.05, 0.06], [0.5, 0.6]), "not supported"),
+            (_c26([0.1, 0.6], [0.2, 0.21]), "inconclusive")],
+    "C27": [(_groups({"mixed pre/post": [2.5, 2.51], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}), "supported"),
+            (_groups({"mixed pre/post": [1.8, 1.81], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}),
+             "not supported"),
+            (_groups({"mixed pre/post": [1.9, 2.2], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}),
+             "inconclusive")],
+    "C31": [(_c31([64.0, 64.0], [1.0, 4.0]), "supported"), (_c31([1.0, 1.0], [16.0, 64.0]), "not supported"),
+            (_c31([4.0, 64.0], [4.0, 4.0]), "inconclusive")],
+    "C34": [(_c34(2.01, 2.02), "supported"), (_c34(2.5, 2.0), "not supported")],
 }
 
 

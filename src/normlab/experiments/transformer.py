@@ -360,3 +360,410 @@ register(experiment(
     grid=lambda mode: _stream_grid(mode, ("none", "pre")), seeds={"quick": 2, "full": 3}, run=lm_run,
     verdict=_c25_verdict, plot=_stream_plot,
 ))
+
+
+# --------------------------------------------------------- shared: final losses
+def _final_loss(r: dict) -> float:
+    """Final validation loss; a diverged run counts as its first (initial) loss, as if it learned nothing."""
+    res = r["result"]
+    if res["status"] == "ok" and math.isfinite(res["final"].get("val_loss", math.nan)):
+        return res["final"]["val_loss"]
+    return res["first_loss"] if res["first_loss"] is not None and math.isfinite(res["first_loss"]) else math.nan
+
+
+def _losses(records, name) -> dict[int, float]:
+    return {r["seed"]: _final_loss(r) for r in records if r["name"] == name}
+
+
+def _bar_plot(records, prefix, title, ylabel="final validation loss (nats/char)"):
+    plt = _plt()
+    groups = sorted(_by_name(records))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, name in enumerate(groups):
+        vals = list(_losses(records, name).values())
+        ax.scatter([i] * len(vals), vals, color=f"C{i % 10}", zorder=3)
+        ax.bar(i, mean(vals), color=f"C{i % 10}", alpha=0.35)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + " (dots: seeds; bars: mean)")
+    lo = min(min(_losses(records, g).values()) for g in groups)
+    ax.set_ylim(bottom=max(0.0, lo - 0.3))
+    return _save(fig, prefix + "-bars.png")
+
+
+# ------------------------------------------------------------------------ C20
+def outlier_run(config: dict, seed: int) -> dict:
+    """Share of the other features' signal kept when one feature of a row is an extreme outlier."""
+    import torch
+
+    from .. import functional as NF
+
+    g = torch.Generator().manual_seed(seed)
+    d, big = config["dim"], config["outlier"]
+    x = torch.randn(256, d, generator=g, dtype=torch.float64)
+    spiked = x.clone()
+    spiked[:, 0] = big
+    out = {}
+    for name, center in (("rmsnorm", False), ("layernorm", True)):
+        for eps in config["eps"]:
+            for clip in config["clip"]:
+                def norm(t):
+                    t = t if clip is None else t.clamp(-clip, clip)
+                    return NF.normalize(t, -1, center=center, eps=eps)
+                ref = norm(x)[:, 1:]
+                kept = (norm(spiked)[:, 1:].norm(dim=1) / ref.norm(dim=1)).mean().item()
+                out[f"{name} eps={eps:g} clip={'none' if clip is None else f'{clip:g}'}"] = kept
+    return {"kept": out}
+
+
+def _c20_grid(mode):
+    return [("outlier 1e3", {"dim": 256 if mode == "quick" else 1024, "outlier": 1e3, "eps": [1e-5, 1.0, 1e3],
+                             "clip": [None, 10.0]})]
+
+
+def _c20_verdict(records) -> Verdict:
+    kept = defaultdict(list)
+    for r in records:
+        for k, v in r["result"]["kept"].items():
+            kept[k].append(v)
+    k = {name: mean(v) for name, v in kept.items()}
+    plain = max(k["rmsnorm eps=1e-05 clip=none"], k["layernorm eps=1e-05 clip=none"])
+    clipped = min(k["rmsnorm eps=1e-05 clip=10"], k["layernorm eps=1e-05 clip=10"])
+    big_eps = max(v for name, v in k.items() if "clip=none" in name and "eps=1e-05" not in name)
+    collapse = plain < 0.2
+    rescued = clipped > 0.5 or big_eps > 0.5
+    status = "supported" if collapse and rescued else "not supported"
+    return Verdict(status, f"other features keep {fmt(plain)} of their normalized signal with a 1e3 outlier; "
+                           f"clipping at 10 keeps {fmt(clipped)}; the best larger eps keeps {fmt(big_eps)}",
+                   "supported if the outlier leaves the other features under 20% of their signal (collapse) and "
+                   "clipping or a larger eps brings it back above 50%",
+                   {"kept": k}, key_number=f"kept {fmt(plain)} -> clip {fmt(clipped)}, eps {fmt(big_eps)}")
+
+
+def _c20_plot(records, verdict, prefix):
+    plt = _plt()
+    k = verdict.numbers["kept"]
+    names = sorted(k)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.barh(range(len(names)), [k[n] for n in names], color=["C0" if "rms" in n else "C1" for n in names])
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("share of the other features' normalized signal kept (log scale; 1 = unharmed)")
+    ax.set_title("One feature at 1e3 in a row of N(0,1) features")
+    return [_save(fig, prefix + "-kept.png")]
+
+
+register(experiment(
+    claim="C20", title="One outlier crushes the other features; clipping or eps limits the damage",
+    statement="One extreme outlier dominates the RMS and crushes every other feature; clipping or a larger eps "
+              "limits the damage.",
+    setup="Rows of N(0,1) features (256 quick, 1024 full) with feature 0 set to 1e3; RMSNorm and LayerNorm "
+          "(normlab.functional, float64) with eps 1e-5, 1, 1e3 and with the input clipped at +-10; measured: the "
+          "norm of the other features' output relative to the same row without the outlier.",
+    grid=_c20_grid, seeds={"quick": 2, "full": 3}, run=outlier_run, verdict=_c20_verdict, plot=_c20_plot,
+))
+
+
+# ------------------------------------------------------------------ C21 / C24
+C21_LRS = {"quick": [1e-3, 3e-3], "full": [5e-4, 1e-3, 2e-3]}
+C21_DEPTH = {"quick": 6, "full": 8}
+
+
+def _c21_grid(mode):
+    s = SIZES[mode]
+    out = []
+    for placement in ("post", "pre"):
+        for warm in (True, False):
+            for lr in C21_LRS[mode]:
+                name = f"{placement}-{'warmup' if warm else 'nowarmup'}-lr{lr:g}"
+                out.append((name, {"model": _model_cfg(mode, n_layer=C21_DEPTH[mode], placement=placement,
+                                                       init="xavier"),
+                                   "train": _train_cfg(mode, lr=lr, warmup_steps=s["steps"] // 4 if warm else 0,
+                                                       betas=[0.9, 0.98], grad_clip=None, schedule="constant")}))
+    return out
+
+
+def _warmup_penalty(records, placement, mode_lrs) -> list[float]:
+    """Per seed: mean over lrs of final loss without warm-up minus with warm-up."""
+    seeds = sorted({r["seed"] for r in records})
+    out = []
+    for s in seeds:
+        diffs = []
+        for lr in mode_lrs:
+            a = _losses(records, f"{placement}-nowarmup-lr{lr:g}").get(s)
+            b = _losses(records, f"{placement}-warmup-lr{lr:g}").get(s)
+            if a is not None and b is not None:
+                diffs.append(a - b)
+        if diffs:
+            out.append(mean(diffs))
+    return out
+
+
+def _lrs_in(records) -> list[float]:
+    return sorted({float(r["name"].rsplit("lr", 1)[1]) for r in records if "lr" in r["name"]})
+
+
+def _c21_verdict(records) -> Verdict:
+    lrs = _lrs_in(records)
+    post, pre = _warmup_penalty(records, "post", lrs), _warmup_penalty(records, "pre", lrs)
+    diverged = {p: sum(r["result"]["status"] == "diverged" for r in records if r["name"].startswith(f"{p}-nowarmup"))
+                for p in ("post", "pre")}
+    v = compare(post, pre, expect="greater", what="loss cost of dropping warm-up (final loss without minus with, "
+                "mean over lrs)", label_a="post-LN", label_b="pre-LN", min_effect=0.02)
+    v.summary += f"; runs without warm-up that diverged: post-LN {diverged['post']}, pre-LN {diverged['pre']}"
+    v.numbers["diverged_without_warmup"] = diverged
+    v.key_number = f"warm-up cost post {fmt(mean(post))} vs pre {fmt(mean(pre))} nats"
+    return v
+
+
+def _c21_plot(records, verdict, prefix):
+    return [_bar_plot(records, prefix, "Post-LN and pre-LN with and without warm-up")]
+
+
+register(experiment(
+    claim="C21", title="Post-LN needs warm-up; pre-LN does not",
+    statement="Post-LN transformers are hard to train at depth without a learning-rate warm-up; pre-LN "
+              "transformers train stably without one.",
+    setup="GPT with Xavier init (quick: 6 blocks, d=64, 300 steps; full: 8 blocks, d=128, 1500 steps), Adam "
+          "betas (0.9, 0.98) as Xiong et al., constant lr after a linear warm-up over the first quarter of the "
+          "steps (or none), no gradient clipping, lrs 1e-3 and 3e-3 (quick) or 5e-4, 1e-3, 2e-3 (full). A run "
+          "that diverges counts with its initial loss.",
+    grid=_c21_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c21_verdict, plot=_c21_plot,
+    paper="Xiong et al. 2020, Figure 2/Table: post-LN with Adam and no warm-up reached 8.45 BLEU on IWSLT14 "
+          "De-En against about 34 with warm-up; pre-LN without warm-up matched post-LN with it.",
+))
+
+
+def _c24_grid(mode):
+    s = SIZES[mode]
+    return [(p, {"model": _model_cfg(mode, placement=p, init="xavier"),
+                 "train": _train_cfg(mode, warmup_steps=s["steps"] // 4, betas=[0.9, 0.98])})
+            for p in ("post", "pre")]
+
+
+def _c24_verdict(records) -> Verdict:
+    post, pre = _losses(records, "post"), _losses(records, "pre")
+    v = compare(list(pre.values()), list(post.values()), expect="greater", what="final validation loss",
+                label_a="pre-LN", label_b="post-LN (warmed up)")
+    return v
+
+
+register(experiment(
+    claim="C24", title="Pre-LN can end slightly worse than a warmed-up post-LN",
+    statement="At small scale, a pre-LN transformer can end slightly worse than a post-LN one trained with a "
+              "good warm-up.",
+    setup="GPT with Xavier init at the C18 sizes, both with a warm-up over the first quarter of the steps and "
+          "cosine decay, Adam betas (0.9, 0.98).",
+    grid=_c24_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c24_verdict,
+    plot=lambda recs, v, prefix: [_bar_plot(recs, prefix, "Post-LN (warmed up) vs pre-LN")],
+    paper="Xiong et al. 2020 and Liu et al. 2020 (Admin): post-LN, when it trains, often reaches better final "
+          "quality than pre-LN on translation.",
+))
+
+
+# ------------------------------------------------------------------------ C26
+C26_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+
+
+def _c26_grid(mode):
+    steps = 200 if mode == "quick" else 1000
+    out = []
+    for qk in ("none", "layernorm"):
+        for lr in C26_LRS:
+            out.append((f"qk-{qk}-lr{lr:g}", {
+                "model": _model_cfg(mode, placement="pre", qk_norm=qk),
+                "train": _train_cfg(mode, steps=steps, lr=lr, warmup_steps=steps // 10, instruments=["attn_logits"],
+                                    instrument_every=max(1, steps // 10), log_every=max(1, steps // 40),
+                                    diverge_factor=3.0)}))
+    return out
+
+
+def _sensitivity(records, qk: str) -> tuple[list[float], dict]:
+    """Wortsman et al.: mean over the lr sweep of min(final, initial) - best, per seed."""
+    out, best_lr = [], {}
+    for s in sorted({r["seed"] for r in records}):
+        finals, initial = [], []
+        for lr in C26_LRS:
+            rr = [r for r in records if r["name"] == f"qk-{qk}-lr{lr:g}" and r["seed"] == s]
+            if not rr:
+                continue
+            res = rr[0]["result"]
+            init_loss = res["first_loss"]
+            final = _final_loss(rr[0])
+            finals.append(min(final, init_loss) if math.isfinite(final) else init_loss)
+            initial.append(init_loss)
+        if finals:
+            best = min(finals)
+            out.append(mean(f - best for f in finals))
+            best_lr[s] = best
+    return out, best_lr
+
+
+def _max_logit(r) -> float:
+    vals = [e["attn_logits"].get("blocks.0.attn", math.nan) for e in r["result"]["instruments"] if "attn_logits" in e]
+    vals = [v for v in vals if math.isfinite(v)]
+    return max(vals) if vals else math.nan
+
+
+def _c26_verdict(records) -> Verdict:
+    plain, _ = _sensitivity(records, "none")
+    qk, _ = _sensitivity(records, "layernorm")
+    v = compare(plain, qk, expect="greater", what="lr sensitivity (mean over lrs of min(final, initial) - best)",
+                label_a="no qk-norm", label_b="qk-layernorm", min_effect=0.02)
+    logits = {q: max((_max_logit(r) for r in records if r["name"].startswith(f"qk-{q}")), default=math.nan)
+              for q in ("none", "layernorm")}
+    v.summary += (f"; largest layer-0 attention logit over the sweep: no qk-norm {fmt(logits['none'])}, "
+                  f"qk-layernorm {fmt(logits['layernorm'])}")
+    v.numbers["max_attn_logit_layer0"] = logits
+    return v
+
+
+def _c26_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for i, qk in enumerate(("none", "layernorm")):
+        for s in sorted({r["seed"] for r in records}):
+            rr = {r["name"]: r for r in records if r["seed"] == s and r["name"].startswith(f"qk-{qk}-")}
+            lrs = [lr for lr in C26_LRS if f"qk-{qk}-lr{lr:g}" in rr]
+            axes[0].plot(lrs, [_final_loss(rr[f"qk-{qk}-lr{lr:g}"]) for lr in lrs], "o-", color=f"C{i}",
+                         alpha=0.8, label=f"qk-norm: {qk}" if s == 0 else None)
+            axes[1].plot(lrs, [_max_logit(rr[f"qk-{qk}-lr{lr:g}"]) for lr in lrs], "o-", color=f"C{i}", alpha=0.8,
+                         label=f"qk-norm: {qk}" if s == 0 else None)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("final validation loss (diverged: initial)")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("max attention logit, layer 0")
+    fig.suptitle("Learning-rate sweep with and without QK-LayerNorm")
+    return [_save(fig, prefix + "-sweep.png")]
+
+
+register(experiment(
+    claim="C26", title="QK-norm makes training less sensitive to the learning rate",
+    statement="At high learning rates attention logits grow and training diverges unless Q and K are "
+              "normalized; QK-norm lowers learning-rate sensitivity.",
+    setup="Pre-LN GPT (C18 sizes; 200 steps quick, 1000 full) over lrs 3e-4..3e-1 with warm-up and cosine "
+          "decay, with and without LayerNorm on queries and keys (per head); the largest layer-0 attention logit "
+          "is recorded through training.",
+    grid=_c26_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c26_verdict, plot=_c26_plot,
+    paper="Wortsman et al. 2023, Figure 1/3: without qk-layernorm, runs whose attention logits grew past ~1e4 "
+          "diverged at high lr; with it, lr sensitivity dropped markedly at every model size.",
+))
+
+
+# ------------------------------------------------------------------------ C27
+def _c27_grid(mode):
+    n = 4 if mode == "quick" else 6
+    mixed = ["pre", "post"] * (n // 2)
+    return [(name, {"model": _model_cfg(mode, n_layer=n, placement=p, init="xavier"),
+                    "train": _train_cfg(mode, lr=2e-3, betas=[0.9, 0.98])})
+            for name, p in (("all pre", "pre"), ("all post", "post"), ("mixed pre/post", mixed))]
+
+
+def _c27_verdict(records) -> Verdict:
+    mixed = list(_losses(records, "mixed pre/post").values())
+    pre, post = list(_losses(records, "all pre").values()), list(_losses(records, "all post").values())
+    better = pre if mean(pre) <= mean(post) else post
+    label = "all pre" if better is pre else "all post"
+    return compare(mixed, better, expect="greater", what="final validation loss", label_a="mixed pre/post",
+                   label_b=f"the better pure model ({label})", min_effect=0.01)
+
+
+register(experiment(
+    claim="C27", title="Mixing pre-LN and post-LN blocks is a bug source",
+    statement="A model that mixes pre-LN and post-LN blocks trains worse than a consistent one.",
+    setup="GPT with Xavier init (quick: 4 blocks, full: 6) alternating pre and post blocks, against all-pre and "
+          "all-post, lr 2e-3 with warm-up, same budget.",
+    grid=_c27_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c27_verdict,
+    plot=lambda recs, v, prefix: [_bar_plot(recs, prefix, "Pure vs mixed placements")],
+))
+
+
+# ------------------------------------------------------------------------ C31
+C31_SCALES = [1.0, 4.0, 16.0, 64.0]
+
+
+def _c31_grid(mode):
+    out = []
+    for norm in ("layernorm", "none"):
+        for scale in C31_SCALES:
+            out.append((f"{'pre-LN' if norm == 'layernorm' else 'no norm'} x{scale:g}",
+                        {"model": _model_cfg(mode, n_layer=4, placement="pre", norm=norm, init_scale=scale),
+                         "train": _train_cfg(mode, diverge_factor=3.0)}))
+    return out
+
+
+def _tolerated(records, prefix: str) -> list[float]:
+    """Per seed: log of the largest init scale whose final loss is within 0.1 nats of that model's best."""
+    out = []
+    for s in sorted({r["seed"] for r in records}):
+        losses = {sc: _losses(records, f"{prefix} x{sc:g}").get(s) for sc in C31_SCALES}
+        losses = {k: v for k, v in losses.items() if v is not None and math.isfinite(v)}
+        if losses:
+            best = min(losses.values())
+            out.append(math.log(max(k for k, v in losses.items() if v <= best + 0.1)))
+    return out
+
+
+def _c31_verdict(records) -> Verdict:
+    pre, none = _tolerated(records, "pre-LN"), _tolerated(records, "no norm")
+    v = compare(pre, none, expect="greater", what="log of the largest init scale trained to within 0.1 nats of "
+                "the best", label_a="pre-LN", label_b="no normalization")
+    v.key_number = f"largest good scale: pre-LN x{fmt(math.exp(mean(pre)))}, none x{fmt(math.exp(mean(none)))}" \
+        if pre and none else v.key_number
+    return v
+
+
+register(experiment(
+    claim="C31", title="Pre-LN tolerates larger initialization scales",
+    statement="Pre-LN models tolerate larger initialization scales than un-normalized residual networks.",
+    setup="4-block GPT, pre-LN LayerNorm or no norm, every initial weight scaled by 1, 4, 16, 64 (GPT-2 init "
+          "times the scale), same budget as C18.",
+    grid=_c31_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c31_verdict,
+    plot=lambda recs, v, prefix: [_bar_plot(recs, prefix, "Final loss by init scale")],
+))
+
+
+# ------------------------------------------------------------------------ C34
+def _c34_grid(mode):
+    return [(name, {"model": _model_cfg(mode, **m), "train": _train_cfg(mode)}) for name, m in (
+        ("pre-LN", dict(placement="pre", norm="layernorm")),
+        ("DyT (pre placement)", dict(placement="pre", norm="dyt")),
+        ("DeepNorm post-LN", dict(placement="deepnorm", norm="layernorm")))]
+
+
+def _c34_verdict(records) -> Verdict:
+    base = list(_losses(records, "pre-LN").values())
+    parts, worse, unclear = [], [], []
+    for name in ("DyT (pre placement)", "DeepNorm post-LN"):
+        other = list(_losses(records, name).values())
+        if not other or not base:
+            unclear.append(name)
+            continue
+        diff = mean(other) - mean(base)
+        bound = max(spread(other), spread(base), 0.03)
+        parts.append(f"{name} {fmt(mean(other))} vs pre-LN {fmt(mean(base))} (diff {fmt(diff)}, bound {fmt(bound)})")
+        if diff > bound:
+            worse.append(name)
+    status = "inconclusive" if unclear else ("not supported" if worse else "supported")
+    return Verdict(status, "; ".join(parts) + (f"; worse than pre-LN: {', '.join(worse)}" if worse else ""),
+                   "supported if each normalization-free variant ends no worse than pre-LN by more than "
+                   "max(seed spread, 0.03 nats); not supported if one does",
+                   {"pre": base}, key_number="; ".join(p.split(" (")[0] for p in parts))
+
+
+register(experiment(
+    claim="C34", title="DyT and DeepNorm-scaled post-LN against pre-LN",
+    statement="Normalization-free transformers (Dynamic Tanh) and DeepNorm-scaled post-LN train as well as "
+              "pre-LN on the same budget.",
+    setup="The C18 GPT and budget with pre-LN LayerNorm, DyT in the pre-LN positions (alpha0 = 0.5), and "
+          "DeepNorm (post-LN, residual x (2N)^1/4, beta-scaled Xavier init).",
+    grid=_c34_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c34_verdict,
+    plot=lambda recs, v, prefix: [_bar_plot(recs, prefix, "Normalization-free and DeepNorm vs pre-LN")],
+    paper="Zhu et al. 2025 (DyT): matches LayerNorm models across tasks; Wang et al. 2022 (DeepNet): stable "
+          "post-LN up to 1000 layers.",
+))

@@ -1,0 +1,91 @@
+"""The report loads in a real browser (headless Chromium): no console errors, every image decodes.
+
+Chromium comes from Debian's ``chromium`` package, which ``.ci/run`` installs; where it
+is missing the test is skipped, except under CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from normlab.experiments import Verdict
+from normlab.report import render
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</title></head><body>
+<iframe id="f" src="index.html" style="width:1200px;height:900px"></iframe>
+<script>
+const timer = setInterval(() => {
+  const d = document.getElementById("f").contentDocument;
+  if (!d || d.readyState !== "complete" || !d.querySelector("h1")) return;
+  clearInterval(timer);
+  const imgs = Array.from(d.images);
+  Promise.all(imgs.map(i => i.decode().then(() => i.naturalWidth > 0).catch(() => false))).then(ok => {
+    const out = document.createElement("pre");
+    out.id = "result";
+    out.textContent = "RESULT images=" + imgs.length + " decoded=" + ok.filter(Boolean).length +
+                      " sections=" + d.querySelectorAll("section").length;
+    document.body.appendChild(out);
+  });
+}, 50);
+</script></body></html>"""
+
+
+def _report(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    for i in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([1, 3, 2][: i + 2])
+        pngs.append(str(tmp_path / f"p{i}.png"))
+        fig.savefig(pngs[-1])
+        plt.close(fig)
+    results = [{"claim": f"C{18 + i}", "title": f"claim {i}", "statement": "s", "setup": "x", "paper": "",
+                "mode": "quick", "runs_finished": 2, "runs_expected": 2, "seeds": 2, "wall_time_s": 1.0,
+                "plots": [pngs[i]], "plot_error": None,
+                "verdict": Verdict("supported", "sum", "rule", {}, "k").to_dict()} for i in range(2)]
+    out = tmp_path / "report"
+    render(results, str(out), mode="quick", wall_time_s=3.0)
+    (out / "harness.html").write_text(HARNESS, encoding="utf-8")
+    return out
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    out = _report(tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/harness.html"
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=15000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    m = re.search(r"RESULT images=(\d+) decoded=(\d+) sections=(\d+)", proc.stdout)
+    assert m, f"the harness did not report (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    images, decoded, sections = map(int, m.groups())
+    assert images == 2 and decoded == 2 and sections == 2
+    console_errors = [line for line in proc.stderr.splitlines()
+                      if "CONSOLE" in line and ("index.html" in line or "Uncaught" in line)]
+    assert not console_errors, console_errors
