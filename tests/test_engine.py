@@ -138,6 +138,17 @@ def _c34(dyt, deepnorm):
         [_lm("DyT (pre placement)", s, dyt) for s in range(2)] + [_lm("DeepNorm post-LN", s, deepnorm) for s in range(2)]
 
 
+def _c32(mup_slope, sp_slope, jitter=0.0):
+    out = []
+    for seed in range(2):
+        for param, slope in (("muP", mup_slope + jitter * seed), ("standard", sp_slope)):
+            for w in (32, 64, 128):
+                r = rec(f"{param} d={w}", seed, {"logit_rms": 2.0 * (w / 32) ** slope, "stream_rms": 1.0})
+                r["config"] = {"width": w}
+                out.append(r)
+    return out
+
+
 def _groups(losses: dict[str, list[float]]):
     return [_lm(name, seed, v) for name, vals in losses.items() for seed, v in enumerate(vals)]
 
@@ -170,6 +181,7 @@ CLAIM_CASES = {
     "C31": [(_c31([64.0, 64.0], [1.0, 4.0]), "supported"), (_c31([1.0, 1.0], [16.0, 64.0]), "not supported"),
             (_c31([4.0, 64.0], [4.0, 4.0]), "inconclusive")],
     "C34": [(_c34(2.01, 2.02), "supported"), (_c34(2.5, 2.0), "not supported")],
+    "C32": [(_c32(0.0, 0.5), "supported"), (_c32(0.8, 0.9), "not supported"), (_c32(0.2, 0.5, jitter=0.2), "inconclusive")],
 }
 
 

@@ -11,7 +11,7 @@ from .spec import Verdict, compare, equivalent, experiment, fmt, mean, spread
 # --------------------------------------------------------------------- helpers
 SIZES = {  # model and budget per mode
     "quick": dict(n_layer=2, d_model=64, n_head=4, block_size=32, batch=8, steps=300),
-    "full": dict(n_layer=4, d_model=128, n_head=4, block_size=64, batch=12, steps=1500),
+    "full": dict(n_layer=4, d_model=96, n_head=4, block_size=64, batch=8, steps=600),
 }
 
 
@@ -138,8 +138,8 @@ def _c18_plot(records, verdict, prefix):
 register(experiment(
     claim="C18", title="RMSNorm matches LayerNorm's quality",
     statement="A pre-norm transformer with RMSNorm reaches the same final loss as with LayerNorm, within noise.",
-    setup="Pre-LN GPT (quick: 2 layers, d=64, context 32, 300 steps; full: 4 layers, d=128, context 64, "
-          "1500 steps), AdamW lr 1e-3 with warm-up and cosine decay, CPython documentation text; validation "
+    setup="Pre-LN GPT (quick: 2 layers, d=64, context 32, 300 steps; full: 4 layers, d=96, context 64, "
+          "600 steps), AdamW lr 1e-3 with warm-up and cosine decay, CPython documentation text; validation "
           "loss on fixed held-out windows.",
     grid=_c18_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c18_verdict, plot=_c18_plot,
     paper="Zhang & Sennrich 2019 (RMSNorm): comparable quality to LayerNorm on several tasks at 7-64% less "
@@ -281,7 +281,7 @@ register(experiment(
     claim="C22", title="Gradient norm by layer at init: post-LN grows toward the output, pre-LN is flat",
     statement="At initialization, post-LN's gradient norm grows toward the output layers while pre-LN's stays "
               "flat across depth.",
-    setup="GPT at initialization (quick: 6 blocks, d=64; full: 8 blocks, d=128) with Xavier init as in the "
+    setup="GPT at initialization (quick: 6 blocks, d=64; full: 8 blocks, d=96) with Xavier init as in the "
           "paper, and GPT-2 init (std 0.02, residual outputs scaled by 1/sqrt(2L)) for comparison; for each "
           "block, the gradient of the FFN's second weight averaged over 32 (quick) or 64 (full) minibatches "
           "at fixed parameters, then its Frobenius norm (Xiong et al.'s expected gradient).",
@@ -332,7 +332,7 @@ register(experiment(
     claim="C23", title="Pre-LN's residual stream grows with depth; post-LN's is renormalized",
     statement="In pre-LN the residual stream's magnitude grows with depth (it is never renormalized); in "
               "post-LN it is renormalized every block.",
-    setup="GPT (quick: 6 blocks, d=64, 300 steps; full: 8 blocks, d=128, 1500 steps), pre-LN and post-LN "
+    setup="GPT (quick: 6 blocks, d=64, 300 steps; full: 8 blocks, d=96, 600 steps), pre-LN and post-LN "
           "LayerNorm; RMS of the residual stream after each block at init and after training.",
     grid=lambda mode: _stream_grid(mode, ("pre", "post")), seeds={"quick": 2, "full": 3}, run=lm_run,
     verdict=_c23_verdict, plot=_stream_plot,
@@ -467,8 +467,8 @@ register(experiment(
 
 
 # ------------------------------------------------------------------ C21 / C24
-C21_LRS = {"quick": [1e-3, 3e-3], "full": [5e-4, 1e-3, 2e-3]}
-C21_DEPTH = {"quick": 6, "full": 8}
+C21_LRS = {"quick": [1e-3, 3e-3], "full": [1e-3, 3e-3]}
+C21_DEPTH = {"quick": 6, "full": 6}
 
 
 def _c21_grid(mode):
@@ -526,9 +526,9 @@ register(experiment(
     claim="C21", title="Post-LN needs warm-up; pre-LN does not",
     statement="Post-LN transformers are hard to train at depth without a learning-rate warm-up; pre-LN "
               "transformers train stably without one.",
-    setup="GPT with Xavier init (quick: 6 blocks, d=64, 300 steps; full: 8 blocks, d=128, 1500 steps), Adam "
+    setup="GPT with Xavier init (quick and full: 6 blocks; d=64, 300 steps quick; d=96, 600 steps full), Adam "
           "betas (0.9, 0.98) as Xiong et al., constant lr after a linear warm-up over the first quarter of the "
-          "steps (or none), no gradient clipping, lrs 1e-3 and 3e-3 (quick) or 5e-4, 1e-3, 2e-3 (full). A run "
+          "steps (or none), no gradient clipping, lrs 1e-3 and 3e-3. A run "
           "that diverges counts with its initial loss.",
     grid=_c21_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c21_verdict, plot=_c21_plot,
     paper="Xiong et al. 2020, Figure 2/Table: post-LN with Adam and no warm-up reached 8.45 BLEU on IWSLT14 "
@@ -568,7 +568,7 @@ C26_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 
 
 def _c26_grid(mode):
-    steps = 200 if mode == "quick" else 1000
+    steps = 200 if mode == "quick" else 400
     out = []
     for qk in ("none", "layernorm"):
         for lr in C26_LRS:
@@ -646,7 +646,7 @@ register(experiment(
     claim="C26", title="QK-norm makes training less sensitive to the learning rate",
     statement="At high learning rates attention logits grow and training diverges unless Q and K are "
               "normalized; QK-norm lowers learning-rate sensitivity.",
-    setup="Pre-LN GPT (C18 sizes; 200 steps quick, 1000 full) over lrs 3e-4..3e-1 with warm-up and cosine "
+    setup="Pre-LN GPT (C18 sizes; 200 steps quick, 400 full) over lrs 3e-4..3e-1 with warm-up and cosine "
           "decay, with and without LayerNorm on queries and keys (per head); the largest layer-0 attention logit "
           "is recorded through training.",
     grid=_c26_grid, seeds={"quick": 2, "full": 3}, run=lm_run, verdict=_c26_verdict, plot=_c26_plot,
@@ -766,4 +766,103 @@ register(experiment(
     plot=lambda recs, v, prefix: [_bar_plot(recs, prefix, "Normalization-free and DeepNorm vs pre-LN")],
     paper="Zhu et al. 2025 (DyT): matches LayerNorm models across tasks; Wang et al. 2022 (DeepNet): stable "
           "post-LN up to 1000 layers.",
+))
+
+
+# ------------------------------------------------------------------------ C32
+C32_WIDTHS = {"quick": [32, 64, 128], "full": [32, 64, 128, 256]}
+
+
+def width_run(config: dict, seed: int) -> dict:
+    """Train briefly at one width, then measure activation scales on a fixed batch."""
+    import torch
+
+    from ..data import random_windows, text
+    from ..train import LMTask, TrainConfig, train
+
+    corpus = text(config.get("text"))
+    torch.manual_seed(seed)
+    model = _build_gpt(config["model"], corpus.vocab_size)
+    tcfg = dict(config["train"])
+    tcfg["betas"] = tuple(tcfg.get("betas", (0.9, 0.95)))
+    rec = train(model, LMTask(corpus, config["model"]["block_size"], 8), TrainConfig(**tcfg, seed=seed,
+                                                                                      progress=False))
+    batch = random_windows(corpus.val, 16, config["model"]["block_size"], torch.Generator().manual_seed(7))
+    hidden = {}
+    handle = model.blocks[-1].register_forward_hook(lambda m, a, out: hidden.__setitem__("h", out.detach()))
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch.x)
+    handle.remove()
+    return {"status": rec["status"], "logit_rms": logits.float().square().mean().sqrt().item(),
+            "stream_rms": hidden["h"].float().square().mean().sqrt().item(),
+            "final_loss": rec["metrics"][-1]["loss"] if rec["metrics"] else math.nan}
+
+
+def _c32_grid(mode):
+    out = []
+    for param in ("standard", "muP"):
+        for w in C32_WIDTHS[mode]:
+            out.append((f"{param} d={w}", {
+                "model": _model_cfg(mode, n_layer=2, d_model=w, n_head=4, mup_base_width=32 if param == "muP" else None),
+                "train": _train_cfg(mode, steps=150 if mode == "quick" else 400, lr=3e-3),
+                "width": w}))
+    return out
+
+
+def _slopes(records, param: str, key: str) -> list[float]:
+    """Per seed: least-squares slope of log(key) against log(width)."""
+    out = []
+    for s in sorted({r["seed"] for r in records}):
+        pts = [(math.log(r["config"]["width"]), math.log(r["result"][key])) for r in records
+               if r["seed"] == s and r["name"].startswith(param + " ") and r["result"][key] > 0]
+        if len(pts) >= 2:
+            mx, my = mean(p[0] for p in pts), mean(p[1] for p in pts)
+            out.append(sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts))
+    return out
+
+
+def _c32_verdict(records) -> Verdict:
+    mup, sp = _slopes(records, "muP", "logit_rms"), _slopes(records, "standard", "logit_rms")
+    if not mup:
+        return Verdict("inconclusive", "no muP runs", "needs runs at two widths or more")
+    m, sd = mean(mup), spread(mup)
+    bound = 0.25
+    status = "supported" if abs(m) + sd < bound else "not supported" if abs(m) - sd > bound else "inconclusive"
+    stream = _slopes(records, "muP", "stream_rms")
+    return Verdict(status, f"slope of log(output-logit RMS) vs log(width) after training: muP {fmt(m)} "
+                           f"(seed range {fmt(sd)}), standard {fmt(mean(sp))}; residual-stream slope under muP "
+                           f"{fmt(mean(stream))}",
+                   f"supported if |muP slope| + seed range < {bound} (the scale changes by less than "
+                   f"{2 ** bound:.2f}x per doubling of width); not supported if |slope| - range > {bound}",
+                   {"mup_logit_slopes": mup, "standard_logit_slopes": sp, "mup_stream_slopes": stream},
+                   key_number=f"slope muP {fmt(m)}, standard {fmt(mean(sp))}")
+
+
+def _c32_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, param in enumerate(("standard", "muP")):
+        rr = [r for r in records if r["name"].startswith(param + " ")]
+        ax.scatter([r["config"]["width"] for r in rr], [r["result"]["logit_rms"] for r in rr], color=f"C{i}",
+                   label=param)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width d_model")
+    ax.set_ylabel("RMS of the output logits after training")
+    ax.set_title("Activation scale across widths (dots: seeds)")
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-widths.png")]
+
+
+register(experiment(
+    claim="C32", title="Under muP-style scaling, activations stay O(1) as width grows (stretch)",
+    statement="With muP-style width scaling, normalized activations stay O(1) as width grows.",
+    setup="2-block pre-LN GPT at widths 32..128 (quick) or 32..256 (full), standard parametrization vs muP "
+          "relative to width 32 (hidden init / sqrt(m), hidden lr / m, logits / m, attention 1/d_head), same lr "
+          "3e-3; the RMS of the output logits and of the residual stream on fixed validation windows after "
+          "training, and the slope of their log against log(width).",
+    grid=_c32_grid, seeds={"quick": 2, "full": 3}, run=width_run, verdict=_c32_verdict, plot=_c32_plot,
+    paper="Yang et al. 2021 (Tensor Programs V), Figure 1/5: under muP, activation and logit scales stay "
+          "constant across widths while standard parametrization's grow.",
 ))
