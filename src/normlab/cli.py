@@ -67,13 +67,42 @@ def _context(args: argparse.Namespace) -> dict | None:
     return {"text": os.path.abspath(args.text)}
 
 
-def _progress_log(total_hint: str):
-    """Plain progress lines (one per finished run) on stderr."""
-    def log(summary: dict, done: int, total: int) -> None:
-        extra = "" if summary["status"] == "ok" else f"  {summary['error'].strip().splitlines()[-1]}"
-        print(f"[{done}/{total}] {summary['claim']} {summary['name']} seed {summary['seed']}: "
-              f"{summary['status']} ({summary['wall_time_s']:.1f} s){extra}", file=sys.stderr, flush=True)
-    return log
+def _line(summary: dict, done: int, total: int) -> str:
+    extra = "" if summary["status"] == "ok" else f"  {summary['error'].strip().splitlines()[-1]}"
+    return (f"[{done}/{total}] {summary['claim']} {summary['name']} seed {summary['seed']}: "
+            f"{summary['status']} ({summary['wall_time_s']:.1f} s){extra}")
+
+
+class _Progress:
+    """A rich progress bar over all runs on a terminal (each finished run printed above it); plain lines else."""
+
+    def __init__(self):
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.description}"), console=Console(stderr=True))
+            self.task = None
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, summary: dict, done: int, total: int) -> None:
+        if self.bar is None:
+            print(_line(summary, done, total), file=sys.stderr, flush=True)
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("", total=total)
+        self.bar.console.print(_line(summary, done, total))
+        self.bar.update(self.task, completed=done, description=f"last: {summary['claim']} {summary['name']}")
 
 
 def _experiments(args):
@@ -111,8 +140,8 @@ def _run_and_judge(args: argparse.Namespace, cmd: str):
         return _fail(cmd, reason), None
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
-    run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context,
-                log=_progress_log(mode))
+    with _Progress() as progress:
+        run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context, log=progress)
     plots = os.path.join(args.out, "plots")
     results = [judge(e, mode, args.out, seeds=args.seeds, plots_dir=plots, context=context) for e in exps]
     return 0, (results, mode, time.perf_counter() - start)
