@@ -88,6 +88,7 @@ class Experiment:
     plot: Callable | None = None
     paper: str = ""
     threads: int = 1
+    _version: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def runs(self, mode: str, seeds: int | None = None, context: dict | None = None) -> list[Run]:
         """The runs of ``mode``; ``context`` (e.g. ``{"text": path}``) is merged into every config."""
@@ -98,7 +99,16 @@ class Experiment:
                 for name, config in self.grid(mode) for seed in range(n)]
 
     def code_version(self) -> str:
-        """normlab's version plus a hash of the module that defines this experiment."""
+        """normlab's version plus a hash of the module that defines this experiment.
+
+        Computed once per process, so records written and judged by one
+        process agree even if the source file is edited while it runs.
+        """
+        if self._version is None:
+            self._version = self._compute_version()
+        return self._version
+
+    def _compute_version(self) -> str:
         import normlab
 
         module = inspect.getmodule(self.run)
@@ -109,7 +119,7 @@ class Experiment:
         return f"{normlab.__version__}+{hashlib.sha256(source.encode()).hexdigest()[:10]}"
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Experiment)}
+_FIELDS = {f.name for f in dataclasses.fields(Experiment) if f.init}
 
 
 def experiment(**spec) -> Experiment:
