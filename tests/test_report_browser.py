@@ -27,15 +27,15 @@ HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</ti
 const timer = setInterval(() => {
   const d = document.getElementById("f").contentDocument;
   if (!d || d.readyState !== "complete" || !d.querySelector("h1")) return;
-  clearInterval(timer);
   const imgs = Array.from(d.images);
-  Promise.all(imgs.map(i => i.decode().then(() => i.naturalWidth > 0).catch(() => false))).then(ok => {
-    const out = document.createElement("pre");
-    out.id = "result";
-    out.textContent = "RESULT images=" + imgs.length + " decoded=" + ok.filter(Boolean).length +
-                      " sections=" + d.querySelectorAll("section").length;
-    document.body.appendChild(out);
-  });
+  if (!imgs.every(i => i.complete)) return;  // a broken image is complete too, with naturalWidth 0
+  clearInterval(timer);
+  const ok = imgs.filter(i => i.naturalWidth > 0 && i.naturalHeight > 0).length;
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = "RESULT images=" + imgs.length + " decoded=" + ok +
+                    " sections=" + d.querySelectorAll("section").length;
+  document.body.appendChild(out);
 }, 50);
 </script></body></html>"""
 
