@@ -317,15 +317,20 @@ def _stream_plot(records, verdict, prefix):
     return paths
 
 
-def _c23_verdict(records) -> Verdict:
+def _stream_growth_verdict(records, a: str, b: str, label_a: str, label_b: str, min_ratio: float) -> Verdict:
+    """Group ``a``'s residual stream grows more from first to last block (after training) than group ``b``'s."""
     g = _by_name(records)
-    pre = [_growth(_stream(r, -1)) for r in g.get("pre", [])]
-    post = [_growth(_stream(r, -1)) for r in g.get("post", [])]
-    v = compare(pre, post, expect="greater", what="log(last/first block) of the residual-stream RMS after "
-                "training", label_a="pre-LN", label_b="post-LN", min_effect=math.log(1.2))
-    if pre and post:
-        v.key_number = f"last/first: pre {fmt(math.exp(mean(pre)))}x, post {fmt(math.exp(mean(post)))}x"
+    ga = [_growth(_stream(r, -1)) for r in g.get(a, [])]
+    gb = [_growth(_stream(r, -1)) for r in g.get(b, [])]
+    v = compare(ga, gb, expect="greater", what="log(last/first block) of the residual-stream RMS after "
+                "training", label_a=label_a, label_b=label_b, min_effect=math.log(min_ratio))
+    if ga and gb:
+        v.key_number = f"last/first: {a} {fmt(math.exp(mean(ga)))}x, {b} {fmt(math.exp(mean(gb)))}x"
     return v
+
+
+def _c23_verdict(records) -> Verdict:
+    return _stream_growth_verdict(records, "pre", "post", "pre-LN", "post-LN", 1.2)
 
 
 register(experiment(
@@ -342,14 +347,7 @@ register(experiment(
 
 
 def _c25_verdict(records) -> Verdict:
-    g = _by_name(records)
-    none = [_growth(_stream(r, -1)) for r in g.get("none", [])]
-    pre = [_growth(_stream(r, -1)) for r in g.get("pre", [])]
-    v = compare(none, pre, expect="greater", what="log(last/first block) of the residual-stream RMS after "
-                "training", label_a="no normalization", label_b="pre-LN", min_effect=math.log(1.5))
-    if none and pre:
-        v.key_number = f"last/first: none {fmt(math.exp(mean(none)))}x, pre-LN {fmt(math.exp(mean(pre)))}x"
-    return v
+    return _stream_growth_verdict(records, "none", "pre", "no normalization", "pre-LN", 1.5)
 
 
 register(experiment(
