@@ -52,7 +52,7 @@ def write_record(path: str | os.PathLike, record: dict) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tmp")  # never matches *.json
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(record), f, indent=1)
