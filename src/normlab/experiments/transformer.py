@@ -36,8 +36,11 @@ def _build_gpt(model: dict, vocab_size: int):
     return GPT(GPTConfig(**model, vocab_size=vocab_size))
 
 
-def lm_run(config: dict, seed: int) -> dict:
-    """Train a GPT described by ``config["model"]`` with ``config["train"]``; return a summary."""
+def _train_gpt(config: dict, seed: int, batch: int):
+    """Build the GPT of ``config["model"]`` on the run's corpus and train it with ``config["train"]``.
+
+    Returns ``(model, corpus, record)``.
+    """
     import torch
 
     from ..data import text
@@ -49,9 +52,14 @@ def lm_run(config: dict, seed: int) -> dict:
     tcfg = dict(config["train"])
     tcfg["betas"] = tuple(tcfg.get("betas", (0.9, 0.95)))
     tcfg["instruments"] = tuple(tcfg.get("instruments", ()))
-    batch = config.get("batch", SIZES[config["mode"]]["batch"])
     rec = train(model, LMTask(corpus, config["model"]["block_size"], batch),
                 TrainConfig(**tcfg, seed=seed, progress=False))
+    return model, corpus, rec
+
+
+def lm_run(config: dict, seed: int) -> dict:
+    """Train a GPT described by ``config["model"]`` with ``config["train"]``; return a summary."""
+    _, _, rec = _train_gpt(config, seed, config.get("batch", SIZES[config["mode"]]["batch"]))
     return {"status": rec["status"], "diverged_at": rec["diverged_at"], "final": rec["final"],
             "first_loss": rec["metrics"][0]["loss"] if rec["metrics"] else None,
             "curve": [(m["step"], m["loss"]) for m in rec["metrics"]], "instruments": rec["instruments"],
@@ -777,16 +785,9 @@ def width_run(config: dict, seed: int) -> dict:
     """Train briefly at one width, then measure activation scales on a fixed batch."""
     import torch
 
-    from ..data import random_windows, text
-    from ..train import LMTask, TrainConfig, train
+    from ..data import random_windows
 
-    corpus = text(config.get("text"))
-    torch.manual_seed(seed)
-    model = _build_gpt(config["model"], corpus.vocab_size)
-    tcfg = dict(config["train"])
-    tcfg["betas"] = tuple(tcfg.get("betas", (0.9, 0.95)))
-    rec = train(model, LMTask(corpus, config["model"]["block_size"], 8), TrainConfig(**tcfg, seed=seed,
-                                                                                      progress=False))
+    model, corpus, rec = _train_gpt(config, seed, batch=8)
     batch = random_windows(corpus.val, 16, config["model"]["block_size"], torch.Generator().manual_seed(7))
     hidden = {}
     handle = model.blocks[-1].register_forward_hook(lambda m, a, out: hidden.__setitem__("h", out.detach()))
