@@ -19,6 +19,7 @@ import pytest
 from normlab.cli import main
 from normlab.experiments import Verdict, compare, equivalent, experiment, get
 from normlab.report import render
+from verdict_cases import CASES as MORE_CASES
 
 TESTS = Path(__file__).parent
 
@@ -182,6 +183,7 @@ CLAIM_CASES = {
             (_c31([4.0, 64.0], [4.0, 4.0]), "inconclusive")],
     "C34": [(_c34(2.01, 2.02), "supported"), (_c34(2.5, 2.0), "not supported")],
     "C32": [(_c32(0.0, 0.5), "supported"), (_c32(0.8, 0.9), "not supported"), (_c32(0.2, 0.5, jitter=0.2), "inconclusive")],
+    **MORE_CASES,
 }
 
 
@@ -256,7 +258,7 @@ def test_failed_runs_are_recorded_and_retried(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- CLI
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["run", "C77", "--quick", "--out", str(tmp_path)]) == 2
-    assert "unknown claim id 'C77'; implemented: C18" in capsys.readouterr().err
+    assert "unknown claim id 'C77'; implemented: C04, C05" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["report", "--quick", "--claims", "C18", "--out", str(blocker / "sub")]) == 2

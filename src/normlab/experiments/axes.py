@@ -1,0 +1,398 @@
+"""Exact, computational claims about which elements each normalizer pools (C04-C08).
+
+Nothing here trains a network except C07's two tiny fits; every number is
+measured on normlab's own layers (the pooled set of an element is read off
+the layer's Jacobian, not off its declared dims).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .registry import register
+from .spec import Verdict, compare, experiment, fmt, mean
+from .transformer import _by_name, _plt, _save
+
+SHAPE = (4, 6, 3, 3)  # N, C, H, W of the CNN tensor
+TOKENS = (3, 5, 8)  # B, T, D of the transformer tensor
+TOL = 1e-9  # float64 agreement that counts as "identical"
+
+
+def _exact_grid(mode):
+    return [("exact", {})]
+
+
+# ------------------------------------------------------------------------ C04
+def _layers():
+    """name -> (layer, input shape, the claimed pooled axes, the claimed affine shape)."""
+    from .. import BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d
+
+    n, c, h, w = SHAPE
+    b, t, d = TOKENS
+    return {
+        "BatchNorm": (BatchNorm2d(c), SHAPE, "N,H,W per channel", [c]),
+        "LayerNorm (CNN, over C,H,W)": (LayerNorm((c, h, w)), SHAPE, "C,H,W per sample", [c, h, w]),
+        "LayerNorm over C (channels-first)": (LayerNorm2d(c), SHAPE, "C per sample and position", [c]),
+        "InstanceNorm": (InstanceNorm2d(c, affine=True), SHAPE, "H,W per sample and channel", [c]),
+        "GroupNorm (G=3)": (GroupNorm(3, c), SHAPE, "C/G channels and H,W per sample and group", [c]),
+        "LayerNorm (transformer, over D)": (LayerNorm(d), TOKENS, "D per token", [d]),
+    }
+
+
+def _expected_pool(name: str, shape, at) -> "torch.Tensor":  # noqa: F821
+    import torch
+
+    idx = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
+    if name.startswith("LayerNorm (transformer"):
+        b, t, _ = idx
+        return (b == at[0]) & (t == at[1])
+    n, c, h, w = idx
+    if name == "BatchNorm":
+        return c == at[1]
+    if name.startswith("LayerNorm (CNN"):
+        return n == at[0]
+    if name.startswith("LayerNorm over C"):
+        return (n == at[0]) & (h == at[2]) & (w == at[3])
+    if name == "InstanceNorm":
+        return (n == at[0]) & (c == at[1])
+    per = shape[1] // 3
+    return (n == at[0]) & (c // per == at[1] // per)
+
+
+def _pooled(layer, shape, at, seed: int):
+    """The elements whose value changes ``layer(x)[at]``: the nonzero entries of that Jacobian row."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    layer = layer.double().train()
+    (grad,) = torch.autograd.grad(layer(x)[at], x)
+    return grad != 0
+
+
+def axes_run(config: dict, seed: int) -> dict:
+    import torch
+
+    at_cnn, at_tok = (1, 2, 1, 0), (1, 2, 0)
+    out = {"layers": {}, "pools": {}}
+    for name, (layer, shape, claimed, affine) in _layers().items():
+        at = at_tok if len(shape) == 3 else at_cnn
+        got = _pooled(layer, shape, at, seed)
+        want = _expected_pool(name, shape, at)
+        out["layers"][name] = {"claimed": claimed, "pool_matches": bool(torch.equal(got, want)),
+                               "pooled_elements": int(got.sum()), "claimed_elements": int(want.sum()),
+                               "affine": list(layer.weight.shape), "claimed_affine": affine}
+        out["pools"][name] = {"shape": list(shape), "at": list(at), "mask": got.flatten().int().tolist()}
+    # the two "LayerNorm"s of a CNN on the same tensor
+    from .. import LayerNorm, LayerNorm2d
+
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    a = LayerNorm(SHAPE[1:]).double()(x)
+    b = LayerNorm2d(SHAPE[1]).double()(x)
+    out["ln_difference"] = (a - b).abs().max().item()
+    return out
+
+
+def _c04_verdict(records) -> Verdict:
+    res = records[0]["result"]
+    bad = [n for n, v in res["layers"].items() if not v["pool_matches"] or v["affine"] != v["claimed_affine"]]
+    differ = res["ln_difference"] > 1e-3
+    status = "supported" if not bad and differ else "not supported"
+    summary = (f"pooled sets and affine shapes match the claim for {len(res['layers']) - len(bad)}/"
+               f"{len(res['layers'])} normalizers" + (f" (mismatch: {', '.join(bad)})" if bad else "")
+               + f"; LN over (C,H,W) vs LN over C on one (N,C,H,W) tensor: max |difference| "
+               f"{fmt(res['ln_difference'])}")
+    rule = ("supported if every normalizer's measured pooled set (nonzero Jacobian entries) and affine shape "
+            "equal the claimed ones and the two CNN LayerNorms differ by more than 1e-3; else not supported")
+    return Verdict(status, summary, rule, {"mismatches": bad, "ln_difference": res["ln_difference"]},
+                   key_number=f"{len(res['layers']) - len(bad)}/{len(res['layers'])} match; LN diff "
+                              f"{fmt(res['ln_difference'])}")
+
+
+def _c04_plot(records, verdict, prefix):
+    import numpy as np
+
+    plt = _plt()
+    pools = records[0]["result"]["pools"]
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.2))
+    for ax, (name, p) in zip(axes.flat, pools.items()):
+        shape = p["shape"]
+        m = np.array(p["mask"]).reshape(shape)
+        if len(shape) == 4:  # rows C, columns N blocks of H*W
+            n, c, h, w = shape
+            img = m.transpose(1, 0, 2, 3).reshape(c, n * h * w)
+            ax.set_xlabel(f"N (blocks of H*W = {h * w})")
+            ax.set_ylabel("C")
+            for k in range(1, n):
+                ax.axvline(k * h * w - 0.5, color="k", lw=0.8)
+            ax.set_xticks([k * h * w + (h * w - 1) / 2 for k in range(n)], [str(k) for k in range(n)])
+        else:  # rows D, columns B blocks of T
+            b, t, d = shape
+            img = m.transpose(2, 0, 1).reshape(d, b * t)
+            ax.set_xlabel(f"B (blocks of T = {t})")
+            ax.set_ylabel("D")
+            for k in range(1, b):
+                ax.axvline(k * t - 0.5, color="k", lw=0.8)
+            ax.set_xticks([k * t + (t - 1) / 2 for k in range(b)], [str(k) for k in range(b)])
+        ax.imshow(img, cmap="Blues", vmin=0, vmax=1.3, aspect="auto", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    fig.suptitle("Elements pooled into the statistics of one element (blue), measured from the Jacobian",
+                 fontsize=10)
+    return [_save(fig, prefix + "-axes.png")]
+
+
+register(experiment(
+    claim="C04", title="Which axes each normalizer reduces over",
+    statement="For (N, C, H, W): BN pools N,H,W per channel, LN-in-CNNs C,H,W per sample, InstanceNorm H,W per "
+              "sample and channel, GroupNorm C/G channels and H,W; LN-in-transformers pools D per token. The "
+              "CNN and transformer 'LayerNorm's give different outputs.",
+    setup=f"float64 random tensors of shape {SHAPE} and {TOKENS}; the pooled set of one element is the set of "
+          "inputs with a nonzero entry in that output's Jacobian row (normlab layers in training mode); affine "
+          "shapes read off the layers.",
+    grid=_exact_grid, seeds={"quick": 1, "full": 1}, run=axes_run, verdict=_c04_verdict, plot=_c04_plot,
+    paper="Wu & He 2018 (Group Normalization), Figure 2: the four normalizers as pooled regions of an N x C x "
+          "(H,W) cube.",
+))
+
+
+# ------------------------------------------------------------------------ C05
+def identities_run(config: dict, seed: int) -> dict:
+    import torch
+
+    from .. import GroupNorm, InstanceNorm2d, LayerNorm
+
+    n, c, h, w = SHAPE
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(SHAPE, generator=g, dtype=torch.float64) * 3 + 2).requires_grad_(True)
+    up = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+    gamma = torch.randn(c, generator=g, dtype=torch.float64)
+    beta = torch.randn(c, generator=g, dtype=torch.float64)
+
+    def both(layer_a, layer_b):
+        ya, yb = layer_a(x), layer_b(x)
+        (ga,) = torch.autograd.grad(ya, x, up)
+        (gb,) = torch.autograd.grad(yb, x, up)
+        return {"forward": (ya - yb).abs().max().item(), "backward": (ga - gb).abs().max().item()}
+
+    out = {}
+    nn = torch.nn
+    for lib, (GN, LN, IN) in (("", (GroupNorm, LayerNorm, InstanceNorm2d)),
+                              ("torch_", (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d))):
+        gn1, ln = GN(1, c).double(), LN((c, h, w)).double()
+        gnc, inn = GN(c, c).double(), IN(c, affine=True).double()
+        with torch.no_grad():
+            for m in (gn1, gnc, inn):
+                m.weight.copy_(gamma)
+                m.bias.copy_(beta)
+            ln.weight.copy_(gamma[:, None, None].expand(c, h, w))  # GN's per-channel affine, spread over H, W
+            ln.bias.copy_(beta[:, None, None].expand(c, h, w))
+        out[lib + "gn1_vs_ln"], out[lib + "gnC_vs_in"] = both(gn1, ln), both(gnc, inn)
+    return {**out,
+            "affine_params": {"GroupNorm": c * 2, "LayerNorm (C,H,W)": c * h * w * 2}}
+
+
+def _c05_verdict(records) -> Verdict:
+    keys = ("gn1_vs_ln", "gnC_vs_in", "torch_gn1_vs_ln", "torch_gnC_vs_in")
+    worst = {k: max(max(r["result"][k].values()) for r in records) for k in keys if k in records[0]["result"]}
+    ok = all(v <= TOL for v in worst.values())
+    summary = (f"max |difference| (forward and input gradient, float64): GroupNorm(1) vs LayerNorm(C,H,W) "
+               f"{fmt(worst['gn1_vs_ln'])}, GroupNorm(C) vs InstanceNorm {fmt(worst['gnC_vs_in'])} (normlab); "
+               f"torch's own layers: {fmt(worst.get('torch_gn1_vs_ln', math.nan))} and "
+               f"{fmt(worst.get('torch_gnC_vs_in', math.nan))}")
+    return Verdict("supported" if ok else "not supported", summary,
+                   f"supported if both identities hold to {TOL:g} in float64 (with LN's affine set to GN's "
+                   "per-channel values spread over H,W); else not supported", worst,
+                   key_number=f"{fmt(max(worst.values()))} max diff")
+
+
+register(experiment(
+    claim="C05", title="GroupNorm's two limits: one group is LayerNorm, C groups is InstanceNorm",
+    statement="GroupNorm with one group equals LayerNorm over (C,H,W) up to the affine shape; with C groups it "
+              "equals InstanceNorm.",
+    setup=f"float64 input {SHAPE} with mean 2 and std 3, shared random gamma/beta; forward outputs and input "
+          "gradients (random upstream gradient) compared element-wise, for normlab's layers and for torch's.",
+    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=identities_run, verdict=_c05_verdict,
+    paper="Wu & He 2018, Section 3.1: GN becomes LN when G=1 and IN when G=C.",
+))
+
+
+# ------------------------------------------------------------------------ C06
+def batch1_run(config: dict, seed: int) -> dict:
+    import torch
+
+    from .. import BatchNorm2d, InstanceNorm2d, LayerNorm
+
+    n, c, h, w = SHAPE
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.randn(1, c, 1, 1, generator=g, dtype=torch.float64) * 3  # channels differ in mean
+    x = torch.randn((1, c, h, w), generator=g, dtype=torch.float64) + offsets
+    bn = BatchNorm2d(c).double().train()(x)
+    ln = LayerNorm((c, h, w)).double()(x)
+    inn = InstanceNorm2d(c).double()(x)
+    return {"bn1_vs_ln": (bn - ln).abs().max().item(), "bn1_vs_in": (bn - inn).abs().max().item(),
+            "ln_std": ln.std().item()}
+
+
+def _c06_verdict(records) -> Verdict:
+    d = [r["result"]["bn1_vs_ln"] for r in records]
+    i = [r["result"]["bn1_vs_in"] for r in records]
+    status = "supported" if min(d) > 0.1 else "not supported"
+    summary = (f"(1, C, H, W) input: BatchNorm in training at batch 1 vs LayerNorm(C,H,W): max |difference| "
+               f"{fmt(min(d))}..{fmt(max(d))} (normalized units); BN at batch 1 vs InstanceNorm: {fmt(max(i))} "
+               "(BN at batch 1 is InstanceNorm, not LayerNorm)")
+    return Verdict(status, summary, "supported if BN at batch 1 and LN differ by more than 0.1 in every seed; "
+                   "else not supported", {"bn1_vs_ln": d, "bn1_vs_in": i},
+                   key_number=f"max diff {fmt(min(d))}+")
+
+
+register(experiment(
+    claim="C06", title="LayerNorm is not BatchNorm at batch size 1",
+    statement="LayerNorm is not BatchNorm with a batch of one: they reduce over different axes.",
+    setup=f"float64 (1, {SHAPE[1]}, {SHAPE[2]}, {SHAPE[3]}) input whose channels have different means; BN in "
+          "training mode vs LayerNorm over (C,H,W) vs InstanceNorm, no affine difference (gamma 1, beta 0).",
+    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=batch1_run, verdict=_c06_verdict,
+))
+
+
+# ------------------------------------------------------------------------ C07
+def _c07_grid(mode):
+    steps = {"quick": 300, "full": 800}[mode]
+    return [(f"{kind} affine={aff}", {"kind": kind, "affine": aff, "steps": steps})
+            for kind in ("batchnorm", "layernorm") for aff in (True, False)]
+
+
+def identity_fit_run(config: dict, seed: int) -> dict:
+    """Fit a norm layer (plus nothing else) to reproduce its input; return the relative error in eval mode."""
+    import torch
+
+    from .. import BatchNorm1d, LayerNorm
+
+    d, batch = 16, 256
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.rand(d, generator=g) * 6 - 3
+    sd = torch.rand(d, generator=g) * 2.5 + 0.5
+
+    def sample():
+        return torch.randn(batch, d, generator=g) * sd + mu
+
+    layer = (BatchNorm1d(d, affine=config["affine"]) if config["kind"] == "batchnorm"
+             else LayerNorm(d, elementwise_affine=config["affine"]))
+    params = list(layer.parameters())
+    opt = torch.optim.Adam(params, lr=0.05) if params else None
+    curve = []
+    for step in range(config["steps"]):
+        x = sample()
+        loss = (layer(x) - x).square().mean()
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if step % 20 == 0:
+            curve.append((step, loss.item()))
+    layer.eval()
+    with torch.no_grad():
+        x = torch.cat([sample() for _ in range(8)])
+        rel = ((layer(x) - x).square().mean() / x.var(0).mean()).item()
+    return {"rel_error": rel, "curve": curve}
+
+
+def _c07_verdict(records) -> Verdict:
+    g = _by_name(records)
+    aff = [r["result"]["rel_error"] for r in g.get("batchnorm affine=True", [])]
+    raw = [r["result"]["rel_error"] for r in g.get("batchnorm affine=False", [])]
+    if not aff or not raw:
+        return Verdict("inconclusive", "missing runs", "needs BN with and without affine")
+    v = compare([math.log10(max(e, 1e-12)) for e in raw], [math.log10(max(e, 1e-12)) for e in aff],
+                expect="greater", what="log10 relative error", label_a="without affine", label_b="with affine",
+                min_effect=1.0)
+    status = v.status
+    if status == "supported" and max(aff) > 0.01:
+        status = "inconclusive"
+    ln = [r["result"]["rel_error"] for r in g.get("layernorm affine=True", [])]
+    summary = (f"BatchNorm fit to the identity, relative squared error in eval mode: with affine {fmt(mean(aff))} "
+               f"(max {fmt(max(aff))}), without {fmt(mean(raw))}"
+               + (f"; LayerNorm with affine {fmt(mean(ln))} (per-row statistics: gamma/beta cannot undo them "
+                  "when rows differ)" if ln else ""))
+    rule = ("supported if BN's error without affine exceeds the error with affine by more than a decade "
+            "(and the seed spread, in log10) and the error with affine is below 0.01; opposite: not supported; "
+            "otherwise inconclusive")
+    return Verdict(status, summary, rule, {"with_affine": aff, "without_affine": raw, "layernorm_affine": ln},
+                   key_number=f"{fmt(mean(aff))} vs {fmt(mean(raw))}")
+
+
+def _c07_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, recs) in enumerate(sorted(_by_name(records).items())):
+        for j, r in enumerate(recs):
+            s, l = zip(*r["result"]["curve"])
+            ax.plot(s, l, color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training MSE to the input (per element)")
+    ax.set_title("Fitting a norm layer to the identity (one line per seed)")
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-fit.png")]
+
+
+register(experiment(
+    claim="C07", title="The affine transform can restore the identity",
+    statement="With learnable gamma and beta a BatchNorm layer can represent the identity on its input "
+              "distribution; without them it cannot.",
+    setup="A lone BatchNorm1d (and LayerNorm, for contrast) over 16 features whose means lie in [-3, 3] and stds "
+          "in [0.5, 3]; Adam lr 0.05 on MSE(layer(x), x), batches of 256 (quick 300 steps, full 800); error "
+          "measured in eval mode, relative to the input variance.",
+    grid=_c07_grid, seeds={"quick": 2, "full": 3}, run=identity_fit_run, verdict=_c07_verdict, plot=_c07_plot,
+    paper="Ioffe & Szegedy 2015, Section 3: setting gamma = sqrt(Var[x]) and beta = E[x] recovers the original "
+          "activations.",
+))
+
+
+# ------------------------------------------------------------------------ C08
+def degenerate_run(config: dict, seed: int) -> dict:
+    import torch
+
+    from .. import BatchNorm1d
+    from ..functional import moments, normalize
+
+    c = 8
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(1, c, generator=g, dtype=torch.float64) * 5).requires_grad_(True)
+    beta = torch.randn(c, generator=g, dtype=torch.float64)
+    _, var = moments(x, (0,))
+    y = normalize(x, (0,), torch.ones(c, dtype=torch.float64), beta)
+    (grad,) = torch.autograd.grad(y, x, torch.randn(1, c, generator=g, dtype=torch.float64))
+    errors = {}
+    for lib, layer in (("normlab", BatchNorm1d(c)), ("torch", torch.nn.BatchNorm1d(c))):
+        try:
+            layer.train()(x.detach().float())
+            errors[lib] = None
+        except Exception as e:  # the message is the result
+            errors[lib] = f"{type(e).__name__}: {e}"
+    return {"max_var": var.abs().max().item(), "output_minus_beta": (y - beta).abs().max().item(),
+            "max_input_grad": grad.abs().max().item(), "errors": errors}
+
+
+def _c08_verdict(records) -> Verdict:
+    r = records[0]["result"]
+    degenerate = r["max_var"] == 0 and r["output_minus_beta"] == 0 and r["max_input_grad"] == 0
+    err = r["errors"].get("normlab") or ""
+    clear = "batch size 1" in err and "(1, 8)" in err
+    status = "supported" if degenerate and clear else "not supported"
+    summary = (f"BN statistics of a (1, 8) batch: variance {fmt(r['max_var'])}, |output - beta| "
+               f"{fmt(r['output_minus_beta'])}, |input gradient| {fmt(r['max_input_grad'])}; normlab's BatchNorm1d "
+               f"in training raises: {err or 'nothing'}; torch: {r['errors'].get('torch') or 'nothing'}")
+    return Verdict(status, summary, "supported if the batch variance, output - beta and input gradient are all "
+                   "exactly 0 and normlab raises an error naming the shape and the batch size; else not supported",
+                   {k: r[k] for k in ("max_var", "output_minus_beta", "max_input_grad")},
+                   key_number=f"var {fmt(r['max_var'])}, grad {fmt(r['max_input_grad'])}")
+
+
+register(experiment(
+    claim="C08", title="BatchNorm at batch size 1 in training is degenerate",
+    statement="With one sample of a 1-D feature, BatchNorm's per-channel variance is zero: the output is beta and "
+              "no gradient reaches the input.",
+    setup="float64 (1, 8) input with std 5; the batch statistics and normalization from normlab.functional, "
+          "the input gradient for a random upstream gradient; normlab's and torch's BatchNorm1d in training mode.",
+    grid=_exact_grid, seeds={"quick": 1, "full": 1}, run=degenerate_run, verdict=_c08_verdict,
+))
