@@ -39,7 +39,7 @@ def _layers():
     }
 
 
-def _expected_pool(name: str, shape, at) -> "torch.Tensor":  # noqa: F821
+def _expected_pool(name: str, shape, at):
     import torch
 
     idx = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")

@@ -161,8 +161,6 @@ def _seq_sum(x, dtype):
 
 def _stats_by(method: str, x, dtype):
     """(mean, var) of the rows of the low-precision ``x`` (returned in float64) by ``method``."""
-    import torch
-
     d = x.shape[-1]
     if method in ("tree", "sequential"):
         total = _tree_sum if method == "tree" else _seq_sum

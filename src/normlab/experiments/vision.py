@@ -1,0 +1,691 @@
+"""CNN claims on MNIST-1D: ICS and smoothness (C01, C02), learning rates (C03), small batches (C09),
+regularization (C13), gamma=0 (C30), weight normalization (C33)."""
+
+from __future__ import annotations
+
+import math
+
+from .registry import register
+from .spec import Verdict, compare, experiment, fmt, mean, spread
+from .transformer import _by_name, _curves_plot, _plt, _save
+
+CNN = {  # model and budget per mode (MNIST-1D, 4000 train / 1000 test signals of length 40)
+    "quick": dict(widths=[16, 32], blocks_per_stage=1, steps=300, batch=32),
+    "full": dict(widths=[16, 32, 64], blocks_per_stage=1, steps=800, batch=32),
+}
+
+
+def model_cfg(mode: str, **overrides) -> dict:
+    s = CNN[mode]
+    return {"dim": 1, "input_size": 40, "widths": s["widths"], "blocks_per_stage": s["blocks_per_stage"],
+            "arch": "vgg", **overrides}
+
+
+def train_cfg(mode: str, **overrides) -> dict:
+    steps = overrides.pop("steps", CNN[mode]["steps"])
+    return {"steps": steps, "lr": 3e-3, "warmup_steps": steps // 10, "grad_clip": 1.0,
+            "log_every": max(1, steps // 50), **overrides}
+
+
+def load_data(spec: dict | None):
+    """``{"name": "mnist1d" | "digits", **kwargs}`` -> ClassificationData (MNIST-1D by default)."""
+    from ..data import digits, mnist1d
+
+    spec = dict(spec or {"name": "mnist1d"})
+    name = spec.pop("name")
+    return mnist1d(**spec) if name == "mnist1d" else digits(**spec)
+
+
+def build_net(model: dict):
+    from ..models import ConvNet, ConvNetConfig
+
+    cfg = dict(model)
+    cfg["widths"] = tuple(cfg["widths"])
+    return ConvNet(ConvNetConfig(**cfg))
+
+
+def train_net(config: dict, seed: int, net=None, data=None):
+    """Train the ConvNet of ``config["model"]`` (or ``net``) on ``config["data"]``; return (net, data, record)."""
+    import torch
+
+    from ..train import ClassificationTask, TrainConfig, train
+
+    data = data if data is not None else load_data(config.get("data"))
+    torch.manual_seed(seed)
+    net = net if net is not None else build_net(config["model"])
+    tcfg = dict(config["train"])
+    if "betas" in tcfg:
+        tcfg["betas"] = tuple(tcfg["betas"])
+    task = ClassificationTask(data, config.get("batch", 32), ghost_batch=config.get("ghost_batch"))
+    rec = train(net, task, TrainConfig(**tcfg, seed=seed, progress=False))
+    return net, data, rec
+
+
+def summary(rec: dict) -> dict:
+    return {"status": rec["status"], "diverged_at": rec["diverged_at"], "final": rec["final"],
+            "first_loss": rec["metrics"][0]["loss"] if rec["metrics"] else None,
+            "curve": [(m["step"], m["loss"]) for m in rec["metrics"]], "evals": rec["evals"],
+            "wall_time_s": rec["wall_time_s"], "error": rec["error"]}
+
+
+def cnn_run(config: dict, seed: int) -> dict:
+    """Train a ConvNet and return its summary (final metrics, loss curve, evaluations)."""
+    return summary(train_net(config, seed)[2])
+
+
+def bars(values: dict[str, list[float]], path: str, title: str, ylabel: str) -> str:
+    """One bar per group (its mean) with a dot per seed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, vals) in enumerate(values.items()):
+        ax.scatter([i] * len(vals), vals, color=f"C{i % 10}", zorder=3)
+        ax.bar(i, mean(vals), color=f"C{i % 10}", alpha=0.35)
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(list(values), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + " (dots: seeds; bars: mean)", fontsize=9)
+    return _save(fig, path)
+
+
+def _final(r: dict, key: str) -> float:
+    res = r["result"]
+    return res["final"].get(key, math.nan) if res["status"] == "ok" else math.nan
+
+
+# ------------------------------------------------------------------- C01 / C02
+LANDSCAPE = {"quick": dict(steps=150, every=50, blocks_per_stage=1),
+             "full": dict(steps=600, every=100, blocks_per_stage=2)}
+STEP_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _landscape_grid(measure: str):
+    def grid(mode):
+        s = dict(LANDSCAPE[mode])
+        model = model_cfg(mode, blocks_per_stage=s.pop("blocks_per_stage"))
+        runs = [(norm, {"model": {**model, "norm": norm}, "lr": 0.05, "measure": measure, "init": "he", **s})
+                for norm in ("batchnorm", "none")]
+        if mode == "full":  # the same plain net with torch's default init, which barely moves at this lr
+            runs.append(("none (torch default init)", {**runs[1][1], "init": "torch"}))
+        return runs
+    return grid
+
+
+def _units(net):
+    """Parameter groups in forward order: each conv unit (conv + its norm), then the head."""
+    from ..models.cnn import ConvUnit
+
+    groups = [list(m.parameters()) for m in net.modules() if isinstance(m, ConvUnit)]
+    return groups + [list(net.head.parameters())]
+
+
+def _grads(net, loss_fn, params):
+    import torch
+
+    return torch.autograd.grad(loss_fn(net), params)
+
+
+def _measure(net, x, y, lr: float, what: str) -> dict:
+    """Santurkar et al.'s quantities at the current parameters, on one batch (BN in training mode).
+
+    ``what``: "ics" (each layer's gradient change when the layers below step
+    first) or "landscape" (loss and gradient along -g).
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(m):
+        return F.cross_entropy(m(x), y)
+
+    groups = _units(net)
+    params = [p for g in groups for p in g]
+    g_all = _grads(net, loss_fn, params)
+    if what == "landscape":
+        return _landscape(net, loss_fn, g_all, lr)
+    by_param = dict(zip(map(id, params), g_all))
+    # ICS of layer i: its gradient before vs after the layers below it took their step on the same batch
+    ics_l2, ics_cos = [], []
+    for i in range(1, len(groups)):
+        w = groups[i][0]  # the conv (or head) weight of group i
+        g = by_param[id(w)]
+        moved = copy.deepcopy(net)
+        mgroups = _units(moved)
+        with torch.no_grad():
+            for k in range(i):
+                for p, q in zip(groups[k], mgroups[k]):
+                    q.sub_(lr * by_param[id(p)])
+        (g2,) = _grads(moved, loss_fn, [mgroups[i][0]])
+        ics_l2.append((g - g2).norm().item())
+        ics_cos.append(torch.nn.functional.cosine_similarity(g.flatten(), g2.flatten(), dim=0).item())
+    return {"ics_l2": ics_l2, "ics_cos": ics_cos}
+
+
+def _landscape(net, loss_fn, g_all, lr: float) -> dict:
+    """Loss range, largest gradient change and effective beta-smoothness along -g."""
+    import copy
+
+    import torch
+
+    gnorm = torch.sqrt(sum(t.square().sum() for t in g_all)).item()
+    losses, pred = [], []
+    beta = 0.0
+    for mult in STEP_MULTIPLES:
+        s = lr * mult
+        moved = copy.deepcopy(net)
+        mparams = [p for g in _units(moved) for p in g]
+        with torch.no_grad():
+            for p, gp in zip(mparams, g_all):
+                p.sub_(s * gp)
+        loss = loss_fn(moved)
+        g2 = torch.autograd.grad(loss, mparams)
+        diff = torch.sqrt(sum((a - b).square().sum() for a, b in zip(g2, g_all))).item()
+        losses.append(loss.item())
+        pred.append(diff)
+        beta = max(beta, diff / (s * gnorm) if gnorm > 0 else 0.0)
+    return {"loss_range": max(losses) - min(losses), "grad_change": max(pred), "beta": beta, "grad_norm": gnorm}
+
+
+def landscape_run(config: dict, seed: int) -> dict:
+    """Train a VGG-like ConvNet with SGD; every ``every`` steps measure ICS and the landscape on the batch."""
+    import torch
+    import torch.nn.functional as F
+
+    data = load_data(config.get("data"))
+    torch.manual_seed(seed)
+    net = build_net(config["model"]).train()
+    with torch.no_grad():  # He init, so the plain net trains too (torch's default shrinks the signal per layer)
+        for m in net.modules():
+            if config.get("init") == "he" and isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    m.bias.zero_()
+    opt = torch.optim.SGD(net.parameters(), lr=config["lr"])
+    gen = torch.Generator().manual_seed(seed)
+    points, curve = [], []
+    for step in range(config["steps"] + 1):
+        idx = torch.randint(0, len(data.y_train), (64,), generator=gen)
+        x, y = data.x_train[idx], data.y_train[idx]
+        if step % config["every"] == 0:
+            points.append({"step": step, **_measure(net, x, y, config["lr"], config["measure"])})
+        if step == config["steps"]:
+            break
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append((step, loss.item()))
+    net.eval()
+    with torch.no_grad():
+        acc = (net(data.x_test).argmax(-1) == data.y_test).float().mean().item()
+    return {"points": points, "curve": curve[:: max(1, len(curve) // 50)], "test_acc": acc}
+
+
+def _per_seed(records, name, key, skip_first=True):
+    """Per seed: the mean of ``key`` over checkpoints (after step 0) and layers."""
+    out = {}
+    for r in _by_name(records).get(name, []):
+        pts = r["result"]["points"][1:] if skip_first else r["result"]["points"]
+        vals = [v for p in pts for v in (p[key] if isinstance(p[key], list) else [p[key]])]
+        out[r["seed"]] = mean(vals)
+    return out
+
+
+def _paired(records, key, transform=lambda v: v):
+    bn, no = _per_seed(records, "batchnorm", key), _per_seed(records, "none", key)
+    seeds = sorted(set(bn) & set(no))
+    return [transform(bn[s]) / transform(no[s]) for s in seeds], bn, no
+
+
+def _c01_verdict(records) -> Verdict:
+    ratios, bn, no = _paired(records, "ics_cos", transform=lambda c: 1 - c)
+    if not ratios:
+        return Verdict("inconclusive", "missing runs", "needs BN and no-norm runs of the same seeds")
+    if min(ratios) > 0.5:
+        status = "supported"
+    elif max(ratios) < 0.5:
+        status = "not supported"
+    else:
+        status = "inconclusive"
+    l2, _, _ = _paired(records, "ics_l2")
+    summary = (f"ICS as 1 - cos(G, G') averaged over layers and checkpoints: with BN {fmt(mean(1 - c for c in bn.values()))}"
+               f", without {fmt(mean(1 - c for c in no.values()))}; BN/no-BN ratio per seed "
+               f"{', '.join(fmt(r) for r in ratios)}; ||G - G'|| ratio per seed {', '.join(fmt(r) for r in l2)}")
+    rule = ("supported (BN does not markedly reduce ICS) if BN's ICS is more than half of the un-normalized "
+            "net's in every seed; not supported if below half in every seed; otherwise inconclusive")
+    return Verdict(status, summary, rule, {"ratios": ratios, "l2_ratios": l2},
+                   key_number=f"ICS ratio BN/none {fmt(mean(ratios))}")
+
+
+def _c02_verdict(records) -> Verdict:
+    beta, _, _ = _paired(records, "beta")
+    rng, _, _ = _paired(records, "loss_range")
+    gchg, _, _ = _paired(records, "grad_change")
+    if not beta:
+        return Verdict("inconclusive", "missing runs", "needs BN and no-norm runs of the same seeds")
+    if max(beta) < 1 and max(rng) < 1:
+        status = "supported"
+    elif min(beta) >= 1 and min(rng) >= 1:
+        status = "not supported"
+    else:
+        status = "inconclusive"
+    summary = (f"BN / no-BN ratios per seed (averaged over checkpoints): effective beta-smoothness "
+               f"{', '.join(fmt(r) for r in beta)}; loss range along -g {', '.join(fmt(r) for r in rng)}; "
+               f"gradient change {', '.join(fmt(r) for r in gchg)}")
+    rule = ("supported if BN's effective beta-smoothness and loss range are both below the un-normalized net's "
+            "in every seed (ratio < 1); not supported if both are at or above it in every seed; otherwise "
+            "inconclusive")
+    return Verdict(status, summary, rule, {"beta": beta, "loss_range": rng, "grad_change": gchg},
+                   key_number=f"beta ratio {fmt(mean(beta))}, loss-range ratio {fmt(mean(rng))}")
+
+
+def _landscape_plot(keys, ylabels, suffix):
+    def plot(records, verdict, prefix):
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+        for ax, key, ylabel in zip(axes, keys, ylabels):
+            for i, (name, recs) in enumerate(sorted(_by_name(records).items())):
+                for j, r in enumerate(recs):
+                    pts = r["result"]["points"]
+                    vals = [mean(p[key]) if isinstance(p[key], list) else p[key] for p in pts]
+                    if key == "ics_cos":
+                        vals = [1 - v for v in vals]
+                    ax.plot([p["step"] for p in pts], vals, marker="o", ms=3, color=f"C{i}",
+                            label=name if j == 0 else None)
+            ax.set_yscale("log")
+            ax.set_xlabel("training step")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        fig.suptitle("VGG-like 1-D CNN on MNIST-1D, SGD lr 0.05 (one line per seed)", fontsize=9)
+        return [_save(fig, f"{prefix}-{suffix}.png")]
+    return plot
+
+
+_LANDSCAPE_SETUP = ("VGG-like 1-D CNN (quick: 3 conv units, widths 16/32; full: 7, widths 16/32/64), He-initialized, "
+                    "on MNIST-1D, with BatchNorm and without normalization (full mode adds the plain net with torch's "
+                    "default init), plain SGD lr 0.05, batches of 64 (quick 150 steps, full 600); every 50/100 "
+                    "steps on the current batch: ICS of each layer (its weight gradient G vs G' after the "
+                    "layers below took their SGD step on the same batch), and along -g for steps of "
+                    "{0.25, 0.5, 1, 2, 4} x lr: the loss range, max ||grad(theta - s g) - g|| and the effective "
+                    "beta-smoothness max ||grad(theta - s g) - g|| / ||s g||.")
+
+register(experiment(
+    claim="C01", title="BatchNorm does not markedly reduce internal covariate shift",
+    statement="Measured as the change of a layer's gradient when the layers before it are updated first, "
+              "BatchNorm does not reduce internal covariate shift much (if at all).",
+    setup=_LANDSCAPE_SETUP, grid=_landscape_grid("ics"), seeds={"quick": 2, "full": 3}, run=landscape_run,
+    verdict=_c01_verdict, plot=_landscape_plot(["ics_cos", "ics_l2"], ["ICS: 1 - cos(G, G')", "ICS: ||G - G'||"],
+                                               "ics"),
+    paper="Santurkar et al. 2018, Figure 3: VGG on CIFAR-10, BN networks show ICS comparable to or larger than "
+          "standard ones in both the l2 difference and the cosine.",
+))
+
+register(experiment(
+    claim="C02", title="BatchNorm smooths the loss landscape",
+    statement="Along the gradient direction the loss varies less and the gradient changes less (smaller "
+              "effective beta-smoothness) with BatchNorm.",
+    setup=_LANDSCAPE_SETUP, grid=_landscape_grid("landscape"), seeds={"quick": 2, "full": 3}, run=landscape_run,
+    verdict=_c02_verdict,
+    plot=_landscape_plot(["loss_range", "grad_change", "beta"],
+                         ["loss range along -g (nats)", "max ||grad change||", "effective beta-smoothness"],
+                         "landscape"),
+    paper="Santurkar et al. 2018, Figure 4: VGG on CIFAR-10, loss landscape variation, gradient predictiveness "
+          "and effective beta-smoothness all markedly smaller with BN.",
+))
+
+
+# ------------------------------------------------------------------------ C03
+C03_LRS = {"quick": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "full": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}
+C03_NORMS = {"quick": ("batchnorm", "layernorm", "none"), "full": ("batchnorm", "groupnorm", "layernorm", "none")}
+STABLE_ACC = 0.3  # a run "trains" if it is not diverged and beats chance (0.1) by this much
+
+
+def _c03_grid(mode):
+    steps = {"quick": 150, "full": 400}[mode]
+    return [(f"{norm} lr{lr:g}", {"model": model_cfg(mode, norm=norm), "norm": norm, "lr": lr,
+                                  "train": train_cfg(mode, steps=steps, lr=lr, optimizer="sgd", momentum=0.9,
+                                                     warmup_steps=0, grad_clip=None, schedule="constant")})
+            for norm in C03_NORMS[mode] for lr in C03_LRS[mode]]
+
+
+def _largest_stable(records) -> dict[str, dict[int, float]]:
+    """norm -> seed -> log10 of the largest lr that trained (one decade-half below the sweep if none did)."""
+    out: dict[str, dict[int, float]] = {}
+    lrs = sorted({r["config"]["lr"] for r in records})
+    for r in records:
+        norm, seed = r["config"]["norm"], r["seed"]
+        best = out.setdefault(norm, {}).setdefault(seed, math.log10(lrs[0]) - 0.5)
+        ok = r["result"]["status"] == "ok" and _final(r, "test_acc") >= STABLE_ACC
+        if ok:
+            out[norm][seed] = max(best, math.log10(r["config"]["lr"]))
+    return out
+
+
+def _c03_verdict(records) -> Verdict:
+    best = _largest_stable(records)
+    if "batchnorm" not in best or "none" not in best:
+        return Verdict("inconclusive", "missing runs", "needs BN and no-norm sweeps")
+    v = compare(list(best["batchnorm"].values()), list(best["none"].values()), expect="greater",
+                what="log10 largest trainable lr", label_a="BatchNorm", label_b="no norm")
+    others = "; ".join(f"{n}: {', '.join(fmt(10 ** x) for x in s.values())}" for n, s in sorted(best.items()))
+    v.summary = f"largest trainable SGD lr per seed -- {others}. " + v.summary
+    v.rule = (f"a run trains if it did not diverge and reached {STABLE_ACC:.0%} test accuracy; " + v.rule)
+    v.key_number = (f"BN {fmt(10 ** mean(best['batchnorm'].values()))} vs none "
+                    f"{fmt(10 ** mean(best['none'].values()))}")
+    return v
+
+
+def _c03_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    norms = sorted({r["config"]["norm"] for r in records})
+    for i, norm in enumerate(norms):
+        rs = [r for r in records if r["config"]["norm"] == norm]
+        lrs = sorted({r["config"]["lr"] for r in rs})
+        accs = [[_final(r, "test_acc") if r["result"]["status"] == "ok" else 0.0 for r in rs
+                 if r["config"]["lr"] == lr] for lr in lrs]
+        ax.plot(lrs, [mean(a) for a in accs], marker="o", color=f"C{i}", label=norm)
+        ax.fill_between(lrs, [min(a) for a in accs], [max(a) for a in accs], color=f"C{i}", alpha=0.2)
+    ax.axhline(STABLE_ACC, color="k", ls=":", lw=0.8, label="'trains' threshold")
+    ax.set_xscale("log")
+    ax.set_xlabel("SGD learning rate (momentum 0.9, no warm-up, no clipping)")
+    ax.set_ylabel("final test accuracy (0 = diverged)")
+    ax.set_title("Learning-rate sweep (mean, min-max band over seeds)")
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-lr.png")]
+
+
+register(experiment(
+    claim="C03", title="Normalization allows larger learning rates",
+    statement="The largest learning rate at which a network still trains is higher with BatchNorm (or LN/GN) "
+              "than without normalization.",
+    setup="VGG-like 1-D CNN on MNIST-1D, SGD with momentum 0.9, constant lr from 0.01 to 3 (full: to 10), no "
+          "warm-up or clipping, 150 (quick) or 400 (full) steps of batch 32; divergence as the training loop "
+          "defines it (NaN, or the loss's moving average above 1.5x the first loss).",
+    grid=_c03_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c03_verdict, plot=_c03_plot,
+    paper="Ioffe & Szegedy 2015, Section 3.3 and 4.2: BN enables higher learning rates (up to 30x in their "
+          "Inception experiments); Bjorck et al. 2018 tie BN's benefit to the larger usable learning rate.",
+))
+
+
+# ------------------------------------------------------------------------ C09
+C09_BATCHES = {"quick": [32, 8, 2], "full": [32, 16, 8, 4, 2]}
+C09_NORMS = {"quick": ("batchnorm", "groupnorm", "layernorm"),
+             "full": ("batchnorm", "groupnorm", "layernorm", "instancenorm")}
+
+
+def _c09_grid(mode):
+    return [(f"{norm} per-worker {b}", {"model": model_cfg(mode, norm=norm), "norm": norm, "per_worker": b,
+                                         "ghost_batch": b, "batch": 32, "train": train_cfg(mode)})
+            for norm in C09_NORMS[mode] for b in C09_BATCHES[mode]]
+
+
+def _acc_by(records, norm) -> dict[int, dict[int, float]]:
+    """per-worker batch -> seed -> test accuracy (0 if the run diverged)."""
+    out: dict[int, dict[int, float]] = {}
+    for r in records:
+        if r["config"]["norm"] == norm:
+            acc = _final(r, "test_acc")
+            out.setdefault(r["config"]["per_worker"], {})[r["seed"]] = 0.0 if math.isnan(acc) else acc
+    return out
+
+
+def _drops(records, norm) -> list[float]:
+    acc = _acc_by(records, norm)
+    if not acc:
+        return []
+    big, small = acc[max(acc)], acc[min(acc)]
+    return [big[s] - small[s] for s in sorted(set(big) & set(small))]
+
+
+def _c09_verdict(records) -> Verdict:
+    bn, gn = _drops(records, "batchnorm"), _drops(records, "groupnorm")
+    if not bn or not gn:
+        return Verdict("inconclusive", "missing runs", "needs BN and GN runs at the largest and smallest batch")
+    v = compare(bn, gn, expect="greater", what="accuracy drop from the largest to the smallest per-worker batch",
+                label_a="BatchNorm", label_b="GroupNorm", min_effect=0.02)
+    extra = "; ".join(f"{n} drop {fmt(mean(_drops(records, n)))}" for n in ("layernorm", "instancenorm")
+                      if _drops(records, n))
+    v.summary += f"; {extra}" if extra else ""
+    v.key_number = f"drop BN {fmt(mean(bn))} vs GN {fmt(mean(gn))}"
+    return v
+
+
+def _c09_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, norm in enumerate(n for n in C09_NORMS["full"] if any(r["config"]["norm"] == n for r in records)):
+        acc = _acc_by(records, norm)
+        bs = sorted(acc, reverse=True)
+        err = [[100 * (1 - a) for a in acc[b].values()] for b in bs]
+        ax.plot(bs, [mean(e) for e in err], marker="o", color=f"C{i}", label=norm)
+        ax.fill_between(bs, [min(e) for e in err], [max(e) for e in err], color=f"C{i}", alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()
+    ax.set_xlabel("images per worker (ghost batch inside a batch of 32)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("Error vs per-worker batch (cf. Wu & He 2018, Figure 1)")
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-batch.png")]
+
+
+register(experiment(
+    claim="C09", title="BatchNorm degrades at small batches; GroupNorm and LayerNorm hold",
+    statement="Accuracy with BatchNorm falls as the batch its statistics see shrinks (below ~16-32), while "
+              "GroupNorm and LayerNorm stay put.",
+    setup="VGG-like 1-D CNN on MNIST-1D; every step uses 32 examples, but the model sees them in ghost batches "
+          "of 32/8/2 (full: 32/16/8/4/2) examples, as workers would, so only the statistics' batch changes; "
+          "AdamW lr 3e-3, warm-up + cosine, 300 (quick) / 800 (full) steps; test accuracy in eval mode.",
+    grid=_c09_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c09_verdict, plot=_c09_plot,
+    paper="Wu & He 2018, Figure 1 (ResNet-50, ImageNet, 8 workers): BN 23.6% error at 32 images/worker vs 34.7% "
+          "at 2; GN 24.1% at both.",
+))
+
+
+# ------------------------------------------------------------------------ C13
+C13_TARGET = 0.15  # the training loss (eval mode, whole train set) at which the gap is read
+
+
+def _c13_grid(mode):
+    steps = {"quick": 600, "full": 1500}[mode]
+    data = {"name": "mnist1d", "num_samples": 1000}  # 800 training signals: room to overfit
+    return [(norm, {"model": model_cfg(mode, norm=norm, arch="resnet"), "norm": norm, "data": data,
+                    "train": train_cfg(mode, steps=steps, eval_every=steps // 30)})
+            for norm in ("batchnorm", "layernorm", "groupnorm")]
+
+
+def _gap_at_target(r) -> float:
+    for e in r["result"]["evals"]:
+        if e["train_loss"] <= C13_TARGET:
+            return e["test_loss"] - e["train_loss"]
+    return math.nan
+
+
+def _c13_verdict(records) -> Verdict:
+    g = _by_name(records)
+    gaps = {n: [x for x in (_gap_at_target(r) for r in rs) if not math.isnan(x)] for n, rs in g.items()}
+    if not gaps.get("batchnorm") or not gaps.get("layernorm"):
+        return Verdict("inconclusive", f"a model never reached training loss {C13_TARGET}",
+                       "needs BN and LN runs that reach the target training loss")
+    v = compare(gaps["layernorm"], gaps["batchnorm"], expect="greater", what=f"test - train loss at train loss "
+                f"{C13_TARGET}", label_a="LayerNorm", label_b="BatchNorm")
+    if gaps.get("groupnorm"):
+        v.summary += f"; GroupNorm {fmt(mean(gaps['groupnorm']))} (n={len(gaps['groupnorm'])})"
+    v.key_number = f"gap LN {fmt(mean(gaps['layernorm']))} vs BN {fmt(mean(gaps['batchnorm']))}"
+    return v
+
+
+def _c13_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, rs) in enumerate(sorted(_by_name(records).items())):
+        for j, r in enumerate(rs):
+            ev = r["result"]["evals"]
+            ax.plot([e["train_loss"] for e in ev], [e["test_loss"] - e["train_loss"] for e in ev], marker=".",
+                    color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
+    ax.axvline(C13_TARGET, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("training loss (eval mode, whole train set; training goes left)")
+    ax.set_ylabel("test loss - training loss (nats)")
+    ax.set_title("Generalization gap along training (one line per seed)")
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-gap.png")]
+
+
+register(experiment(
+    claim="C13", title="BatchNorm regularizes more than LayerNorm",
+    statement="BatchNorm's batch noise regularizes: at equal training loss its train/test gap is smaller than "
+              "LayerNorm's (and GroupNorm's).",
+    setup=f"Residual 1-D CNN on a small MNIST-1D (800 training signals), AdamW lr 3e-3, 600 (quick) / 1500 (full) "
+          f"steps of batch 32, evaluated 30 times; the gap (test loss - train loss) is read at the first "
+          f"evaluation whose training loss is <= {C13_TARGET}.",
+    grid=_c13_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c13_verdict, plot=_c13_plot,
+))
+
+
+# ------------------------------------------------------------------------ C30
+def _c30_grid(mode):
+    steps = {"quick": 200, "full": 500}[mode]
+    base = model_cfg(mode, norm="batchnorm", arch="resnet")
+    return [(name, {"model": {**base, "gamma_init": g}, "zero_last": zl, "train": train_cfg(mode, steps=steps)})
+            for name, g, zl in (("gamma=1", 1.0, False), ("gamma=0", 0.0, False),
+                                ("gamma=0 on each block's last norm only", 1.0, True))]
+
+
+def gamma_run(config: dict, seed: int) -> dict:
+    """Gradient reaching the first conv and the logits' spread at init, then a training run."""
+    import torch
+    import torch.nn.functional as F
+
+    data = load_data(config.get("data"))
+    torch.manual_seed(seed)
+    net = build_net(config["model"])
+    if config.get("zero_last"):  # Goyal et al.'s zero-init of the last BN in each residual branch
+        with torch.no_grad():
+            for name, m in net.named_modules():
+                if name.endswith("unit2.norm"):
+                    m.weight.zero_()
+    x, y = data.x_train[:128], data.y_train[:128]
+    logits = net.train()(x)
+    F.cross_entropy(logits, y).backward()
+    init = {"first_conv_grad": net.stem.conv.weight.grad.norm().item(), "logit_std": logits.std().item()}
+    net.zero_grad(set_to_none=True)
+    _, _, rec = train_net(config, seed, net=net, data=data)
+    return {**summary(rec), "init": init}
+
+
+def _c30_verdict(records) -> Verdict:
+    g = _by_name(records)
+    zero, one = g.get("gamma=0", []), g.get("gamma=1", [])
+    if not zero or not one:
+        return Verdict("inconclusive", "missing runs", "needs gamma=0 and gamma=1 runs")
+    grad0 = [r["result"]["init"]["first_conv_grad"] for r in zero]
+    grad1 = [r["result"]["init"]["first_conv_grad"] for r in one]
+    v = compare([_final(r, "train_loss") for r in zero], [_final(r, "train_loss") for r in one], expect="greater",
+                what="final training loss", label_a="gamma=0", label_b="gamma=1", min_effect=0.1)
+    vanished = max(grad0) <= 1e-3 * min(grad1)
+    if v.status == "supported" and not vanished:
+        v.status = "inconclusive"
+    zl = g.get("gamma=0 on each block's last norm only", [])
+    v.summary = (f"gradient norm at the first conv at init: gamma=0 {fmt(max(grad0))} vs gamma=1 {fmt(min(grad1))}; "
+                 f"logit std at init {fmt(mean(r['result']['init']['logit_std'] for r in zero))} vs "
+                 f"{fmt(mean(r['result']['init']['logit_std'] for r in one))}; " + v.summary
+                 + (f"; zero-init of each block's last norm only: final train loss "
+                    f"{fmt(mean(_final(r, 'train_loss') for r in zl))}" if zl else ""))
+    v.rule = "the first conv's gradient at init must vanish (<= 1e-3 x gamma=1's) and " + v.rule
+    v.key_number = f"train loss {fmt(mean(v.numbers['a']))} vs {fmt(mean(v.numbers['b']))}"
+    return v
+
+
+register(experiment(
+    claim="C30", title="gamma = 0 at init stops the signal and the gradient",
+    statement="Initializing every norm's gamma to 0 zeroes the signal after the first norm and the gradient to "
+              "earlier layers, so training stalls; gamma = 1 trains.",
+    setup="Residual 1-D CNN with BatchNorm on MNIST-1D: every gamma 1, every gamma 0, and gamma 0 only on the "
+          "last norm of each residual block (the 'zero-init residual' trick, for contrast); gradient at the "
+          "first conv and logit spread at init on 128 signals, then AdamW lr 3e-3 for 200 (quick) / 500 (full) "
+          "steps.",
+    grid=_c30_grid, seeds={"quick": 2, "full": 3}, run=gamma_run, verdict=_c30_verdict,
+    plot=lambda records, verdict, prefix: [_curves_plot(records, prefix, "gamma initialization",
+                                                        "training loss (nats)")],
+    paper="Goyal et al. 2017: zero-initializing the last BN gamma of each residual block is a useful trick; "
+          "zeroing every gamma (no skip around the stem) blocks all signal.",
+))
+
+
+# ------------------------------------------------------------------------ C33
+def _c33_grid(mode):
+    steps = {"quick": 200, "full": 800}[mode]
+    return [(norm, {"model": model_cfg(mode, norm=norm, arch="resnet"), "norm": norm,
+                    "train": train_cfg(mode, steps=steps)}) for norm in ("weightnorm", "batchnorm", "none")]
+
+
+def data_dependent_init(net, x) -> None:
+    """Salimans & Kingma's init: layer by layer, scale g and set the bias so each unit's pre-activation
+    has zero mean and unit variance on the batch ``x``."""
+    import torch
+
+    layers = [m for m in net.modules() if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")]
+    for m in layers:
+        seen = {}
+        handle = m.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out.detach()))
+        with torch.no_grad():
+            net(x)
+        handle.remove()
+        out = seen["out"]
+        dims = [d for d in range(out.ndim) if d != 1]
+        mu, sd = out.mean(dims), out.std(dims).clamp_min(1e-6)
+        with torch.no_grad():
+            g = m.parametrizations.weight.original0
+            g.div_(sd.view(g.shape))
+            m.bias.sub_(mu).div_(sd)
+
+
+def wn_run(config: dict, seed: int) -> dict:
+    """cnn_run, with Salimans & Kingma's data-dependent init for weight-normalized nets."""
+    import torch
+
+    if config["norm"] != "weightnorm":
+        return cnn_run(config, seed)
+    data = load_data(config.get("data"))
+    torch.manual_seed(seed)
+    net = build_net(config["model"])
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:256]
+    data_dependent_init(net, data.x_train[idx])
+    return summary(train_net(config, seed, net=net, data=data)[2])
+
+
+def _c33_verdict(records) -> Verdict:
+    g = _by_name(records)
+    acc = {n: [_final(r, "test_acc") for r in rs] for n, rs in g.items()}
+    if not acc.get("weightnorm") or not acc.get("batchnorm"):
+        return Verdict("inconclusive", "missing runs", "needs weight-norm and BN runs")
+    wn, bn = acc["weightnorm"], acc["batchnorm"]
+    diff, sp = mean(wn) - mean(bn), max(spread(wn), spread(bn))
+    bound = max(sp, 0.02)
+    v = Verdict("supported" if diff >= -bound else "not supported",
+                f"final test accuracy: weight norm {fmt(mean(wn))} vs BatchNorm {fmt(mean(bn))}, difference "
+                f"{fmt(diff)}; seed spread {fmt(sp)}",
+                f"supported if weight norm's accuracy is not below BatchNorm's by more than max(seed spread, 0.02) "
+                f"= {fmt(bound)}; else not supported", {"weightnorm": wn, "batchnorm": bn, "difference": diff})
+    if acc.get("none"):
+        v.summary += f"; no normalization {fmt(mean(acc['none']))} (range {fmt(spread(acc['none']))})"
+    v.key_number = f"acc WN {fmt(mean(acc['weightnorm']))} vs BN {fmt(mean(acc['batchnorm']))}"
+    return v
+
+
+register(experiment(
+    claim="C33", title="Weight normalization vs BatchNorm on a small CNN",
+    statement="Weight normalization (w = g v / ||v||) trains the same small nets about as well as BatchNorm.",
+    setup="Residual 1-D CNN on MNIST-1D with weight-normalized convs and head (no activation norm) and the "
+          "paper's data-dependent init (256 training signals), with BatchNorm, and with nothing (torch's default "
+          "init); AdamW lr 3e-3, warm-up + cosine, 200 (quick) / 800 (full) steps.",
+    grid=_c33_grid, seeds={"quick": 2, "full": 3}, run=wn_run, verdict=_c33_verdict,
+    plot=lambda records, verdict, prefix: [_curves_plot(records, prefix, "weight norm vs BN vs none",
+                                                        "training loss (nats)"),
+                                           bars({n: [_final(r, "test_acc") for r in rs] for n, rs in
+                                                 _by_name(records).items()}, prefix + "-acc.png",
+                                                "final test accuracy", "test accuracy")],
+    paper="Salimans & Kingma 2016: weight normalization matched or beat BN on CIFAR-10 at lower cost.",
+))
