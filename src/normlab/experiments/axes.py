@@ -205,13 +205,32 @@ def _c05_verdict(records) -> Verdict:
                    key_number=f"{fmt(max(worst.values()))} max diff")
 
 
+def _c05_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labels = {"gn1_vs_ln": "GN(1) vs LN(C,H,W)\nnormlab", "gnC_vs_in": "GN(C) vs IN\nnormlab",
+              "torch_gn1_vs_ln": "GN(1) vs LN(C,H,W)\ntorch", "torch_gnC_vs_in": "GN(C) vs IN\ntorch"}
+    keys = [k for k in labels if k in records[0]["result"]]
+    for j, part in enumerate(("forward", "backward")):
+        vals = [max(max(r["result"][k][part] for r in records), 1e-18) for k in keys]
+        ax.bar([i + 0.38 * j for i in range(len(keys))], vals, 0.38, label=part)
+    ax.axhline(TOL, color="k", ls=":", lw=0.8, label=f"tolerance {TOL:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-19, 1e-6)
+    ax.set_xticks([i + 0.19 for i in range(len(keys))], [labels[k] for k in keys], fontsize=7)
+    ax.set_ylabel("max |difference| (float64; 1e-18 = exactly 0)")
+    ax.set_title("GroupNorm's limits, worst over seeds", fontsize=9)
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-identities.png")]
+
+
 register(experiment(
     claim="C05", title="GroupNorm's two limits: one group is LayerNorm, C groups is InstanceNorm",
     statement="GroupNorm with one group equals LayerNorm over (C,H,W) up to the affine shape; with C groups it "
               "equals InstanceNorm.",
     setup=f"float64 input {SHAPE} with mean 2 and std 3, shared random gamma/beta; forward outputs and input "
           "gradients (random upstream gradient) compared element-wise, for normlab's layers and for torch's.",
-    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=identities_run, verdict=_c05_verdict,
+    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=identities_run, verdict=_c05_verdict, plot=_c05_plot,
     paper="Wu & He 2018, Section 3.1: GN becomes LN when G=1 and IN when G=C.",
 ))
 
@@ -230,7 +249,8 @@ def batch1_run(config: dict, seed: int) -> dict:
     ln = LayerNorm((c, h, w)).double()(x)
     inn = InstanceNorm2d(c).double()(x)
     return {"bn1_vs_ln": (bn - ln).abs().max().item(), "bn1_vs_in": (bn - inn).abs().max().item(),
-            "ln_std": ln.std().item()}
+            "ln_std": ln.std().item(), "outputs": {"bn": bn.flatten().tolist(), "ln": ln.flatten().tolist(),
+                                                   "in": inn.flatten().tolist()}}
 
 
 def _c06_verdict(records) -> Verdict:
@@ -245,12 +265,27 @@ def _c06_verdict(records) -> Verdict:
                    key_number=f"max diff {fmt(min(d))}+")
 
 
+def _c06_plot(records, verdict, prefix):
+    plt = _plt()
+    out = records[0]["result"]["outputs"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.scatter(out["bn"], out["ln"], s=10, label="LayerNorm(C,H,W)")
+    ax.scatter(out["bn"], out["in"], s=10, marker="x", label="InstanceNorm")
+    lim = max(map(abs, out["bn"] + out["ln"])) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.8)
+    ax.set_xlabel("BatchNorm output at batch size 1 (training mode)")
+    ax.set_ylabel("other layer's output, same element")
+    ax.set_title("One (1, C, H, W) sample: BN at batch 1 = IN, not LN", fontsize=9)
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-batch1.png")]
+
+
 register(experiment(
     claim="C06", title="LayerNorm is not BatchNorm at batch size 1",
     statement="LayerNorm is not BatchNorm with a batch of one: they reduce over different axes.",
     setup=f"float64 (1, {SHAPE[1]}, {SHAPE[2]}, {SHAPE[3]}) input whose channels have different means; BN in "
           "training mode vs LayerNorm over (C,H,W) vs InstanceNorm, no affine difference (gamma 1, beta 0).",
-    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=batch1_run, verdict=_c06_verdict,
+    grid=_exact_grid, seeds={"quick": 2, "full": 3}, run=batch1_run, verdict=_c06_verdict, plot=_c06_plot,
 ))
 
 
@@ -370,7 +405,9 @@ def degenerate_run(config: dict, seed: int) -> dict:
         except Exception as e:  # the message is the result
             errors[lib] = f"{type(e).__name__}: {e}"
     return {"max_var": var.abs().max().item(), "output_minus_beta": (y - beta).abs().max().item(),
-            "max_input_grad": grad.abs().max().item(), "errors": errors}
+            "max_input_grad": grad.abs().max().item(), "errors": errors,
+            "values": {"input": x.detach()[0].tolist(), "output": y.detach()[0].tolist(), "beta": beta.tolist(),
+                       "input gradient": grad[0].tolist()}}
 
 
 def _c08_verdict(records) -> Verdict:
@@ -388,11 +425,26 @@ def _c08_verdict(records) -> Verdict:
                    key_number=f"var {fmt(r['max_var'])}, grad {fmt(r['max_input_grad'])}")
 
 
+def _c08_plot(records, verdict, prefix):
+    plt = _plt()
+    vals = records[0]["result"]["values"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.2
+    for i, (name, v) in enumerate(vals.items()):
+        ax.bar([c + (i - 1.5) * width for c in range(len(v))], v, width, label=name)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("channel")
+    ax.set_ylabel("value")
+    ax.set_title("BatchNorm on a (1, 8) batch in training: output = beta, no input gradient", fontsize=9)
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-batch1.png")]
+
+
 register(experiment(
     claim="C08", title="BatchNorm at batch size 1 in training is degenerate",
     statement="With one sample of a 1-D feature, BatchNorm's per-channel variance is zero: the output is beta and "
               "no gradient reaches the input.",
     setup="float64 (1, 8) input with std 5; the batch statistics and normalization from normlab.functional, "
           "the input gradient for a random upstream gradient; normlab's and torch's BatchNorm1d in training mode.",
-    grid=_exact_grid, seeds={"quick": 1, "full": 1}, run=degenerate_run, verdict=_c08_verdict,
+    grid=_exact_grid, seeds={"quick": 1, "full": 1}, run=degenerate_run, verdict=_c08_verdict, plot=_c08_plot,
 ))

@@ -233,7 +233,26 @@ def packing_run(config: dict, seed: int) -> dict:
         outs["bn"].append(BatchNorm(D_EMB, channel_dim=-1).double().train()(e)[0, :n])
         outs["masked_bn"].append(BatchNorm(D_EMB, channel_dim=-1).double().train()(e, mask=mask)[0, :n])
         outs["ln"].append(LayerNorm(D_EMB).double()(e)[0, :n])
-    return {k: (v[0] - v[1]).abs().max().item() for k, v in outs.items()}
+    res = {k: (v[0] - v[1]).abs().max().item() for k, v in outs.items()}
+    res["per_token"] = {k: (v[0] - v[1]).abs().amax(-1).tolist() for k, v in outs.items()}
+    return res
+
+
+def _c12_plot(records, verdict, prefix):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (key, label) in enumerate((("bn", "BatchNorm"), ("masked_bn", "BatchNorm with a mask"),
+                                      ("ln", "LayerNorm"))):
+        for j, r in enumerate(records):
+            v = r["result"]["per_token"][key]
+            ax.plot(range(len(v)), [max(x, 1e-17) for x in v], marker="o", ms=3, color=f"C{i}",
+                    label=label if j == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("token of the probe document")
+    ax.set_ylabel("max |output change| (1e-17 = identical)")
+    ax.set_title("The same document packed with two different partners (one line per seed)", fontsize=9)
+    ax.legend(fontsize=8)
+    return [_save(fig, prefix + "-packing.png")]
 
 
 def _c12_verdict(records) -> Verdict:
@@ -256,6 +275,7 @@ register(experiment(
           "of CPython documentation text, packed batcher), embedded as in C11; BN over (B,T) per channel (also "
           "with an all-true mask) and LN; max change of the probe's outputs between the two packings.",
     grid=lambda mode: [("packing", {})], seeds={"quick": 2, "full": 3}, run=packing_run, verdict=_c12_verdict,
+    plot=_c12_plot,
 ))
 
 
@@ -500,7 +520,7 @@ def sync_run(config: dict, seed: int) -> dict:
 
 
 def _c16_grid(mode):
-    steps = {"quick": 200, "full": 500}[mode]
+    steps = {"quick": 150, "full": 500}[mode]
     return [(f"{w} processes x {p}", {"model": model_cfg(mode, norm="batchnorm"), "world": w, "per_process": p,
                                        "steps": steps})
             for w, p in ({"quick": [(2, 2)], "full": [(2, 2), (4, 2)]}[mode])]
@@ -531,7 +551,7 @@ register(experiment(
     setup="gloo process groups on this CPU (run_distributed). Exactness: float64 (4P, 6, 5, 5) batch split "
           "unevenly over P ranks, SyncBN vs BN on the whole batch. Training: P processes x 2 signals (quick P=2; "
           "full P=2 and 4), VGG-like 1-D CNN on MNIST-1D, gradients all-reduced every step (data parallel), "
-          "200 (quick) / 500 (full) steps, local BN vs SyncBN from the same init; median step time of each.",
+          "150 (quick) / 500 (full) steps, local BN vs SyncBN from the same init; median step time of each.",
     grid=_c16_grid, seeds={"quick": 2, "full": 3}, run=sync_run, verdict=_c16_verdict,
     plot=lambda records, verdict, prefix: [bars(
         {f"{r['name']}: {k}": [x["result"]["train"][k]["test_acc"] for x in records if x["name"] == r["name"]]

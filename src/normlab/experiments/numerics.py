@@ -215,8 +215,8 @@ def _c28_verdict(records) -> Verdict:
     per_case: dict[str, dict[str, list[float]]] = {}
     for r in records:
         for case, res in r["result"]["errors"].items():
-            for k in (*METHODS, "output_rounding"):
-                per_case.setdefault(case, {}).setdefault(k, []).append(res[k])
+            for k in (*METHODS, "output_rounding"):  # float(): records store inf as the string "inf"
+                per_case.setdefault(case, {}).setdefault(k, []).append(float(res[k]))
     offset = [c for c in per_case if "N(0,1)" not in c]
     ratios = {c: min(per_case[c]["tree"]) / max(max(per_case[c]["fp32 (normlab)"]), 1e-12) for c in offset}
     worst_low = max(max(v["tree"]) for v in per_case.values())
@@ -250,10 +250,10 @@ def _c28_plot(records, verdict, prefix):
     xs = np.arange(len(cases))
     width = 0.2
     for i, method in enumerate(METHODS):
-        vals = [min(max(res[c][method], 1e-12), 1e2) for c in cases]  # inf (fp16 overflow) drawn at 1e2
+        vals = [min(max(float(res[c][method]), 1e-12), 1e2) for c in cases]  # inf (fp16 overflow) drawn at 1e2
         ax.bar(xs + (i - 1.5) * width, vals, width, label=f"LayerNorm stats: {method}", color=f"C{i}")
         for x, c in zip(xs, cases):
-            if not math.isfinite(res[c][method]):
+            if not math.isfinite(float(res[c][method])):
                 ax.text(x + (i - 1.5) * width, 1e2, "inf", ha="center", va="bottom", fontsize=6)
     ax.scatter(xs, [max(res[c]["output_rounding"], 1e-12) for c in cases], color="k", marker="_", s=400,
                label="rounding the exact output to the dtype", zorder=3)
@@ -346,6 +346,28 @@ def _c29_verdict(records) -> Verdict:
         key_number=f"eps=0: {1 - r['eps0_fp32_normlab']:.0%} non-finite")
 
 
+def _c29_plot(records, verdict, prefix):
+    plt = _plt()
+    r = records[0]["result"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    cases = {"eps=0, fp32": "eps0_fp32_normlab", "eps=1e-5, fp32": "eps1e-5_fp32",
+             "eps=1e-12, fp16 stats": "eps1e-12_fp16_stats", "eps=1e-5, fp16 stats": "eps1e-5_fp16_stats",
+             "eps=1e-12, fp16 in,\nfp32 stats": "eps1e-12_fp16_input_normlab"}
+    a1.bar(range(len(cases)), [100 * r[k] for k in cases.values()], color="C0")
+    a1.set_xticks(range(len(cases)), list(cases), fontsize=7, rotation=20, ha="right")
+    a1.set_ylabel("finite outputs (%)")
+    a1.set_title("Rows of equal values", fontsize=9)
+    eps = [1e-12, 1e-5, 1e-3]
+    a2.plot(eps, [r[f"near_const_fp16_output_std_eps{e:g}"] for e in eps], marker="o", label="output std")
+    a2.plot(eps, [r[f"near_const_grad_absmax_eps{e:g}"] for e in eps], marker="s", label="max |input gradient|")
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("eps")
+    a2.set_title("Near-constant fp16 rows (spread 1e-3)", fontsize=9)
+    a2.legend(fontsize=8)
+    return [_save(fig, prefix + "-eps.png")]
+
+
 register(experiment(
     claim="C29", title="eps guards constant inputs; too small an eps fails in low precision",
     statement="eps prevents division by zero on constant inputs (default about 1e-5); eps=0, or an eps the dtype "
@@ -354,4 +376,5 @@ register(experiment(
           "statistics in float32 (normlab, torch) and in fp16 (a kernel keeping everything in the input dtype); "
           "eps 0, 1e-12, 1e-5, 1e-3.",
     grid=lambda mode: [("eps", {})], seeds={"quick": 1, "full": 1}, run=eps_run, verdict=_c29_verdict,
+    plot=_c29_plot,
 ))

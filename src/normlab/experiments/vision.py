@@ -335,8 +335,8 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C03
-C03_LRS = {"quick": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "full": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}
-C03_NORMS = {"quick": ("batchnorm", "layernorm", "none"), "full": ("batchnorm", "groupnorm", "layernorm", "none")}
+C03_LRS = {"quick": [0.03, 0.1, 0.3, 1.0, 3.0], "full": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}
+C03_NORMS = {"quick": ("batchnorm", "none"), "full": ("batchnorm", "groupnorm", "layernorm", "none")}
 STABLE_ACC = 0.3  # a run "trains" if it is not diverged and beats chance (0.1) by this much
 
 
@@ -399,8 +399,8 @@ register(experiment(
     claim="C03", title="Normalization allows larger learning rates",
     statement="The largest learning rate at which a network still trains is higher with BatchNorm (or LN/GN) "
               "than without normalization.",
-    setup="VGG-like 1-D CNN on MNIST-1D, SGD with momentum 0.9, constant lr from 0.01 to 3 (full: to 10), no "
-          "warm-up or clipping, 150 (quick) or 400 (full) steps of batch 32; divergence as the training loop "
+    setup="VGG-like 1-D CNN on MNIST-1D with BN or nothing (full mode adds GN and LN), SGD with momentum 0.9, "
+          "constant lr 0.03-3 (full: 0.01-10), no warm-up or clipping, 150 (quick) or 400 (full) steps of batch 32; divergence as the training loop "
           "defines it (NaN, or the loss's moving average above 1.5x the first loss).",
     grid=_c03_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c03_verdict, plot=_c03_plot,
     paper="Ioffe & Szegedy 2015, Section 3.3 and 4.2: BN enables higher learning rates (up to 30x in their "
@@ -409,14 +409,15 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C09
-C09_BATCHES = {"quick": [32, 8, 2], "full": [32, 16, 8, 4, 2]}
-C09_NORMS = {"quick": ("batchnorm", "groupnorm", "layernorm"),
-             "full": ("batchnorm", "groupnorm", "layernorm", "instancenorm")}
+C09_BATCHES = {"quick": [32, 4], "full": [32, 16, 8, 4, 2]}
+C09_NORMS = {"quick": ("batchnorm", "groupnorm"), "full": ("batchnorm", "groupnorm", "layernorm", "instancenorm")}
+C09_STEPS = {"quick": 250, "full": 400}  # every step runs 32 / per-worker forward passes
 
 
 def _c09_grid(mode):
     return [(f"{norm} per-worker {b}", {"model": model_cfg(mode, norm=norm), "norm": norm, "per_worker": b,
-                                         "ghost_batch": b, "batch": 32, "train": train_cfg(mode)})
+                                         "ghost_batch": b, "batch": 32,
+                                         "train": train_cfg(mode, steps=C09_STEPS[mode])})
             for norm in C09_NORMS[mode] for b in C09_BATCHES[mode]]
 
 
@@ -474,8 +475,9 @@ register(experiment(
     statement="Accuracy with BatchNorm falls as the batch its statistics see shrinks (below ~16-32), while "
               "GroupNorm and LayerNorm stay put.",
     setup="VGG-like 1-D CNN on MNIST-1D; every step uses 32 examples, but the model sees them in ghost batches "
-          "of 32/8/2 (full: 32/16/8/4/2) examples, as workers would, so only the statistics' batch changes; "
-          "AdamW lr 3e-3, warm-up + cosine, 300 (quick) / 800 (full) steps; test accuracy in eval mode.",
+          "of 32/4 (quick: BN and GN) or 32/16/8/4/2 (full: BN, GN, LN, IN) examples, as workers would, so only "
+          "the statistics' batch changes; AdamW lr 3e-3, warm-up + cosine, 250 (quick) / 400 (full) steps; test "
+          "accuracy in eval mode.",
     grid=_c09_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c09_verdict, plot=_c09_plot,
     paper="Wu & He 2018, Figure 1 (ResNet-50, ImageNet, 8 workers): BN 23.6% error at 32 images/worker vs 34.7% "
           "at 2; GN 24.1% at both.",
@@ -487,11 +489,11 @@ C13_TARGET = 0.15  # the training loss (eval mode, whole train set) at which the
 
 
 def _c13_grid(mode):
-    steps = {"quick": 600, "full": 1500}[mode]
+    steps = {"quick": 450, "full": 1500}[mode]
     data = {"name": "mnist1d", "num_samples": 1000}  # 800 training signals: room to overfit
+    norms = ("batchnorm", "layernorm") if mode == "quick" else ("batchnorm", "layernorm", "groupnorm")
     return [(norm, {"model": model_cfg(mode, norm=norm, arch="resnet"), "norm": norm, "data": data,
-                    "train": train_cfg(mode, steps=steps, eval_every=steps // 30)})
-            for norm in ("batchnorm", "layernorm", "groupnorm")]
+                    "train": train_cfg(mode, steps=steps, eval_every=steps // 30)}) for norm in norms]
 
 
 def _gap_at_target(r) -> float:
@@ -537,8 +539,8 @@ register(experiment(
     claim="C13", title="BatchNorm regularizes more than LayerNorm",
     statement="BatchNorm's batch noise regularizes: at equal training loss its train/test gap is smaller than "
               "LayerNorm's (and GroupNorm's).",
-    setup=f"Residual 1-D CNN on a small MNIST-1D (800 training signals), AdamW lr 3e-3, 600 (quick) / 1500 (full) "
-          f"steps of batch 32, evaluated 30 times; the gap (test loss - train loss) is read at the first "
+    setup=f"Residual 1-D CNN with BN, LN (and GN in full mode) on a small MNIST-1D (800 training signals), AdamW "
+          f"lr 3e-3, 450 (quick) / 1500 (full) steps of batch 32, evaluated 30 times; the gap (test loss - train loss) is read at the first "
           f"evaluation whose training loss is <= {C13_TARGET}.",
     grid=_c13_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c13_verdict, plot=_c13_plot,
 ))
