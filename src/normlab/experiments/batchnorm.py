@@ -8,20 +8,7 @@ import time
 from .registry import register
 from .spec import Verdict, compare, experiment, fmt, mean
 from .transformer import _by_name, _plt, _save
-from .vision import bars, build_net, load_data, model_cfg, summary, train_cfg, train_net
-
-
-def _eval_acc(net, data, x=None, y=None) -> float:
-    import torch
-
-    x = data.x_test if x is None else x
-    y = data.y_test if y is None else y
-    was = net.training
-    net.eval()
-    with torch.no_grad():
-        acc = (torch.cat([net(c) for c in x.split(512)]).argmax(-1) == y).float().mean().item()
-    net.train(was)
-    return acc
+from .vision import bars, build_net, load_data, model_cfg, summary, test_accuracy, train_cfg, train_net
 
 
 def reestimate(net, x, batch: int = 256) -> None:
@@ -324,9 +311,9 @@ def dropout_run(config: dict, seed: int) -> dict:
         net.head = torch.nn.Sequential(torch.nn.Dropout(config["p"]), net.head)
     net, data, rec = train_net(config, seed, net=net)
     shift = variance_shift(net, data.x_test)
-    stale = _eval_acc(net, data)
+    stale = test_accuracy(net, data)
     reestimate(net, data.x_train)
-    return {**summary(rec), "shift": shift, "acc_stale": stale, "acc_reestimated": _eval_acc(net, data),
+    return {**summary(rec), "shift": shift, "acc_stale": stale, "acc_reestimated": test_accuracy(net, data),
             "shift_after_reestimate": variance_shift(net, data.x_test)}
 
 
@@ -404,7 +391,7 @@ def finetune_run(config: dict, seed: int) -> dict:
     n = config["target_train"]
     tgt = ClassificationData(tgt.x_train[:n] * gain + offset, tgt.y_train[:n], tgt.x_test * gain + offset,
                              tgt.y_test, tgt.num_classes, tgt.mean, tgt.std, "mnist1d-shifted")
-    out = {"source_test_acc": rec["final"].get("test_acc"), "no fine-tuning (stale stats)": _eval_acc(net, tgt)}
+    out = {"source_test_acc": rec["final"].get("test_acc"), "no fine-tuning (stale stats)": test_accuracy(net, tgt)}
     ft = {"steps": config["finetune_steps"], "lr": 1e-3, "warmup_steps": 0, "log_every": 10}
     for option in ("fine-tune, BN in train mode", "fine-tune, BN frozen (stale stats)",
                    "re-estimate stats, then fine-tune frozen"):
@@ -414,10 +401,10 @@ def finetune_run(config: dict, seed: int) -> dict:
         if "frozen" in option:
             freeze_batchnorm(m)
         train_net({"train": ft, "batch": 8}, seed, net=m, data=tgt)
-        out[option] = _eval_acc(m, tgt)
+        out[option] = test_accuracy(m, tgt)
     m = copy.deepcopy(net)
     reestimate(m, tgt.x_train)
-    out["re-estimate stats only"] = _eval_acc(m, tgt)
+    out["re-estimate stats only"] = test_accuracy(m, tgt)
     return {"accuracy": out, "pretrain": summary(rec)["final"]}
 
 
@@ -506,7 +493,7 @@ def _sync_worker(rank: int, world: int, config: dict, seed: int) -> dict:
                 p.grad /= world
             opt.step()
             times.append(time.perf_counter() - t0)
-        results[kind] = {"test_acc": _eval_acc(net, data), "step_ms": 1e3 * sorted(times)[len(times) // 2]}
+        results[kind] = {"test_acc": test_accuracy(net, data), "step_ms": 1e3 * sorted(times)[len(times) // 2]}
     return {"exact": exact, "train": results}
 
 

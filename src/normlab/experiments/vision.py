@@ -73,6 +73,17 @@ def cnn_run(config: dict, seed: int) -> dict:
     return summary(train_net(config, seed)[2])
 
 
+def test_accuracy(net, data) -> float:
+    """Accuracy on ``data``'s test split in eval mode (the model's mode is restored)."""
+    import torch
+
+    from ..train.tasks import _eval_mode
+
+    with _eval_mode(net), torch.no_grad():
+        logits = torch.cat([net(c) for c in data.x_test.split(512)])
+    return (logits.argmax(-1) == data.y_test).float().mean().item()
+
+
 def bars(values: dict[str, list[float]], path: str, title: str, ylabel: str) -> str:
     """One bar per group (its mean) with a dot per seed."""
     plt = _plt()
@@ -215,10 +226,7 @@ def landscape_run(config: dict, seed: int) -> dict:
         loss.backward()
         opt.step()
         curve.append((step, loss.item()))
-    net.eval()
-    with torch.no_grad():
-        acc = (net(data.x_test).argmax(-1) == data.y_test).float().mean().item()
-    return {"points": points, "curve": curve[:: max(1, len(curve) // 50)], "test_acc": acc}
+    return {"points": points, "curve": curve[:: max(1, len(curve) // 50)], "test_acc": test_accuracy(net, data)}
 
 
 def _per_seed(records, name, key, skip_first=True):
