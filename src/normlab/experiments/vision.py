@@ -418,8 +418,10 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C09
 C09_BATCHES = {"quick": [32, 4], "full": [32, 16, 8, 4, 2]}
-C09_NORMS = {"quick": ("batchnorm", "groupnorm"), "full": ("batchnorm", "groupnorm", "layernorm", "instancenorm")}
-C09_STEPS = {"quick": 250, "full": 400}  # every step runs 32 / per-worker forward passes
+# InstanceNorm left out of full mode (it normalizes per example like GN, so it adds no contrast) and full steps
+# 400 -> 300, to keep all 34 claims inside the 2-hour full budget; C09 is the heaviest CNN claim.
+C09_NORMS = {"quick": ("batchnorm", "groupnorm"), "full": ("batchnorm", "groupnorm", "layernorm")}
+C09_STEPS = {"quick": 250, "full": 300}  # every step runs 32 / per-worker forward passes
 
 
 def _c09_grid(mode):
@@ -483,8 +485,9 @@ register(experiment(
     statement="Accuracy with BatchNorm falls as the batch its statistics see shrinks (below ~16-32), while "
               "GroupNorm and LayerNorm stay put.",
     setup="VGG-like 1-D CNN on MNIST-1D; every step uses 32 examples, but the model sees them in ghost batches "
-          "of 32/4 (quick: BN and GN) or 32/16/8/4/2 (full: BN, GN, LN, IN) examples, as workers would, so only "
-          "the statistics' batch changes; AdamW lr 3e-3, warm-up + cosine, 250 (quick) / 400 (full) steps; test "
+          "of 32/4 (quick: BN and GN) or 32/16/8/4/2 (full: BN, GN, LN) examples, as workers would, so only "
+          f"the statistics' batch changes; AdamW lr 3e-3, warm-up + cosine, {C09_STEPS['quick']} (quick) / "
+          f"{C09_STEPS['full']} (full) steps; test "
           "accuracy in eval mode.",
     grid=_c09_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c09_verdict, plot=_c09_plot,
     paper="Wu & He 2018, Figure 1 (ResNet-50, ImageNet, 8 workers): BN 23.6% error at 32 images/worker vs 34.7% "
@@ -493,7 +496,13 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C13
-C13_TARGET = 0.15  # the training loss (eval mode, whole train set) at which the gap is read
+C13_TARGET = 0.15  # the training loss (eval mode, whole train set) at which the gap is read ...
+C13_MAX_TARGET = 0.5  # ... or the lowest one every run reached, if higher, up to this
+
+
+def _c13_target(records) -> float:
+    """The common training loss: C13_TARGET, or the highest of the runs' lowest training losses."""
+    return max([C13_TARGET] + [min(e["train_loss"] for e in r["result"]["evals"]) for r in records])
 
 
 def _c13_grid(mode):
@@ -504,24 +513,31 @@ def _c13_grid(mode):
                     "train": train_cfg(mode, steps=steps, eval_every=steps // 30)}) for norm in norms]
 
 
-def _gap_at_target(r) -> float:
+def _gap_at_target(r, target: float) -> float:
     for e in r["result"]["evals"]:
-        if e["train_loss"] <= C13_TARGET:
+        if e["train_loss"] <= target:
             return e["test_loss"] - e["train_loss"]
     return math.nan
 
 
 def _c13_verdict(records) -> Verdict:
+    target = _c13_target(records)
+    if target > C13_MAX_TARGET:
+        return Verdict("inconclusive", f"a model only reached training loss {fmt(target)}",
+                       f"needs BN and LN runs that all reach a training loss <= {C13_MAX_TARGET}")
     g = _by_name(records)
-    gaps = {n: [x for x in (_gap_at_target(r) for r in rs) if not math.isnan(x)] for n, rs in g.items()}
+    gaps = {n: [x for x in (_gap_at_target(r, target) for r in rs) if not math.isnan(x)] for n, rs in g.items()}
     if not gaps.get("batchnorm") or not gaps.get("layernorm"):
-        return Verdict("inconclusive", f"a model never reached training loss {C13_TARGET}",
-                       "needs BN and LN runs that reach the target training loss")
+        return Verdict("inconclusive", "missing BN or LN runs", "needs BN and LN runs")
     v = compare(gaps["layernorm"], gaps["batchnorm"], expect="greater", what=f"test - train loss at train loss "
-                f"{C13_TARGET}", label_a="LayerNorm", label_b="BatchNorm")
+                f"{fmt(target)}", label_a="LayerNorm", label_b="BatchNorm")
+    v.rule += (f"; the gap is read at the first evaluation with training loss <= {C13_TARGET}, or <= the "
+               f"highest of the runs' lowest training losses if every run did not get there (at most "
+               f"{C13_MAX_TARGET})")
     if gaps.get("groupnorm"):
         v.summary += f"; GroupNorm {fmt(mean(gaps['groupnorm']))} (n={len(gaps['groupnorm'])})"
-    v.key_number = f"gap LN {fmt(mean(gaps['layernorm']))} vs BN {fmt(mean(gaps['batchnorm']))}"
+    v.key_number = f"gap at train loss {fmt(target)}: LN {fmt(mean(gaps['layernorm']))} vs BN " \
+                   f"{fmt(mean(gaps['batchnorm']))}"
     return v
 
 
@@ -533,7 +549,7 @@ def _c13_plot(records, verdict, prefix):
             ev = r["result"]["evals"]
             ax.plot([e["train_loss"] for e in ev], [e["test_loss"] - e["train_loss"] for e in ev], marker=".",
                     color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
-    ax.axvline(C13_TARGET, color="k", ls=":", lw=0.8)
+    ax.axvline(_c13_target(records), color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("training loss (eval mode, whole train set; training goes left)")
@@ -548,8 +564,10 @@ register(experiment(
     statement="BatchNorm's batch noise regularizes: at equal training loss its train/test gap is smaller than "
               "LayerNorm's (and GroupNorm's).",
     setup=f"Residual 1-D CNN with BN, LN (and GN in full mode) on a small MNIST-1D (800 training signals), AdamW "
-          f"lr 3e-3, 450 (quick) / 1500 (full) steps of batch 32, evaluated 30 times; the gap (test loss - train loss) is read at the first "
-          f"evaluation whose training loss is <= {C13_TARGET}.",
+          "lr 3e-3, 450 (quick) / 1500 (full) steps of batch 32, evaluated 30 times; the gap (test loss - train "
+          "loss) is read at the first "
+          f"evaluation whose training loss is <= {C13_TARGET} (or, if a run never got there, <= the highest of "
+          f"the runs' lowest training losses, up to {C13_MAX_TARGET}).",
     grid=_c13_grid, seeds={"quick": 2, "full": 3}, run=cnn_run, verdict=_c13_verdict, plot=_c13_plot,
 ))
 
