@@ -196,6 +196,11 @@ def test_claim_verdicts_follow_their_rule(claim, records, expected):
     assert v.rule and v.summary
 
 
+def test_c34_key_number_names_each_variant_with_its_loss():
+    key = get("C34").verdict(_c34(2.5, 2.0)).key_number
+    assert key == "DyT 2.5, DeepNorm post-LN 2 vs pre-LN 2"
+
+
 def test_every_registered_claim_has_verdict_cases():
     from normlab.experiments import all_experiments
 

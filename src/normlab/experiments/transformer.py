@@ -751,7 +751,7 @@ def _c34_grid(mode):
 
 def _c34_verdict(records) -> Verdict:
     base = list(_losses(records, "pre-LN").values())
-    parts, worse, unclear = [], [], []
+    parts, keys, worse, unclear = [], [], [], []
     for name in ("DyT (pre placement)", "DeepNorm post-LN"):
         other = list(_losses(records, name).values())
         if not other or not base:
@@ -760,13 +760,15 @@ def _c34_verdict(records) -> Verdict:
         diff = mean(other) - mean(base)
         bound = max(spread(other), spread(base), 0.03)
         parts.append(f"{name} {fmt(mean(other))} vs pre-LN {fmt(mean(base))} (diff {fmt(diff)}, bound {fmt(bound)})")
+        keys.append(f"{name.split(' (')[0]} {fmt(mean(other))}")
         if diff > bound:
             worse.append(name)
     status = "inconclusive" if unclear else ("not supported" if worse else "supported")
     return Verdict(status, "; ".join(parts) + (f"; worse than pre-LN: {', '.join(worse)}" if worse else ""),
                    "supported if each normalization-free variant ends no worse than pre-LN by more than "
                    "max(seed spread, 0.03 nats); not supported if one does",
-                   {"pre": base}, key_number="; ".join(p.split(" (")[0] for p in parts))
+                   {"pre": base},
+                   key_number=", ".join(keys) + (f" vs pre-LN {fmt(mean(base))}" if keys else ""))
 
 
 register(experiment(
