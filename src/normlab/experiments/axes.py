@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
+from .plots import pyplot, save_fig
 from .registry import register
-from .spec import Verdict, compare, experiment, fmt, mean
-from .transformer import _by_name, _plt, _save
+from .spec import Verdict, by_name, compare, experiment, fmt, mean
 
 SHAPE = (4, 6, 3, 3)  # N, C, H, W of the CNN tensor
 TOKENS = (3, 5, 8)  # B, T, D of the transformer tensor
@@ -112,7 +112,7 @@ def _c04_verdict(records) -> Verdict:
 def _c04_plot(records, verdict, prefix):
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     pools = records[0]["result"]["pools"]
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.2))
     for ax, (name, p) in zip(axes.flat, pools.items()):
@@ -138,7 +138,7 @@ def _c04_plot(records, verdict, prefix):
         ax.set_title(name, fontsize=9)
     fig.suptitle("Elements pooled into the statistics of one element (blue), measured from the Jacobian",
                  fontsize=10)
-    return [_save(fig, prefix + "-axes.png")]
+    return [save_fig(fig, prefix + "-axes.png")]
 
 
 register(experiment(
@@ -206,7 +206,7 @@ def _c05_verdict(records) -> Verdict:
 
 
 def _c05_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     labels = {"gn1_vs_ln": "GN(1) vs LN(C,H,W)\nnormlab", "gnC_vs_in": "GN(C) vs IN\nnormlab",
               "torch_gn1_vs_ln": "GN(1) vs LN(C,H,W)\ntorch", "torch_gnC_vs_in": "GN(C) vs IN\ntorch"}
@@ -221,7 +221,7 @@ def _c05_plot(records, verdict, prefix):
     ax.set_ylabel("max |difference| (float64; 1e-18 = exactly 0)")
     ax.set_title("GroupNorm's limits, worst over seeds", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-identities.png")]
+    return [save_fig(fig, prefix + "-identities.png")]
 
 
 register(experiment(
@@ -266,7 +266,7 @@ def _c06_verdict(records) -> Verdict:
 
 
 def _c06_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     out = records[0]["result"]["outputs"]
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.scatter(out["bn"], out["ln"], s=10, label="LayerNorm(C,H,W)")
@@ -277,7 +277,7 @@ def _c06_plot(records, verdict, prefix):
     ax.set_ylabel("other layer's output, same element")
     ax.set_title("One (1, C, H, W) sample: BN at batch 1 = IN, not LN", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-batch1.png")]
+    return [save_fig(fig, prefix + "-batch1.png")]
 
 
 register(experiment(
@@ -332,7 +332,7 @@ def identity_fit_run(config: dict, seed: int) -> dict:
 
 
 def _c07_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     aff = [r["result"]["rel_error"] for r in g.get("batchnorm affine=True", [])]
     raw = [r["result"]["rel_error"] for r in g.get("batchnorm affine=False", [])]
     if not aff or not raw:
@@ -356,9 +356,9 @@ def _c07_verdict(records) -> Verdict:
 
 
 def _c07_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, recs) in enumerate(sorted(_by_name(records).items())):
+    for i, (name, recs) in enumerate(sorted(by_name(records).items())):
         for j, r in enumerate(recs):
             s, l = zip(*r["result"]["curve"])
             ax.plot(s, l, color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
@@ -367,7 +367,7 @@ def _c07_plot(records, verdict, prefix):
     ax.set_ylabel("training MSE to the input (per element)")
     ax.set_title("Fitting a norm layer to the identity (one line per seed)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-fit.png")]
+    return [save_fig(fig, prefix + "-fit.png")]
 
 
 register(experiment(
@@ -426,7 +426,7 @@ def _c08_verdict(records) -> Verdict:
 
 
 def _c08_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     vals = records[0]["result"]["values"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     width = 0.2
@@ -437,7 +437,7 @@ def _c08_plot(records, verdict, prefix):
     ax.set_ylabel("value")
     ax.set_title("BatchNorm on a (1, 8) batch in training: output = beta, no input gradient", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-batch1.png")]
+    return [save_fig(fig, prefix + "-batch1.png")]
 
 
 register(experiment(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
+from .plots import pyplot, save_fig
 from .registry import register
-from .spec import Verdict, compare, experiment, fmt, mean
-from .transformer import _by_name, _plt, _save
+from .spec import Verdict, by_name, compare, experiment, fmt, mean
 from .vision import bars, build_net, load_data, model_cfg, summary, test_accuracy, train_cfg, train_net
 
 
@@ -69,7 +69,7 @@ def train_eval_run(config: dict, seed: int) -> dict:
 
 
 def _c10_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     bn = [r["result"]["eval_vs_train"] for r in g.get("batchnorm", [])]
     ln = [r["result"]["eval_vs_train"] for r in g.get("layernorm", [])]
     if not bn or not ln:
@@ -101,7 +101,7 @@ register(experiment(
           "its own class: relative change ||a - b|| / ||b||.",
     grid=_c10_grid, seeds={"quick": 2, "full": 3}, run=train_eval_run, verdict=_c10_verdict,
     plot=lambda records, verdict, prefix: [bars(
-        {f"{n}: {k}": [r["result"][key] for r in rs] for n, rs in sorted(_by_name(records).items())
+        {f"{n}: {k}": [r["result"][key] for r in rs] for n, rs in sorted(by_name(records).items())
          for k, key in (("eval vs batch", "eval_vs_train"), ("batch vs batch", "batch_composition"))},
         prefix + "-gap.png", "Relative logit change of one signal", "||a - b|| / ||b|| (0 = identical)")],
 ))
@@ -170,7 +170,7 @@ def _c11_verdict(records) -> Verdict:
 
 
 def _c11_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for key, label, c in (("bn_error", "BatchNorm (padding counted)", "C0"),
                           ("masked_bn_error", "BatchNorm with the mask", "C1"), ("ln_error", "LayerNorm", "C2")):
@@ -183,7 +183,7 @@ def _c11_plot(records, verdict, prefix):
     ax.set_ylabel("max |output error| (normalized units; 1e-17 = exact)")
     ax.set_title("Zero-padding vs statistics of the real tokens (one line per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-padding.png")]
+    return [save_fig(fig, prefix + "-padding.png")]
 
 
 register(experiment(
@@ -226,7 +226,7 @@ def packing_run(config: dict, seed: int) -> dict:
 
 
 def _c12_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, (key, label) in enumerate((("bn", "BatchNorm"), ("masked_bn", "BatchNorm with a mask"),
                                       ("ln", "LayerNorm"))):
@@ -239,7 +239,7 @@ def _c12_plot(records, verdict, prefix):
     ax.set_ylabel("max |output change| (1e-17 = identical)")
     ax.set_title("The same document packed with two different partners (one line per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-packing.png")]
+    return [save_fig(fig, prefix + "-packing.png")]
 
 
 def _c12_verdict(records) -> Verdict:
@@ -318,7 +318,7 @@ def dropout_run(config: dict, seed: int) -> dict:
 
 
 def _c14_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
 
     def shifts(name):
         return [mean(r["result"]["shift"].values()) for r in g.get(name, [])]
@@ -338,9 +338,9 @@ def _c14_verdict(records) -> Verdict:
 
 
 def _c14_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, rs) in enumerate(sorted(_by_name(records).items())):
+    for i, (name, rs) in enumerate(sorted(by_name(records).items())):
         for j, r in enumerate(rs):
             vals = list(r["result"]["shift"].values())
             ax.plot(range(len(vals)), vals, marker="o", color=f"C{i}", label=name if j == 0 else None)
@@ -349,7 +349,7 @@ def _c14_plot(records, verdict, prefix):
     ax.set_ylabel("variance shift max(rv/v, v/rv), channel mean")
     ax.set_title("Running variance vs the test-time variance (one line per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-shift.png")]
+    return [save_fig(fig, prefix + "-shift.png")]
 
 
 register(experiment(

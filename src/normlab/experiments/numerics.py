@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import statistics
 
+from .plots import pyplot, save_fig
 from .registry import register
 from .spec import Verdict, compare, experiment, fmt, mean
-from .transformer import _plt, _save
 
 # ------------------------------------------------------------------------ C17
 C17_SHAPES = {"quick": [(4096, 768)], "full": [(4096, 768), (2048, 4096)]}
@@ -97,7 +97,7 @@ def _c17_verdict(records) -> Verdict:
 def _c17_plot(records, verdict, prefix):
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(records), figsize=(5.2 * len(records), 3.8), squeeze=False)
     for ax, r in zip(axes[0], records):
         t = r["result"]["times_ms"]
@@ -120,7 +120,7 @@ def _c17_plot(records, verdict, prefix):
         ax.set_ylabel("RMSNorm time / LayerNorm time (log)")
         ax.set_title(f"{r['name']} float32, CPU (bars: median, whiskers: range over rounds)", fontsize=8)
         ax.legend(fontsize=7)
-    return [_save(fig, prefix + "-timing.png")]
+    return [save_fig(fig, prefix + "-timing.png")]
 
 
 register(experiment(
@@ -243,7 +243,7 @@ def _c28_verdict(records) -> Verdict:
 def _c28_plot(records, verdict, prefix):
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     res = records[0]["result"]["errors"]
     cases = list(res)
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -264,7 +264,7 @@ def _c28_plot(records, verdict, prefix):
                  fontsize=9)
     ax.set_ylim(1e-8, 1e3)
     ax.legend(fontsize=7, loc="upper left", ncol=2)
-    return [_save(fig, prefix + "-precision.png")]
+    return [save_fig(fig, prefix + "-precision.png")]
 
 
 register(experiment(
@@ -347,7 +347,7 @@ def _c29_verdict(records) -> Verdict:
 
 
 def _c29_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     r = records[0]["result"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     cases = {"eps=0, fp32": "eps0_fp32_normlab", "eps=1e-5, fp32": "eps1e-5_fp32",
@@ -365,7 +365,7 @@ def _c29_plot(records, verdict, prefix):
     a2.set_xlabel("eps")
     a2.set_title("Near-constant fp16 rows (spread 1e-3)", fontsize=9)
     a2.legend(fontsize=8)
-    return [_save(fig, prefix + "-eps.png")]
+    return [save_fig(fig, prefix + "-eps.png")]
 
 
 register(experiment(

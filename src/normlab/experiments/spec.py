@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import statistics
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,6 +138,14 @@ def experiment(**spec) -> Experiment:
 
 
 # ------------------------------------------------------------------ statistics
+def by_name(records: list[dict]) -> dict[str, list[dict]]:
+    """Records grouped by run name (the config's label), in record order; a missing name reads as []."""
+    groups: defaultdict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["name"]].append(r)
+    return groups
+
+
 def mean(xs) -> float:
     xs = list(xs)
     return statistics.fmean(xs) if xs else float("nan")

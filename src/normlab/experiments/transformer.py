@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from .plots import curves_plot, layer_profile_plot, pyplot, save_fig
 from .registry import register
-from .spec import Verdict, compare, equivalent, experiment, fmt, mean, spread
+from .spec import Verdict, by_name, compare, equivalent, experiment, fmt, mean, spread
 
 # --------------------------------------------------------------------- helpers
 SIZES = {  # model and budget per mode
@@ -67,65 +68,6 @@ def lm_run(config: dict, seed: int) -> dict:
             "wall_time_s": rec["wall_time_s"], "error": rec["error"]}
 
 
-def _by_name(records: list[dict]) -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for r in records:
-        groups[r["name"]].append(r)
-    return groups
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
-
-
-def _curves_plot(records, prefix, title, ylabel="training loss (nats/char)"):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, recs) in enumerate(sorted(_by_name(records).items())):
-        for j, r in enumerate(recs):
-            steps, losses = zip(*r["result"]["curve"]) if r["result"]["curve"] else ((), ())
-            ax.plot(steps, losses, color=f"C{i}", alpha=0.8, lw=1.2, label=name if j == 0 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title + " (one line per seed)")
-    ax.legend(fontsize=8)
-    return _save(fig, prefix + "-curves.png")
-
-
-def _layer_profile_plot(groups: dict[str, list[list[float]]], prefix: str, title: str, ylabel: str,
-                        xlabel: str = "block (input side -> output side)", log: bool = True):
-    """One line per group: the mean over seeds per layer, with the min-max band across seeds."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, runs) in enumerate(sorted(groups.items())):
-        n = min(len(r) for r in runs)
-        xs = list(range(n))
-        lo = [min(r[k] for r in runs) for k in xs]
-        hi = [max(r[k] for r in runs) for k in xs]
-        mid = [mean(r[k] for r in runs) for k in xs]
-        ax.plot(xs, mid, marker="o", color=f"C{i}", label=name)
-        ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.2)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, prefix + "-layers.png")
-
-
 # ------------------------------------------------------------------------ C18
 def _c18_grid(mode):
     return [(norm, {"model": _model_cfg(mode, norm=norm, placement="pre"), "train": _train_cfg(mode)})
@@ -133,7 +75,7 @@ def _c18_grid(mode):
 
 
 def _c18_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     val = {k: [r["result"]["final"].get("val_loss", math.nan) for r in v if r["result"]["status"] == "ok"]
            for k, v in g.items()}
     return equivalent(val.get("rmsnorm", []), val.get("layernorm", []), what="final validation loss",
@@ -141,7 +83,7 @@ def _c18_verdict(records) -> Verdict:
 
 
 def _c18_plot(records, verdict, prefix):
-    return [_curves_plot(records, prefix, "Pre-LN GPT: LayerNorm vs RMSNorm")]
+    return [curves_plot(records, prefix, "Pre-LN GPT: LayerNorm vs RMSNorm")]
 
 
 register(experiment(
@@ -190,7 +132,7 @@ def _c19_verdict(records) -> Verdict:
 
 
 def _c19_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     names = list(_c19_ratios(records[0]))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for j, r in enumerate(records):
@@ -203,7 +145,7 @@ def _c19_plot(records, verdict, prefix):
     ax.set_ylabel("|mean| / RMS of the norm's input")
     ax.set_title("How far from zero-mean are the inputs of each norm? (trained pre-LN)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-ratio.png")]
+    return [save_fig(fig, prefix + "-ratio.png")]
 
 
 register(experiment(
@@ -252,7 +194,7 @@ def _growth(profile: list[float]) -> float:
 
 
 def _c22_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     post = [_growth(r["result"]["ffn_out"]) for r in g.get("post (xavier init)", [])]
     pre = [_growth(r["result"]["ffn_out"]) for r in g.get("pre (xavier init)", [])]
     if not post or not pre:
@@ -281,8 +223,8 @@ def _c22_verdict(records) -> Verdict:
 
 
 def _c22_plot(records, verdict, prefix):
-    g = _by_name(records)
-    return [_layer_profile_plot({k: [r["result"]["ffn_out"] for r in v] for k, v in g.items()}, prefix,
+    g = by_name(records)
+    return [layer_profile_plot({k: [r["result"]["ffn_out"] for r in v] for k, v in g.items()}, prefix,
                                 "Expected gradient norm of each block's FFN output weight at init",
                                 "||E[grad W2]||_F")]
 
@@ -317,10 +259,10 @@ def _stream(rec, when: int) -> list[float]:
 
 
 def _stream_plot(records, verdict, prefix):
-    g = _by_name(records)
+    g = by_name(records)
     paths = []
     for when, label in ((0, "at init"), (-1, "after training")):
-        p = _layer_profile_plot({k: [_stream(r, when) for r in v] for k, v in g.items()},
+        p = layer_profile_plot({k: [_stream(r, when) for r in v] for k, v in g.items()},
                                 f"{prefix}-{'init' if when == 0 else 'trained'}",
                                 f"Residual-stream RMS after each block, {label}", "RMS of the residual stream")
         paths.append(p)
@@ -329,7 +271,7 @@ def _stream_plot(records, verdict, prefix):
 
 def _stream_growth_verdict(records, a: str, b: str, label_a: str, label_b: str, min_ratio: float) -> Verdict:
     """Group ``a``'s residual stream grows more from first to last block (after training) than group ``b``'s."""
-    g = _by_name(records)
+    g = by_name(records)
     ga = [_growth(_stream(r, -1)) for r in g.get(a, [])]
     gb = [_growth(_stream(r, -1)) for r in g.get(b, [])]
     v = compare(ga, gb, expect="greater", what="log(last/first block) of the residual-stream RMS after "
@@ -385,8 +327,8 @@ def _losses(records, name) -> dict[int, float]:
 
 
 def _bar_plot(records, prefix, title, ylabel="final validation loss (nats/char)"):
-    plt = _plt()
-    groups = sorted(_by_name(records))
+    plt = pyplot()
+    groups = sorted(by_name(records))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, name in enumerate(groups):
         vals = list(_losses(records, name).values())
@@ -398,7 +340,7 @@ def _bar_plot(records, prefix, title, ylabel="final validation loss (nats/char)"
     ax.set_title(title + " (dots: seeds; bars: mean)")
     lo = min(min(_losses(records, g).values()) for g in groups)
     ax.set_ylim(bottom=max(0.0, lo - 0.3))
-    return _save(fig, prefix + "-bars.png")
+    return save_fig(fig, prefix + "-bars.png")
 
 
 # ------------------------------------------------------------------------ C20
@@ -453,7 +395,7 @@ def _c20_verdict(records) -> Verdict:
 
 
 def _c20_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     k = verdict.numbers["kept"]
     names = sorted(k)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -463,7 +405,7 @@ def _c20_plot(records, verdict, prefix):
     ax.set_xscale("log")
     ax.set_xlabel("share of the other features' normalized signal kept (log scale; 1 = unharmed)")
     ax.set_title("One feature at 1e3 in a row of N(0,1) features")
-    return [_save(fig, prefix + "-kept.png")]
+    return [save_fig(fig, prefix + "-kept.png")]
 
 
 register(experiment(
@@ -633,7 +575,7 @@ def _c26_verdict(records) -> Verdict:
 
 
 def _c26_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
     for i, qk in enumerate(("none", "layernorm")):
         for s in sorted({r["seed"] for r in records}):
@@ -651,7 +593,7 @@ def _c26_plot(records, verdict, prefix):
     axes[1].set_yscale("log")
     axes[1].set_ylabel("max attention logit, layer 0")
     fig.suptitle("Learning-rate sweep with and without QK-LayerNorm")
-    return [_save(fig, prefix + "-sweep.png")]
+    return [save_fig(fig, prefix + "-sweep.png")]
 
 
 register(experiment(
@@ -848,7 +790,7 @@ def _c32_verdict(records) -> Verdict:
 
 
 def _c32_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, param in enumerate(("standard", "muP")):
         rr = [r for r in records if r["name"].startswith(param + " ")]
@@ -860,7 +802,7 @@ def _c32_plot(records, verdict, prefix):
     ax.set_ylabel("RMS of the output logits after training")
     ax.set_title("Activation scale across widths (dots: seeds)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-widths.png")]
+    return [save_fig(fig, prefix + "-widths.png")]
 
 
 register(experiment(

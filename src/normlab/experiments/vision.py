@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
+from .plots import curves_plot, pyplot, save_fig
 from .registry import register
-from .spec import Verdict, compare, experiment, fmt, mean, spread
-from .transformer import _by_name, _curves_plot, _plt, _save
+from .spec import Verdict, by_name, compare, experiment, fmt, mean, spread
 
 CNN = {  # model and budget per mode (MNIST-1D, 4000 train / 1000 test signals of length 40)
     "quick": dict(widths=[16, 32], blocks_per_stage=1, steps=300, batch=32),
@@ -86,7 +86,7 @@ def test_accuracy(net, data) -> float:
 
 def bars(values: dict[str, list[float]], path: str, title: str, ylabel: str) -> str:
     """One bar per group (its mean) with a dot per seed."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, (name, vals) in enumerate(values.items()):
         ax.scatter([i] * len(vals), vals, color=f"C{i % 10}", zorder=3)
@@ -95,7 +95,7 @@ def bars(values: dict[str, list[float]], path: str, title: str, ylabel: str) -> 
     ax.set_xticklabels(list(values), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title + " (dots: seeds; bars: mean)", fontsize=9)
-    return _save(fig, path)
+    return save_fig(fig, path)
 
 
 def _final(r: dict, key: str) -> float:
@@ -232,7 +232,7 @@ def landscape_run(config: dict, seed: int) -> dict:
 def _per_seed(records, name, key, skip_first=True):
     """Per seed: the mean of ``key`` over checkpoints (after step 0) and layers."""
     out = {}
-    for r in _by_name(records).get(name, []):
+    for r in by_name(records).get(name, []):
         pts = r["result"]["points"][1:] if skip_first else r["result"]["points"]
         vals = [v for p in pts for v in (p[key] if isinstance(p[key], list) else [p[key]])]
         out[r["seed"]] = mean(vals)
@@ -289,10 +289,10 @@ def _c02_verdict(records) -> Verdict:
 
 def _landscape_plot(keys, ylabels, suffix):
     def plot(records, verdict, prefix):
-        plt = _plt()
+        plt = pyplot()
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
         for ax, key, ylabel in zip(axes, keys, ylabels):
-            for i, (name, recs) in enumerate(sorted(_by_name(records).items())):
+            for i, (name, recs) in enumerate(sorted(by_name(records).items())):
                 for j, r in enumerate(recs):
                     pts = r["result"]["points"]
                     vals = [mean(p[key]) if isinstance(p[key], list) else p[key] for p in pts]
@@ -305,7 +305,7 @@ def _landscape_plot(keys, ylabels, suffix):
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)
         fig.suptitle("VGG-like 1-D CNN on MNIST-1D, SGD lr 0.05 (one line per seed)", fontsize=9)
-        return [_save(fig, f"{prefix}-{suffix}.png")]
+        return [save_fig(fig, f"{prefix}-{suffix}.png")]
     return plot
 
 
@@ -384,7 +384,7 @@ def _c03_verdict(records) -> Verdict:
 
 
 def _c03_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     norms = sorted({r["config"]["norm"] for r in records})
     for i, norm in enumerate(norms):
@@ -400,7 +400,7 @@ def _c03_plot(records, verdict, prefix):
     ax.set_ylabel("final test accuracy (0 = diverged)")
     ax.set_title("Learning-rate sweep (mean, min-max band over seeds)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-lr.png")]
+    return [save_fig(fig, prefix + "-lr.png")]
 
 
 register(experiment(
@@ -463,7 +463,7 @@ def _c09_verdict(records) -> Verdict:
 
 
 def _c09_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, norm in enumerate(n for n in C09_NORMS["full"] if any(r["config"]["norm"] == n for r in records)):
         acc = _acc_by(records, norm)
@@ -477,7 +477,7 @@ def _c09_plot(records, verdict, prefix):
     ax.set_ylabel("test error (%)")
     ax.set_title("Error vs per-worker batch (cf. Wu & He 2018, Figure 1)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-batch.png")]
+    return [save_fig(fig, prefix + "-batch.png")]
 
 
 register(experiment(
@@ -525,7 +525,7 @@ def _c13_verdict(records) -> Verdict:
     if target > C13_MAX_TARGET:
         return Verdict("inconclusive", f"a model only reached training loss {fmt(target)}",
                        f"needs BN and LN runs that all reach a training loss <= {C13_MAX_TARGET}")
-    g = _by_name(records)
+    g = by_name(records)
     gaps = {n: [x for x in (_gap_at_target(r, target) for r in rs) if not math.isnan(x)] for n, rs in g.items()}
     if not gaps.get("batchnorm") or not gaps.get("layernorm"):
         return Verdict("inconclusive", "missing BN or LN runs", "needs BN and LN runs")
@@ -542,9 +542,9 @@ def _c13_verdict(records) -> Verdict:
 
 
 def _c13_plot(records, verdict, prefix):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, rs) in enumerate(sorted(_by_name(records).items())):
+    for i, (name, rs) in enumerate(sorted(by_name(records).items())):
         for j, r in enumerate(rs):
             ev = r["result"]["evals"]
             ax.plot([e["train_loss"] for e in ev], [e["test_loss"] - e["train_loss"] for e in ev], marker=".",
@@ -556,7 +556,7 @@ def _c13_plot(records, verdict, prefix):
     ax.set_ylabel("test loss - training loss (nats)")
     ax.set_title("Generalization gap along training (one line per seed)")
     ax.legend(fontsize=8)
-    return [_save(fig, prefix + "-gap.png")]
+    return [save_fig(fig, prefix + "-gap.png")]
 
 
 register(experiment(
@@ -604,7 +604,7 @@ def gamma_run(config: dict, seed: int) -> dict:
 
 
 def _c30_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     zero, one = g.get("gamma=0", []), g.get("gamma=1", [])
     if not zero or not one:
         return Verdict("inconclusive", "missing runs", "needs gamma=0 and gamma=1 runs")
@@ -635,7 +635,7 @@ register(experiment(
           "first conv and logit spread at init on 128 signals, then AdamW lr 3e-3 for 200 (quick) / 500 (full) "
           "steps.",
     grid=_c30_grid, seeds={"quick": 2, "full": 3}, run=gamma_run, verdict=_c30_verdict,
-    plot=lambda records, verdict, prefix: [_curves_plot(records, prefix, "gamma initialization",
+    plot=lambda records, verdict, prefix: [curves_plot(records, prefix, "gamma initialization",
                                                         "training loss (nats)")],
     paper="Goyal et al. 2017: zero-initializing the last BN gamma of each residual block is a useful trick; "
           "zeroing every gamma (no skip around the stem) blocks all signal.",
@@ -685,7 +685,7 @@ def wn_run(config: dict, seed: int) -> dict:
 
 
 def _c33_verdict(records) -> Verdict:
-    g = _by_name(records)
+    g = by_name(records)
     acc = {n: [_final(r, "test_acc") for r in rs] for n, rs in g.items()}
     if not acc.get("weightnorm") or not acc.get("batchnorm"):
         return Verdict("inconclusive", "missing runs", "needs weight-norm and BN runs")
@@ -710,10 +710,10 @@ register(experiment(
           "paper's data-dependent init (256 training signals), with BatchNorm, and with nothing (torch's default "
           "init); AdamW lr 3e-3, warm-up + cosine, 200 (quick) / 800 (full) steps.",
     grid=_c33_grid, seeds={"quick": 2, "full": 3}, run=wn_run, verdict=_c33_verdict,
-    plot=lambda records, verdict, prefix: [_curves_plot(records, prefix, "weight norm vs BN vs none",
+    plot=lambda records, verdict, prefix: [curves_plot(records, prefix, "weight norm vs BN vs none",
                                                         "training loss (nats)"),
                                            bars({n: [_final(r, "test_acc") for r in rs] for n, rs in
-                                                 _by_name(records).items()}, prefix + "-acc.png",
+                                                 by_name(records).items()}, prefix + "-acc.png",
                                                 "final test accuracy", "test accuracy")],
     paper="Salimans & Kingma 2016: weight normalization matched or beat BN on CIFAR-10 at lower cost.",
 ))
