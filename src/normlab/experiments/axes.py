@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .plots import pyplot, save_fig
+from .plots import pyplot, save_fig, seed_lines
 from .registry import register
 from .spec import Verdict, by_name, compare, experiment, fmt, mean
 
@@ -358,10 +358,7 @@ def _c07_verdict(records) -> Verdict:
 def _c07_plot(records, verdict, prefix):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, recs) in enumerate(sorted(by_name(records).items())):
-        for j, r in enumerate(recs):
-            s, l = zip(*r["result"]["curve"])
-            ax.plot(s, l, color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
+    seed_lines(ax, records, lambda r: zip(*r["result"]["curve"]), alpha=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training MSE to the input (per element)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .plots import pyplot, save_fig
+from .plots import pyplot, save_fig, seed_lines
 from .registry import register
 from .spec import Verdict, by_name, compare, experiment, fmt, mean
 from .vision import bars, build_net, load_data, model_cfg, summary, test_accuracy, train_cfg, train_net
@@ -340,10 +340,8 @@ def _c14_verdict(records) -> Verdict:
 def _c14_plot(records, verdict, prefix):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, rs) in enumerate(sorted(by_name(records).items())):
-        for j, r in enumerate(rs):
-            vals = list(r["result"]["shift"].values())
-            ax.plot(range(len(vals)), vals, marker="o", color=f"C{i}", label=name if j == 0 else None)
+    seed_lines(ax, records, lambda r: (range(len(r["result"]["shift"])), list(r["result"]["shift"].values())),
+               marker="o")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xlabel("BatchNorm layer (input side -> output side)")
     ax.set_ylabel("variance shift max(rv/v, v/rv), channel mean")

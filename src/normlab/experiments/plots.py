@@ -23,14 +23,20 @@ def save_fig(fig, path: str) -> str:
     return path
 
 
+def seed_lines(ax, records, xy, **style):
+    """One line per record (seed), one colour per run name, labelled once: ``xy(record) -> (xs, ys)``."""
+    for i, (name, recs) in enumerate(sorted(by_name(records).items())):
+        for j, r in enumerate(recs):
+            xs, ys = xy(r)
+            ax.plot(xs, ys, color=f"C{i}", label=name if j == 0 else None, **style)
+
+
 def curves_plot(records, prefix, title, ylabel="training loss (nats/char)"):
     """Training-loss curve of every record, one colour per run name."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, recs) in enumerate(sorted(by_name(records).items())):
-        for j, r in enumerate(recs):
-            steps, losses = zip(*r["result"]["curve"]) if r["result"]["curve"] else ((), ())
-            ax.plot(steps, losses, color=f"C{i}", alpha=0.8, lw=1.2, label=name if j == 0 else None)
+    seed_lines(ax, records, lambda r: zip(*r["result"]["curve"]) if r["result"]["curve"] else ((), ()),
+               alpha=0.8, lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title + " (one line per seed)")

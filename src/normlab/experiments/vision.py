@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .plots import curves_plot, pyplot, save_fig
+from .plots import curves_plot, pyplot, save_fig, seed_lines
 from .registry import register
 from .spec import Verdict, by_name, compare, experiment, fmt, mean, spread
 
@@ -292,14 +292,11 @@ def _landscape_plot(keys, ylabels, suffix):
         plt = pyplot()
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
         for ax, key, ylabel in zip(axes, keys, ylabels):
-            for i, (name, recs) in enumerate(sorted(by_name(records).items())):
-                for j, r in enumerate(recs):
-                    pts = r["result"]["points"]
-                    vals = [mean(p[key]) if isinstance(p[key], list) else p[key] for p in pts]
-                    if key == "ics_cos":
-                        vals = [1 - v for v in vals]
-                    ax.plot([p["step"] for p in pts], vals, marker="o", ms=3, color=f"C{i}",
-                            label=name if j == 0 else None)
+            def xy(r, key=key):
+                pts = r["result"]["points"]
+                vals = [mean(p[key]) if isinstance(p[key], list) else p[key] for p in pts]
+                return [p["step"] for p in pts], [1 - v for v in vals] if key == "ics_cos" else vals
+            seed_lines(ax, records, xy, marker="o", ms=3)
             ax.set_yscale("log")
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel)
@@ -544,11 +541,9 @@ def _c13_verdict(records) -> Verdict:
 def _c13_plot(records, verdict, prefix):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, (name, rs) in enumerate(sorted(by_name(records).items())):
-        for j, r in enumerate(rs):
-            ev = r["result"]["evals"]
-            ax.plot([e["train_loss"] for e in ev], [e["test_loss"] - e["train_loss"] for e in ev], marker=".",
-                    color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
+    seed_lines(ax, records, lambda r: ([e["train_loss"] for e in r["result"]["evals"]],
+                                       [e["test_loss"] - e["train_loss"] for e in r["result"]["evals"]]),
+               marker=".", alpha=0.8)
     ax.axvline(_c13_target(records), color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.invert_xaxis()
