@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import math
@@ -17,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from normlab.cli import main
-from normlab.experiments import Verdict, compare, equivalent, experiment, get
+from normlab.experiments import Verdict, experiment, get
 from normlab.report import render
-from verdict_cases import CASES as MORE_CASES
 
 TESTS = Path(__file__).parent
 
@@ -42,149 +42,11 @@ def test_unknown_and_missing_spec_keys_are_rejected():
         Verdict("probably", "", "")
 
 
-def test_compare_gives_each_outcome():
-    assert compare([2, 2.1], [1, 1.1], expect="greater", what="x", label_a="a", label_b="b").status == "supported"
-    assert compare([1, 1.1], [2, 2.1], expect="greater", what="x", label_a="a", label_b="b").status == "not supported"
-    assert compare([1, 2], [1.2, 1.3], expect="greater", what="x", label_a="a", label_b="b").status == "inconclusive"
-    v = compare([2, 2.1], [1, 1.1], expect="less", what="x", label_a="a", label_b="b", min_effect=5)
-    assert v.status == "inconclusive" and "5" in v.rule
-
-
-def test_equivalent_gives_each_outcome():
-    assert equivalent([1.0, 1.02], [1.01, 1.03], what="l", label_a="a", label_b="b", tolerance=0.01).status == "supported"
-    assert equivalent([1.0, 1.01], [1.5, 1.51], what="l", label_a="a", label_b="b", tolerance=0.01).status == \
-        "not supported"
-    assert equivalent([], [1.0], what="l", label_a="a", label_b="b", tolerance=0.01).status == "inconclusive"
-
-
-# -------------------------------------------- claim verdicts on synthetic records
-def _c18(ln, rms):
-    return [rec("layernorm", i, {"status": "ok", "final": {"val_loss": v}}) for i, v in enumerate(ln)] + \
-           [rec("rmsnorm", i, {"status": "ok", "final": {"val_loss": v}}) for i, v in enumerate(rms)]
-
-
-def _c19(ratios_per_seed):
-    return [rec("pre-LN LayerNorm", i, {"instruments": [{"norm_inputs": {f"blocks.{k}.norms.ln_1": v
-                                                                          for k, v in enumerate(rs)}}]})
-            for i, rs in enumerate(ratios_per_seed)]
-
-
-def _profile(last_over_first, n=6):
-    return [1.0 * last_over_first ** (k / (n - 1)) for k in range(n)]
-
-
-def _c22(post, pre):
-    out = []
-    for group, ratios in (("post (xavier init)", post), ("pre (xavier init)", pre)):
-        out += [rec(group, i, {"ffn_out": _profile(r)}) for i, r in enumerate(ratios)]
-    return out
-
-
-def _stream_recs(groups):
-    out = []
-    for name, ratios in groups.items():
-        for i, r in enumerate(ratios):
-            rms = [0.1] + _profile(r)
-            out.append(rec(name, i, {"instruments": [{"residual_rms": {"rms": rms}}] * 2}))
-    return out
-
-
-def _lm(name, seed, loss, status="ok", first=4.6, **extra):
-    return rec(name, seed, {"status": status, "final": {"val_loss": loss} if status == "ok" else {},
-                            "first_loss": first, **extra})
-
-
-def _c21(post_cost, pre_cost):
-    out = []
-    for placement, costs in (("post", post_cost), ("pre", pre_cost)):
-        for seed, cost in enumerate(costs):
-            for lr in (1e-3, 3e-3):
-                out.append(_lm(f"{placement}-warmup-lr{lr:g}", seed, 2.0))
-                out.append(_lm(f"{placement}-nowarmup-lr{lr:g}", seed, 2.0 + cost))
-    return out
-
-
-def _c20(kept_plain, kept_clip, kept_eps):
-    kept = {}
-    for norm in ("rmsnorm", "layernorm"):
-        for eps in (1e-5, 1.0, 1e3):
-            kept[f"{norm} eps={eps:g} clip=none"] = kept_plain if eps == 1e-5 else kept_eps
-            kept[f"{norm} eps={eps:g} clip=10"] = kept_clip
-    return [rec("outlier 1e3", s, {"kept": kept}) for s in range(2)]
-
-
-def _c26(sens_none, sens_qk):
-    out = []
-    lrs = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    for qk, sens in (("none", sens_none), ("layernorm", sens_qk)):
-        for seed, extra in enumerate(sens):
-            for i, lr in enumerate(lrs):
-                loss = 2.0 + (extra * len(lrs) if i == len(lrs) - 1 else 0.0)  # the mean excess equals `extra`
-                out.append(_lm(f"qk-{qk}-lr{lr:g}", seed, loss, first=10.0,
-                               instruments=[{"attn_logits": {"blocks.0.attn": 5.0}}]))
-    return out
-
-
-def _c31(pre_ok, none_ok):
-    out = []
-    for prefix, ok in (("pre-LN", pre_ok), ("no norm", none_ok)):
-        for seed, largest in enumerate(ok):
-            for sc in (1.0, 4.0, 16.0, 64.0):
-                out.append(_lm(f"{prefix} x{sc:g}", seed, 2.0 if sc <= largest else 4.0))
-    return out
-
-
-def _c34(dyt, deepnorm):
-    return [_lm("pre-LN", s, 2.0 + 0.005 * s) for s in range(2)] + \
-        [_lm("DyT (pre placement)", s, dyt) for s in range(2)] + [_lm("DeepNorm post-LN", s, deepnorm) for s in range(2)]
-
-
-def _c32(mup_slope, sp_slope, jitter=0.0):
-    out = []
-    for seed in range(2):
-        for param, slope in (("muP", mup_slope + jitter * seed), ("standard", sp_slope)):
-            for w in (32, 64, 128):
-                r = rec(f"{param} d={w}", seed, {"logit_rms": 2.0 * (w / 32) ** slope, "stream_rms": 1.0})
-                r["config"] = {"width": w}
-                out.append(r)
-    return out
-
-
-def _groups(losses: dict[str, list[float]]):
-    return [_lm(name, seed, v) for name, vals in losses.items() for seed, v in enumerate(vals)]
-
-
-CLAIM_CASES = {
-    "C18": [(_c18([1.50, 1.51], [1.505, 1.512]), "supported"), (_c18([1.50, 1.51], [1.70, 1.71]), "not supported")],
-    "C19": [(_c19([[0.02, 0.05], [0.03, 0.04]]), "supported"), (_c19([[0.6, 0.7], [0.65, 0.5]]), "not supported"),
-            (_c19([[0.05, 0.3], [0.05, 0.1]]), "inconclusive")],
-    "C22": [(_c22([1.8, 1.9], [1.0, 1.05]), "supported"), (_c22([1.0, 1.02], [0.3, 0.32]), "not supported"),
-            (_c22([1.3, 1.9], [1.0, 1.05]), "inconclusive")],
-    "C23": [(_stream_recs({"pre": [3.0, 3.2], "post": [1.0, 1.05]}), "supported"),
-            (_stream_recs({"pre": [1.0, 1.05], "post": [3.0, 3.2]}), "not supported"),
-            (_stream_recs({"pre": [1.5, 3.0], "post": [1.4, 1.45]}), "inconclusive")],
-    "C25": [(_stream_recs({"none": [30, 35], "pre": [2, 2.2]}), "supported"),
-            (_stream_recs({"none": [1.0, 1.1], "pre": [2, 2.2]}), "not supported"),
-            (_stream_recs({"none": [2.0, 9.0], "pre": [2, 2.2]}), "inconclusive")],
-    "C20": [(_c20(0.01, 0.9, 0.01), "supported"), (_c20(0.8, 0.9, 0.8), "not supported")],
-    "C21": [(_c21([0.5, 0.6], [0.0, 0.01]), "supported"), (_c21([0.0, 0.01], [0.5, 0.6]), "not supported"),
-            (_c21([0.0, 0.5], [0.1, 0.11]), "inconclusive")],
-    "C24": [(_groups({"pre": [2.2, 2.21], "post": [2.0, 2.01]}), "supported"),
-            (_groups({"pre": [2.0, 2.01], "post": [2.2, 2.21]}), "not supported"),
-            (_groups({"pre": [2.0, 2.3], "post": [2.1, 2.11]}), "inconclusive")],
-    "C26": [(_c26([0.5, 0.6], [0.05, 0.06]), "supported"), (_c26([0.05, 0.06], [0.5, 0.6]), "not supported"),
-            (_c26([0.1, 0.6], [0.2, 0.21]), "inconclusive")],
-    "C27": [(_groups({"mixed pre/post": [2.5, 2.51], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}), "supported"),
-            (_groups({"mixed pre/post": [1.8, 1.81], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}),
-             "not supported"),
-            (_groups({"mixed pre/post": [1.9, 2.2], "all pre": [2.0, 2.01], "all post": [2.2, 2.2]}),
-             "inconclusive")],
-    "C31": [(_c31([64.0, 64.0], [1.0, 4.0]), "supported"), (_c31([1.0, 1.0], [16.0, 64.0]), "not supported"),
-            (_c31([4.0, 64.0], [4.0, 4.0]), "inconclusive")],
-    "C34": [(_c34(2.01, 2.02), "supported"), (_c34(2.5, 2.0), "not supported")],
-    "C32": [(_c32(0.0, 0.5), "supported"), (_c32(0.8, 0.9), "not supported"), (_c32(0.2, 0.5, jitter=0.2), "inconclusive")],
-    **MORE_CASES,
-}
+CASE_MODULES = ("cases_axes", "cases_batchnorm", "cases_numerics", "cases_placement", "cases_stability",
+                "cases_transformer", "cases_vision")
+CLAIM_CASES = {}
+for _m in CASE_MODULES:
+    CLAIM_CASES.update(importlib.import_module(_m).CASES)
 
 
 @pytest.mark.parametrize("claim,records,expected",
@@ -194,17 +56,19 @@ def test_claim_verdicts_follow_their_rule(claim, records, expected):
     v = get(claim).verdict(records)
     assert v.status == expected, v.summary
     assert v.rule and v.summary
+    assert v.tests, "every verdict records the intervals it was computed from"
+    for t in v.tests:
+        assert {"estimate", "lo", "hi", "level", "n", "method", "status", "rule"} <= set(t)
 
 
-def test_c34_key_number_names_each_variant_with_its_loss():
-    key = get("C34").verdict(_c34(2.5, 2.0)).key_number
-    assert key == "DyT 2.5, DeepNorm post-LN 2 vs pre-LN 2"
-
-
-def test_every_registered_claim_has_verdict_cases():
+def test_every_registered_claim_has_a_case_for_each_outcome():
     from normlab.experiments import all_experiments
 
-    assert set(all_experiments()) <= set(CLAIM_CASES) | {"C99"}
+    claims = set(all_experiments()) - {"C99"}
+    assert claims <= set(CLAIM_CASES)
+    missing = {c: sorted({"supported", "not supported", "inconclusive"} - {e for _, e in CLAIM_CASES[c]})
+               for c in claims}
+    assert not {c: m for c, m in missing.items() if m}, "claims without a case for some outcome"
 
 
 # ------------------------------------------------------------------------ runner

@@ -16,7 +16,8 @@ from .spec import Experiment
 __all__ = ["register", "get", "all_experiments", "parse_claims"]
 
 _REGISTRY: dict[str, Experiment] = {}
-_MODULES = ("normlab.experiments.transformer", "normlab.experiments.axes", "normlab.experiments.numerics",
+_MODULES = ("normlab.experiments.transformer", "normlab.experiments.placement", "normlab.experiments.stability",
+            "normlab.experiments.axes", "normlab.experiments.numerics",
             "normlab.experiments.vision", "normlab.experiments.batchnorm")
 _loaded = False
 

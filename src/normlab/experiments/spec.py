@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Experiment", "Run", "Verdict", "MODES", "experiment", "compare", "equivalent", "spread", "mean",
-           "fmt"]
+from .stats import LEVEL, Interval, combine, interval, judge_direction, judge_equivalence, judge_threshold
+
+__all__ = ["Experiment", "Run", "Verdict", "MODES", "experiment", "compare", "equivalent", "threshold", "exact",
+           "combine_verdicts", "paired_by_seed", "by_name", "spread", "mean", "fmt"]
 
 MODES = ("quick", "full")
 VERDICTS = ("supported", "not supported", "inconclusive")
@@ -43,13 +45,21 @@ class Run:
 
 @dataclass
 class Verdict:
-    """``status`` (supported / not supported / inconclusive), the numbers behind it and the rule applied."""
+    """``status`` (supported / not supported / inconclusive), the numbers behind it and the rule applied.
+
+    ``tests`` holds every interval the status was computed from (estimate,
+    lo, hi, level, n, method, its own status and rule), so the report can
+    show an interval, not only a point.
+    """
 
     status: str
     summary: str
     rule: str
     numbers: dict = field(default_factory=dict)
     key_number: str = ""
+    tests: list[dict] = field(default_factory=list)  # the judged intervals (stats.Interval as dicts)
+    versus_paper: str = ""  # "paper: ..., here: ..." where the paper gives a number
+
 
     def __post_init__(self):
         if self.status not in VERDICTS:
@@ -100,24 +110,22 @@ class Experiment:
                 for name, config in self.grid(mode) for seed in range(n)]
 
     def code_version(self) -> str:
-        """normlab's version plus a hash of the module that defines this experiment.
+        """normlab's version plus a hash of the code that produces this experiment's records.
 
-        Computed once per process, so records written and judged by one
-        process agree even if the source file is edited while it runs.
+        That is the run function with what it reaches in the experiments
+        package, and the library below it (:mod:`.fingerprint`); the
+        verdict and plot functions are not part of it, so a fixed rule
+        re-judges old records.  Computed once per process, so records
+        written and judged by one process agree even if a file is edited
+        while it runs.
         """
         if self._version is None:
-            self._version = self._compute_version()
+            import normlab
+
+            from .fingerprint import library_fingerprint, run_fingerprint
+
+            self._version = f"{normlab.__version__}+{run_fingerprint(self.run)}.{library_fingerprint()}"
         return self._version
-
-    def _compute_version(self) -> str:
-        import normlab
-
-        module = inspect.getmodule(self.run)
-        try:
-            source = inspect.getsource(module) if module else ""
-        except OSError:
-            source = ""
-        return f"{normlab.__version__}+{hashlib.sha256(source.encode()).hexdigest()[:10]}"
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Experiment) if f.init}
@@ -146,13 +154,22 @@ def by_name(records: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def paired_by_seed(group_a: list[dict], group_b: list[dict], value: Callable[[dict], float]
+                   ) -> tuple[list[float], list[float]]:
+    """``value`` of the records of the seeds both groups have, aligned by seed (for a paired interval)."""
+    a = {r["seed"]: value(r) for r in group_a}
+    b = {r["seed"]: value(r) for r in group_b}
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
 def mean(xs) -> float:
     xs = list(xs)
     return statistics.fmean(xs) if xs else float("nan")
 
 
 def spread(xs) -> float:
-    """Seed-to-seed spread of a group: max - min (0 for a single value)."""
+    """Seed-to-seed range of a group: max - min (0 for a single value); descriptive only, never a rule."""
     xs = list(xs)
     return max(xs) - min(xs) if len(xs) > 1 else 0.0
 
@@ -161,51 +178,86 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if isinstance(x, (int, float)) else str(x)
 
 
-def compare(a, b, *, expect: str, what: str, label_a: str, label_b: str, min_effect: float = 0.0) -> Verdict:
-    """Judge "``a`` is greater (or less) than ``b``" from per-seed values.
+def compare(a, b, *, expect: str, what: str, label_a: str, label_b: str, min_effect: float = 0.0,
+            paired: bool = False, level: float = LEVEL) -> Verdict:
+    """Judge "``a`` is greater (or less) than ``b``" by the confidence interval of ``mean(a) - mean(b)``.
 
-    effect = mean(a) - mean(b); the spread is the larger seed-to-seed range of
-    the two groups.  Inconclusive when |effect| <= spread or |effect| <=
-    ``min_effect``; otherwise supported if the sign is the expected one, not
-    supported if it is the opposite.
+    Supported when the whole interval lies beyond ``min_effect`` in the
+    expected direction, not supported when it lies wholly short of it,
+    inconclusive when it straddles (see :mod:`normlab.experiments.stats`).
+    ``paired=True`` when ``a[i]`` and ``b[i]`` share a seed and data order.
     """
-    if expect not in ("greater", "less"):
-        raise ValueError(f"expect must be 'greater' or 'less', got {expect!r}")
     a, b = list(a), list(b)
-    ma, mb = mean(a), mean(b)
-    effect, sp = ma - mb, max(spread(a), spread(b))
-    threshold = max(sp, min_effect)
-    if not (abs(effect) > threshold):
-        status = "inconclusive"
-    elif (effect > 0) == (expect == "greater"):
-        status = "supported"
-    else:
-        status = "not supported"
+    iv = interval(f"{what}: {label_a} - {label_b}", a, b, paired=paired, level=level)
+    iv.status = judge_direction(iv.lo, iv.hi, expect=expect, min_effect=min_effect)
     sign = ">" if expect == "greater" else "<"
-    summary = (f"{what}: {label_a} {fmt(ma)} (n={len(a)}, range {fmt(spread(a))}) vs {label_b} {fmt(mb)} "
-               f"(n={len(b)}, range {fmt(spread(b))}); effect {fmt(effect)}")
-    rule = (f"supported if {label_a} {sign} {label_b} by more than the seed spread ({fmt(sp)})"
-            + (f" and {fmt(min_effect)}" if min_effect else "") + "; opposite sign beyond it: not supported; "
-            "otherwise inconclusive")
-    return Verdict(status, summary, rule, {"a": a, "b": b, "mean_a": ma, "mean_b": mb, "effect": effect,
-                                           "spread": sp}, key_number=f"{fmt(ma)} vs {fmt(mb)}")
+    bound = f"{'+' if expect == 'greater' else '-'}{fmt(min_effect)}"
+    iv.rule = (f"supported if the {level:.0%} CI of {label_a} - {label_b} lies wholly beyond {bound} "
+               f"({label_a} {sign} {label_b}); not supported if it lies wholly short of {bound}; otherwise "
+               "inconclusive")
+    ma, mb = mean(a), mean(b)
+    summary = (f"{what}: {label_a} {fmt(ma)} (n={len(a)}) vs {label_b} {fmt(mb)} (n={len(b)}); "
+               f"difference {iv.text()}")
+    return Verdict(iv.status, summary, iv.rule, {"a": a, "b": b, "mean_a": ma, "mean_b": mb,
+                                                 "effect": iv.estimate, "ci": [iv.lo, iv.hi]},
+                   key_number=f"{fmt(ma)} vs {fmt(mb)}, diff {_short(iv)}", tests=[iv.to_dict()])
 
 
-def equivalent(a, b, *, what: str, label_a: str, label_b: str, tolerance: float) -> Verdict:
-    """Judge "``a`` matches ``b``": supported when |mean difference| <= max(seed spread, tolerance).
+def equivalent(a, b, *, what: str, label_a: str, label_b: str, tolerance: float, paired: bool = False,
+               level: float = LEVEL) -> Verdict:
+    """Judge "``a`` matches ``b`` within ``tolerance``" as an equivalence test on the interval.
 
-    Not supported when the difference exceeds both; there is no
-    inconclusive outcome unless a group is empty.
+    Supported only when the whole ``level`` CI of ``mean(a) - mean(b)`` lies
+    inside ``[-tolerance, tolerance]``; not supported when it lies wholly
+    outside; inconclusive when it straddles a bound (or a group is empty).
     """
     a, b = list(a), list(b)
-    if not a or not b:
-        return Verdict("inconclusive", f"{what}: no finished runs to compare", "needs runs of both groups")
-    ma, mb = mean(a), mean(b)
-    diff, sp = ma - mb, max(spread(a), spread(b))
-    bound = max(sp, tolerance)
-    status = "supported" if abs(diff) <= bound else "not supported"
-    summary = (f"{what}: {label_a} {fmt(ma)} vs {label_b} {fmt(mb)}, difference {fmt(diff)}; "
-               f"seed spread {fmt(sp)}")
-    rule = f"supported if |difference| <= max(seed spread, {fmt(tolerance)}) = {fmt(bound)}"
-    return Verdict(status, summary, rule, {"a": a, "b": b, "difference": diff, "spread": sp, "bound": bound},
-                   key_number=f"diff {fmt(diff)} (bound {fmt(bound)})")
+    iv = interval(f"{what}: {label_a} - {label_b}", a, b, paired=paired, level=level)
+    iv.status = judge_equivalence(iv.lo, iv.hi, tolerance=tolerance)
+    iv.rule = (f"supported if the {level:.0%} CI of {label_a} - {label_b} lies inside +-{fmt(tolerance)}; not "
+               "supported if it lies wholly outside; otherwise inconclusive")
+    summary = (f"{what}: {label_a} {fmt(mean(a))} (n={len(a)}) vs {label_b} {fmt(mean(b))} (n={len(b)}); "
+               f"difference {iv.text()}, tolerance +-{fmt(tolerance)}")
+    return Verdict(iv.status, summary, iv.rule, {"a": a, "b": b, "difference": iv.estimate,
+                                                 "ci": [iv.lo, iv.hi], "tolerance": tolerance},
+                   key_number=f"diff {_short(iv)} (tolerance +-{fmt(tolerance)})", tests=[iv.to_dict()])
+
+
+def threshold(xs, *, what: str, below: float | None = None, above: float | None = None,
+              level: float = LEVEL) -> Verdict:
+    """Judge "the mean of ``xs`` is below (or above) a fixed bound" by its one-sample t interval."""
+    xs = list(xs)
+    iv = interval(what, xs, level=level)
+    iv.status = judge_threshold(iv.lo, iv.hi, below=below, above=above)
+    side, bound = ("below", below) if below is not None else ("above", above)
+    iv.rule = (f"supported if the {level:.0%} CI of the mean lies wholly {side} {fmt(bound)}; not supported if "
+               "it lies wholly on the other side; otherwise inconclusive")
+    return Verdict(iv.status, f"{what}: {iv.text()}", iv.rule, {"values": xs, "ci": [iv.lo, iv.hi]},
+                   key_number=_short(iv), tests=[iv.to_dict()])
+
+
+def exact(value: float, *, what: str, status: str, rule: str, n: int = 1) -> dict:
+    """A deterministic measurement as a zero-width interval (for claims checked exactly, not by seeds)."""
+    iv = Interval(what, float(value), float(value), float(value), 1.0, [n], "exact (deterministic)", status, rule)
+    return iv.to_dict()
+
+
+def combine_verdicts(parts: dict[str, Verdict], *, key_number: str | None = None) -> Verdict:
+    """One verdict for a claim made of several judged parts (each part's tests are kept).
+
+    Supported if every part is, not supported if any part is not, otherwise inconclusive.
+    """
+    status = combine([v.status for v in parts.values()])
+    summary = "; ".join(f"[{name}: {v.status}] {v.summary}" for name, v in parts.items())
+    rule = "every part must be supported (any part not supported: not supported): " + " | ".join(
+        f"{name}: {v.rule}" for name, v in parts.items())
+    tests = [t for v in parts.values() for t in v.tests]
+    numbers = {name: v.numbers for name, v in parts.items()}
+    key = key_number if key_number is not None else "; ".join(f"{n}: {v.key_number}" for n, v in parts.items())
+    return Verdict(status, summary, rule, numbers, key_number=key, tests=tests)
+
+
+def _short(iv: Interval) -> str:
+    if not (math.isfinite(iv.lo) and math.isfinite(iv.hi)):
+        return f"{fmt(iv.estimate)} (no CI)"
+    return f"{fmt(iv.estimate)} [{fmt(iv.lo)}, {fmt(iv.hi)}]"
