@@ -212,8 +212,25 @@ def test_init_scale_multiplies_init():
     torch.manual_seed(0)
     small = GPT(_cfg(d_model=64, n_head=4)).blocks[0].mlp.c_fc.weight.std().item()
     torch.manual_seed(0)
-    big = GPT(_cfg(d_model=64, n_head=4, init_scale=4.0)).blocks[0].mlp.c_fc.weight.std().item()
+    big_model = GPT(_cfg(d_model=64, n_head=4, init_scale=4.0))
+    big = big_model.blocks[0].mlp.c_fc.weight.std().item()
     assert big == pytest.approx(4 * small, rel=1e-6)
+    assert big_model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)  # embeddings and head keep theirs
+    torch.manual_seed(0)
+    xav = GPT(_cfg(d_model=64, n_head=4, init="xavier", init_scale=4.0)).blocks[0].mlp.c_fc.weight
+    assert xav.std().item() == pytest.approx(4 * math.sqrt(2 / (64 + 256)), rel=0.05)
+
+
+def test_embed_scale_gives_unit_variance_inputs_and_relu_is_used():
+    torch.manual_seed(0)
+    model = GPT(_cfg(d_model=128, n_head=4, embed_scale=True, activation="relu"))
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    model(torch.randint(0, V, (8, T)))
+    assert seen["x"].var().item() == pytest.approx(1.0, rel=0.15)
+    assert model.blocks[0].mlp.act is torch.nn.functional.relu
+    with pytest.raises(ValueError, match="unknown activation 'tanh'; choose one of gelu, relu"):
+        GPT(_cfg(activation="tanh"))
 
 
 def test_convert_is_a_no_op_on_an_all_normlab_model():

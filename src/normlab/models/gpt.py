@@ -47,6 +47,8 @@ class GPTConfig:
         norm_eps: eps of the normalizers (None: each normalizer's default).
         dyt_alpha0: DyT's initial alpha.
         mlp_ratio: hidden width of the MLP / d_model.
+        activation: the MLP's nonlinearity, a key of :data:`ACTIVATIONS` ("gelu"; "relu" as in the
+            original Transformer and Xiong et al.'s analysis).
         dropout: on attention weights and residual branches.
         bias: biases in the linear layers.
         tie_weights: share the token embedding with the output head.
@@ -54,7 +56,12 @@ class GPTConfig:
             "xavier" (Xavier-normal block matrices, as Xiong et al. 2020 and the original
             Transformer; embeddings stay normal(0, init_std)).
         init_std: std of the normal init of weights (GPT-2: 0.02).
-        init_scale: multiplies every initial weight's scale (claim C31 sweeps it).
+        init_scale: multiplies the initial scale of the blocks' weight matrices; the embeddings and
+            the head keep theirs (claim C31 sweeps it).
+        embed_scale: Vaswani et al.'s embeddings: token and position tables start N(0, 1/d_model) and
+            their sum is multiplied by sqrt(d_model / 2), so the first block sees unit-variance inputs
+            (Xiong et al.'s analysis assumes them; with ``init="xavier"`` this is their setup). The tied
+            head then gives logits of unit scale.
         z_loss: coefficient of the z-loss mean(logsumexp(logits)^2) added to the loss.
         mup_base_width: if set, muP-style width scaling relative to this
             d_model: hidden init std / sqrt(m), hidden Adam lr / m, output
@@ -72,12 +79,14 @@ class GPTConfig:
     norm_eps: float | None = None
     dyt_alpha0: float = 0.5
     mlp_ratio: int = 4
+    activation: str = "gelu"
     dropout: float = 0.0
     bias: bool = True
     tie_weights: bool = True
     init: str = "gpt2"
     init_std: float = 0.02
     init_scale: float = 1.0
+    embed_scale: bool = False
     z_loss: float = 0.0
     mup_base_width: int | None = None
 
@@ -94,6 +103,8 @@ class GPTConfig:
         for p in self.placements():
             if p not in PLACEMENTS:
                 raise ValueError(f"unknown placement {p!r}; choose one of {', '.join(PLACEMENTS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if self.init not in ("gpt2", "xavier"):
             raise ValueError(f"init must be gpt2 or xavier, got {self.init!r}")
         if self.d_model % self.n_head:
@@ -104,6 +115,10 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: MLP nonlinearity name -> function
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": F.gelu, "relu": F.relu}
 
 
 def _eps(cfg: GPTConfig, default: float | None) -> dict:
@@ -194,9 +209,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.drop(self.c_proj(self.act(self.c_fc(x))))
 
 
 # ------------------------------------------------------------------ placements
@@ -304,13 +320,13 @@ class GPT(nn.Module):
     # ---------------------------------------------------------------- init
     def reset_parameters(self) -> None:
         cfg = self.cfg
-        std = cfg.init_std * cfg.init_scale
-        hidden_std = std / math.sqrt(self.width_mult)
+        std = cfg.init_std
+        hidden_std = std * cfg.init_scale / math.sqrt(self.width_mult)
         for name, p in self.named_parameters():
             if p.ndim < 2:
                 continue
             if name.startswith(("wte", "wpe", "lm_head")):
-                nn.init.normal_(p, 0.0, std)
+                nn.init.normal_(p, 0.0, 1 / math.sqrt(cfg.d_model) if cfg.embed_scale else std)
             elif cfg.init == "xavier":
                 nn.init.xavier_normal_(p, gain=cfg.init_scale / math.sqrt(self.width_mult))
             elif name.endswith("c_proj.weight"):  # residual-branch outputs, GPT-2's 1/sqrt(2 n_layer)
@@ -386,7 +402,10 @@ class GPT(nn.Module):
         if doc_ids is not None:  # positions restart at each packed document: (B, T)
             start = doc_ids != torch.cat([doc_ids[:, :1] - 1, doc_ids[:, :-1]], dim=1)
             pos = pos - torch.where(start, pos, torch.zeros_like(pos)).cummax(dim=1).values
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, D)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, D)
+        if self.cfg.embed_scale:
+            x = x * math.sqrt(self.cfg.d_model / 2)
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x, ctx)
         if self.ln_f is not None:
