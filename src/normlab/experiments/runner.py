@@ -106,17 +106,29 @@ def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int |
     """Run ``jobs`` (experiment, run) in a process pool; return one summary per finished run.
 
     Runs whose ``ok`` record exists are skipped by the caller (see
-    :func:`pending_runs`).  Ctrl-C cancels what has not started and lets the
-    pool stop; finished records stay.
+    :func:`pending_runs`).  Runs of ``exclusive`` experiments (timings) go
+    last, one at a time, with nothing beside them.  Ctrl-C cancels what has
+    not started and lets the pool stop; finished records stay.
     """
     if not jobs:
         return []
     os.makedirs(out, exist_ok=True)
     _remove_stale_temp_files(os.path.join(out, "records"))
-    threads = max(exp.threads for exp, _ in jobs)
-    n_workers, n_threads = plan_workers(workers, threads)
-    summaries = []
+    shared = [j for j in jobs if not j[0].exclusive]
+    alone = [j for j in jobs if j[0].exclusive]
+    summaries: list[dict] = []
     total = len(jobs)
+    if shared:
+        n_workers, n_threads = plan_workers(workers, max(exp.threads for exp, _ in shared))
+        _pool_runs(out, shared, n_workers, n_threads, summaries, total, log)
+    if alone:
+        _, n_threads = plan_workers(1, max(exp.threads for exp, _ in alone))
+        _pool_runs(out, alone, 1, n_threads, summaries, total, log)
+    return summaries
+
+
+def _pool_runs(out: str, jobs: list[tuple[Experiment, Run]], n_workers: int, n_threads: int, summaries: list[dict],
+               total: int, log: Callable[[dict, int, int], None] | None) -> None:
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
         futures = {}
         for exp, run in jobs:
@@ -143,4 +155,3 @@ def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int |
                 fut.cancel()
             print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
             raise
-    return summaries

@@ -86,6 +86,8 @@ class Experiment:
         plot: ``plot(records, verdict, path_prefix) -> [png paths]`` (optional).
         paper: the paper figure or number to compare with, with its citation.
         threads: torch threads each run wants (the pool fits workers around it).
+        exclusive: the runs must have the machine to themselves (timings): they run one at a time
+            after every other run has finished, never beside another run.
     """
 
     claim: str
@@ -99,6 +101,7 @@ class Experiment:
     plot: Callable | None = None
     paper: str = ""
     threads: int = 1
+    exclusive: bool = False
     _version: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def runs(self, mode: str, seeds: int | None = None, context: dict | None = None) -> list[Run]:
