@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from normlab.cli import main
-from normlab.experiments import Verdict, experiment, get
+from normlab.experiments import Verdict, compare, experiment, get
 from normlab.report import render
 
 TESTS = Path(__file__).parent
@@ -160,14 +160,73 @@ def test_report_is_self_contained_and_images_decode(tmp_path):
     results = [{"claim": "C18", "title": "t <b>", "statement": "s", "setup": "x", "paper": "Zhang & Sennrich",
                 "mode": "quick", "runs_finished": 4, "runs_expected": 4, "seeds": 2, "wall_time_s": 3.0,
                 "plots": [str(png)], "plot_error": None,
-                "verdict": Verdict("supported", "sum", "rule", {"x": math.pi}, "k").to_dict()}]
+                "verdict": Verdict("supported", "sum", "rule", {"x": math.pi}, "k",
+                                   tests=[compare([2.0, 2.1, 2.2], [1.0, 1.1, 1.0], expect="greater", what="loss",
+                                                  label_a="a", label_b="b").tests[0]],
+                                   versus_paper="paper: 26.8 vs 26.6 BLEU; here: 1.52 vs 1.53 nats").to_dict()}]
     path = render(results, str(tmp_path / "report"), mode="quick", wall_time_s=12.0)
     page = Path(path).read_text()
     assert "<b>" not in page.split("<h1>")[1].split("</table>")[0].replace("<b>quick</b>", "")  # escaped
     assert "t &lt;b&gt;" in page and "Mode: <b>quick</b>" in page
+    assert re.search(r"<td>loss: a - b</td><td>1.07</td><td>\[0\.\d+, 1\.\d+\]</td><td>95%</td><td>3\+3</td>"
+                     r"<td>Welch t</td>", page)
+    assert "Paper vs here:</b> paper: 26.8 vs 26.6 BLEU" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from a network
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 1
     Image.open(io.BytesIO(base64.b64decode(images[0]))).verify()
     data = json.loads((tmp_path / "report" / "results.json").read_text())
     assert data["claims"][0]["verdict"]["status"] == "supported"
+
+
+# ------------------------------------------------------------ record keys
+_PLUGIN = '''
+SIZES = {"quick": 3}
+
+
+def _helper(x):
+    return x + SIZES["quick"]
+
+
+def run(config, seed):
+    return {"v": _helper(seed)}
+
+
+def verdict(records):
+    return "rule version 1"
+'''
+
+
+def test_record_key_follows_the_run_code_not_the_verdict(tmp_path, monkeypatch):
+    from normlab.experiments.fingerprint import run_fingerprint
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fingerprint(source: str) -> str:
+        (tmp_path / "keyed_plugin.py").write_text(source)
+        sys.modules.pop("keyed_plugin", None)
+        return run_fingerprint(importlib.import_module("keyed_plugin").run)
+
+    base = fingerprint(_PLUGIN)
+    assert fingerprint(_PLUGIN.replace("rule version 1", "rule version 2")) == base  # verdict fixed: re-judge
+    assert fingerprint(_PLUGIN.replace("x + SIZES", "x * SIZES")) != base  # a helper the run calls
+    assert fingerprint(_PLUGIN.replace('{"quick": 3}', '{"quick": 4}')) != base  # a size table it reads
+
+
+def test_exclusive_runs_go_last_and_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_EXPERIMENTS", "fake_claims")
+    monkeypatch.syspath_prepend(str(TESTS))
+    import dataclasses
+
+    from normlab.experiments.runner import execute_runs
+
+    import fake_claims  # noqa: F401
+
+    exp = get("C99")
+    alone = dataclasses.replace(exp, exclusive=True)
+    jobs = [(alone, r) for r in exp.runs("quick")[:2]] + [(exp, r) for r in exp.runs("quick")[2:]]
+    order = []
+    execute_runs(str(tmp_path), jobs, workers=2, log=lambda s, i, n: order.append(s))
+    shared = [s for s in order if (s["name"], s["seed"]) not in {(r.name, r.seed) for _, r in jobs[:2]}]
+    assert order[:len(shared)] == shared  # every shared run finished before the exclusive ones began
+    assert all(s["status"] == "ok" for s in order) and len(order) == len(jobs)

@@ -148,9 +148,16 @@ def _run_and_judge(args: argparse.Namespace, cmd: str):
 
 
 def _print_results(results: list[dict]) -> None:
+    from .experiments.stats import Interval
+
     for r in results:
         v = r["verdict"]
-        print(f"{r['claim']} [{v['status']}] {r['title']}\n  {v['summary']}\n  rule: {v['rule']}")
+        print(f"{r['claim']} [{v['status']}] {r['title']}\n  {v['summary']}")
+        for t in v.get("tests", []):
+            print(f"  interval: {t['what']} = {Interval(**t).text()} -> {t.get('status') or '-'}")
+        print(f"  rule: {v['rule']}")
+        if v.get("versus_paper"):
+            print(f"  paper vs here: {v['versus_paper']}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

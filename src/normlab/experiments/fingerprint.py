@@ -3,8 +3,8 @@
 A record is keyed by (claim, config, seed, code version).  The code version
 hashes
 
-- the run function and everything of ``normlab.experiments`` it reaches
-  through names: the functions and classes it calls (transitively) and the
+- the run function and everything of its own module and of
+  ``normlab.experiments`` it reaches through names: the functions and classes it calls (transitively) and the
   plain constants it reads (size tables), by their source or ``repr``;
 - the library below the experiments (layers, functional, models, train,
   data, distributed, bench, kernels): every source file of normlab outside
@@ -49,9 +49,9 @@ def _source(obj) -> str:
         return repr(obj)
 
 
-def _is_experiment_code(obj) -> bool:
-    return (isinstance(obj, (types.FunctionType, type))
-            and getattr(obj, "__module__", "").startswith(_EXPERIMENTS))
+def _is_experiment_code(obj, home: str) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return isinstance(obj, (types.FunctionType, type)) and (module == home or module.startswith(_EXPERIMENTS))
 
 
 def _plain_constant(obj) -> bool:
@@ -59,7 +59,13 @@ def _plain_constant(obj) -> bool:
 
 
 def run_fingerprint(fn: Callable) -> str:
-    """Hash of ``fn``'s source and of the experiment-package code and constants it reaches by name."""
+    """Hash of ``fn``'s source and of the code and constants it reaches by name.
+
+    Followed: functions and classes of ``fn``'s own module (a plugin module
+    named in ``NORMLAB_EXPERIMENTS`` too) and of ``normlab.experiments``;
+    constants (numbers, strings, containers) are hashed by ``repr``.
+    """
+    home = fn.__module__
     parts: list[str] = []
     seen: set[int] = set()
     stack = [fn]
@@ -85,7 +91,7 @@ def run_fingerprint(fn: Callable) -> str:
                 if name not in glob:
                     continue
                 value = glob[name]
-                if _is_experiment_code(value):
+                if _is_experiment_code(value, home):
                     stack.append(value)
                 elif (not callable(value) and not isinstance(value, types.ModuleType)
                       and _plain_constant(value) and id(value) not in seen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import platform
 import time
@@ -21,6 +22,7 @@ text-align:left;vertical-align:top}th{background:#f6f6f6}
 .supported{background:#dff3e3;color:#17612a}.not-supported{background:#fbe1e1;color:#8a1c1c}
 .inconclusive{background:#f1f1f1;color:#555}
 .meta{color:#666;font-size:.88rem}img{max-width:100%;height:auto;display:block;margin:.6rem 0}
+table.tests{font-size:.82rem;margin:.4rem 0}
 pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem}
 """
 
@@ -38,6 +40,26 @@ def _img(path: str) -> str:
         data = base64.b64encode(f.read()).decode("ascii")
     alt = os.path.basename(path)
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _interval(lo, hi) -> str:
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no interval (too few runs)"
+    return "exact" if lo == hi else f"[{lo:.3g}, {hi:.3g}]"
+
+
+def _tests_table(tests: list[dict]) -> str:
+    """The intervals a verdict was computed from: quantity, estimate, CI, level, n, method, outcome."""
+    if not tests:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(t['what'])}</td><td>{float(t['estimate']):.3g}</td><td>{_esc(_interval(t['lo'], t['hi']))}"
+        f"</td><td>{float(t['level']):.0%}</td><td>{_esc('+'.join(str(k) for k in t['n']))}</td>"
+        f"<td>{_esc(t['method'])}</td><td>{_badge(t['status']) if t.get('status') else ''}</td></tr>"
+        for t in tests)
+    return ("<table class='tests'><thead><tr><th>judged quantity</th><th>estimate</th><th>confidence interval</th>"
+            "<th>level</th><th>n</th><th>method</th><th>outcome</th></tr></thead><tbody>" + rows + "</tbody></table>")
 
 
 def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | None = None) -> str:
@@ -62,6 +84,8 @@ def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | Non
         if r.get("plot_error"):
             images += f"<p class='meta'>The plot could not be drawn:</p><pre>{_esc(r['plot_error'])}</pre>"
         paper = f"<p><b>Compare with:</b> {_esc(r['paper'])}</p>" if r["paper"] else ""
+        if v.get("versus_paper"):
+            paper += f"<p><b>Paper vs here:</b> {_esc(v['versus_paper'])}</p>"
         numbers = json.dumps(v["numbers"], indent=1, default=str)
         sections.append(
             f"<section id='{_esc(r['claim'])}'><h2>{_esc(r['claim'])} &mdash; {_esc(r['title'])}</h2>"
@@ -69,6 +93,7 @@ def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | Non
             f"<span class='meta'>({_esc(r['mode'])} mode, {r['seeds']} seeds, {r['runs_finished']} runs, "
             f"{r['wall_time_s']:.0f} s of compute)</span></p>{images}"
             f"<p><b>Verdict:</b> {_badge(v['status'])} {_esc(v['summary'])}</p>"
+            f"{_tests_table(v.get('tests', []))}"
             f"<p class='meta'><b>Rule.</b> {_esc(v['rule'])}</p>{paper}"
             f"<details><summary>numbers</summary><pre>{_esc(numbers)}</pre></details></section>")
     took = f", {wall_time_s / 60:.1f} min" if wall_time_s is not None else ""
@@ -78,7 +103,11 @@ def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | Non
             f"<p class='meta'>Mode: <b>{_esc(mode)}</b>{_esc(took)}. normlab {_esc(env['normlab'])}, torch "
             f"{_esc(env['torch'])}, Python {_esc(env['python'])}, {_esc(env['cpus'])} CPUs ({_esc(env['machine'])}),"
             f" generated {_esc(env['generated'])}. Each claim's verdict is computed from its runs' records by the "
-            f"rule shown; a claim that does not hold at this small scale is reported as such.</p>"
+            f"rule shown, on confidence intervals (Welch's t for independent groups, t on the per-seed "
+            f"differences where runs share seed and data): supported when the whole interval lies beyond the "
+            f"claimed minimum effect (or, for a claim of equivalence, inside the tolerance), not supported when "
+            f"it lies wholly on the other side, inconclusive when it straddles. A claim that does not hold at "
+            f"this small scale is reported as such.</p>"
             f"<p>{counts['supported']} supported, {counts['not supported']} not supported, "
             f"{counts['inconclusive']} inconclusive.</p>"
             f"<table><thead><tr><th>claim</th><th>title</th><th>verdict</th><th>key number</th><th>mode</th>"
