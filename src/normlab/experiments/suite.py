@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import traceback
 from collections.abc import Callable
@@ -29,8 +30,8 @@ def judge(exp: Experiment, mode: str, out: str, *, seeds: int | None = None, plo
     except Exception:
         verdict = Verdict("inconclusive", "the verdict could not be computed", traceback.format_exc(limit=3))
     if len(records) < expected and verdict.status != "inconclusive":
-        verdict = Verdict("inconclusive", f"only {len(records)}/{expected} runs finished; " + verdict.summary,
-                          verdict.rule, verdict.numbers, verdict.key_number)
+        verdict = dataclasses.replace(verdict, status="inconclusive",
+                                      summary=f"only {len(records)}/{expected} runs finished; " + verdict.summary)
     plots, plot_error = [], None
     if plots_dir and records and exp.plot is not None:
         os.makedirs(plots_dir, exist_ok=True)
