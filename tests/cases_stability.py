@@ -4,37 +4,76 @@ from __future__ import annotations
 
 from cases_common import lm_rec
 
+C26_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+GOOD_LOGITS = ([1e5, 3e4, 1e5, 5e4], [30.0, 25.0, 28.0, 30.0])  # ~3.3 decades apart
 
-def _c26(sens_none, sens_qk):
+
+def c26(sens_none, sens_qk, logits=GOOD_LOGITS, diverge=()):
+    """Per seed: lr sensitivity of each arm (the mean excess over the best lr) and the largest layer-0 logit.
+
+    ``diverge``: (arm, lr) pairs whose runs end above their initial loss.
+    """
     out = []
-    lrs = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    for qk, sens in (("none", sens_none), ("layernorm", sens_qk)):
-        for seed, extra in enumerate(sens):
-            for i, lr in enumerate(lrs):
-                loss = 2.0 + (extra * len(lrs) if i == len(lrs) - 1 else 0.0)  # the mean excess equals `extra`
-                out.append(lm_rec(f"qk-{qk}-lr{lr:g}", seed, loss, first=10.0,
-                               instruments=[{"attn_logits": {"blocks.0.attn": 5.0}}]))
+    for qk, sens, top in (("none", sens_none, logits[0]), ("layernorm", sens_qk, logits[1])):
+        for seed, (extra, logit) in enumerate(zip(sens, top)):
+            for i, lr in enumerate(C26_LRS):
+                loss = 2.0 + (extra * len(C26_LRS) if i == len(C26_LRS) - 1 else 0.0)  # mean excess = extra
+                if (qk, lr) in diverge:
+                    loss = 12.0  # above the initial 10: counted as diverged, clipped to the initial loss
+                inst = [{"step": 0, "attn_logits": {"blocks.0.attn": 1.0}},
+                        {"step": 9, "attn_logits": {"blocks.0.attn": logit if i == len(C26_LRS) - 1 else 2.0}}]
+                out.append(lm_rec(f"qk-{qk}-lr{lr:g}", seed, loss, first=10.0, instruments=inst))
     return out
 
 
-def _c31(pre_ok, none_ok):
+def c31(pre_ok, none_ok):
+    """Per seed: the largest init scale each model trains at (loss 2.0 up to it, 4.0 beyond)."""
     out = []
     for prefix, ok in (("pre-LN", pre_ok), ("no norm", none_ok)):
         for seed, largest in enumerate(ok):
-            for sc in (1.0, 4.0, 16.0, 64.0):
+            for k in range(7):
+                sc = 2.0 ** k
                 out.append(lm_rec(f"{prefix} x{sc:g}", seed, 2.0 if sc <= largest else 4.0))
     return out
 
 
-def _c34(dyt, deepnorm):
-    return [lm_rec("pre-LN", s, 2.0 + 0.005 * s) for s in range(2)] + \
-        [lm_rec("DyT (pre placement)", s, dyt) for s in range(2)] + [lm_rec("DeepNorm post-LN", s, deepnorm) for s in range(2)]
+def c34(dyt_diff, deep_diff):
+    """Per seed: (best DyT - best pre-LN) and (best DeepNorm - best pre-LN at depth); other configs are worse."""
+    out = []
+    for seed, (dd, dn) in enumerate(zip(dyt_diff, deep_diff)):
+        base = 2.0 + 0.01 * seed
+        out += [lm_rec("pre-LN lr0.001", seed, base), lm_rec("pre-LN lr0.003", seed, base + 0.1),
+                lm_rec("DyT a0.5 lr0.001", seed, base + 0.8), lm_rec("DyT a0.5 lr0.003", seed, base + 0.6),
+                lm_rec("DyT a2 lr0.001", seed, base + 0.3), lm_rec("DyT a2 lr0.003", seed, base + dd)]
+        deep = 2.4 - 0.02 * seed
+        out += [lm_rec("pre-LN deep lr0.001", seed, deep + 0.2), lm_rec("pre-LN deep lr0.003", seed, deep),
+                lm_rec("DeepNorm deep lr0.001", seed, deep + dn), lm_rec("DeepNorm deep lr0.003", seed, deep + 0.5)]
+    return out
 
+
+FINE = [0.01, 0.0, 0.02, 0.01]
+WORSE = [0.3, 0.32, 0.29, 0.31]
+STRADDLE = [0.0, 0.1, -0.05, 0.08]
 
 CASES = {
-    "C26": [(_c26([0.5, 0.6], [0.05, 0.06]), "supported"), (_c26([0.05, 0.06], [0.5, 0.6]), "not supported"),
-            (_c26([0.1, 0.6], [0.2, 0.21]), "inconclusive")],
-    "C31": [(_c31([64.0, 64.0], [1.0, 4.0]), "supported"), (_c31([1.0, 1.0], [16.0, 64.0]), "not supported"),
-            (_c31([4.0, 64.0], [4.0, 4.0]), "inconclusive")],
-    "C34": [(_c34(2.01, 2.02), "supported"), (_c34(2.5, 2.0), "not supported")],
+    "C26": [(c26([0.5, 0.6, 0.55, 0.5], [0.05, 0.06, 0.04, 0.05]), "supported"),
+            # sensitivity reversed, logits as claimed: one half fails
+            (c26([0.05, 0.06, 0.04, 0.05], [0.5, 0.6, 0.55, 0.5]), "not supported"),
+            # sensitivity as claimed, logits no larger without qk-norm: the other half fails
+            (c26([0.5, 0.6, 0.55, 0.5], [0.05, 0.06, 0.04, 0.05], logits=([30.0, 40.0, 35.0, 30.0],
+                                                                          [30.0, 25.0, 28.0, 30.0])),
+             "not supported"),
+            (c26([0.1, 0.6, 0.05, 0.5], [0.2, 0.21, 0.2, 0.2]), "inconclusive"),
+            # sensitivity as claimed, logit gap straddles 10x
+            (c26([0.5, 0.6, 0.55, 0.5], [0.05, 0.06, 0.04, 0.05], logits=([3e4, 50.0, 1e3, 100.0],
+                                                                          [30.0, 25.0, 28.0, 30.0])),
+             "inconclusive")],
+    "C31": [(c31([64.0, 64.0, 32.0, 64.0], [2.0, 4.0, 2.0, 2.0]), "supported"),
+            (c31([2.0, 2.0, 2.0, 2.0], [8.0, 16.0, 8.0, 8.0]), "not supported"),
+            (c31([4.0, 64.0, 2.0, 32.0], [4.0, 4.0, 4.0, 4.0]), "inconclusive")],
+    "C34": [(c34(FINE, FINE), "supported"),
+            (c34(WORSE, FINE), "not supported"),  # only DyT fails
+            (c34(FINE, WORSE), "not supported"),  # only DeepNorm fails
+            (c34(STRADDLE, FINE), "inconclusive"),
+            (c34(FINE, STRADDLE), "inconclusive")],
 }
