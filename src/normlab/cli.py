@@ -244,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as e:  # one line, no traceback, the shell's code for SIGINT
+        runner = sys.modules.get("normlab.experiments.runner")  # no import while interrupted
+        if runner is None or not isinstance(e, runner.Interrupted):  # else the runner said it already
+            print(f"normlab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,13 +5,21 @@ the key hashes claim, config, seed and code version.  A run whose record
 exists with status ``ok`` is never run again, so an interrupted ``normlab
 report`` (Ctrl-C, or SIGKILL) loses nothing that finished and redoes
 nothing; a record is written whole or not at all (temp file + rename).
+
+Interrupts: workers ignore SIGINT (a terminal's Ctrl-C reaches the whole
+process group).  The first Ctrl-C cancels the runs not yet started, lets
+the ones in progress finish and write their records, prints one line and
+raises :class:`Interrupted`; a second Ctrl-C stops the workers at once
+(SIGTERM, then SIGKILL) and reaps them before raising.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -21,7 +29,11 @@ from multiprocessing import get_context
 from ..train.record import environment, write_record
 from .spec import Experiment, Run
 
-__all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers"]
+__all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers", "Interrupted"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the runs; the one-line message has been printed already."""
 
 
 def record_path(out: str, run: Run, code_version: str) -> str:
@@ -127,20 +139,61 @@ def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int |
     return summaries
 
 
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (it reaches the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_pool(n_workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Terminate the workers (SIGTERM, then SIGKILL) and reap them; nothing waits for a run to end."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None  # a third Ctrl-C waits
+    try:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)
+
+
 def _pool_runs(out: str, jobs: list[tuple[Experiment, Run]], n_workers: int, n_threads: int, summaries: list[dict],
                total: int, log: Callable[[dict, int, int], None] | None) -> None:
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
-        futures = {}
+    pool = _start_pool(n_workers)
+    futures = {}
+    # workers are spawned by submit(); an ignored SIGINT is inherited through exec, so a Ctrl-C
+    # arriving while a worker starts up (before its initializer runs) cannot reach it either
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
         for exp, run in jobs:
             version = exp.code_version()
             fut = pool.submit(_execute, run.claim, run.name, run.config, run.seed,
                               record_path(out, run, version), version, n_threads)
             futures[fut] = run
-        try:
-            remaining = set(futures)
-            while remaining:
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)
+    interrupted = False
+    remaining = set(futures)
+    try:
+        while remaining:
+            try:
                 done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for fut in done:
+                    if fut.cancelled():
+                        continue
                     try:
                         summary = fut.result()
                     except Exception as e:  # the worker itself died
@@ -150,8 +203,23 @@ def _pool_runs(out: str, jobs: list[tuple[Experiment, Run]], n_workers: int, n_t
                     summaries.append(summary)
                     if log:
                         log(summary, len(summaries), total)
-        except KeyboardInterrupt:
-            for fut in futures:
-                fut.cancel()
-            print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
-            raise
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                for fut in remaining:
+                    fut.cancel()
+                remaining = {f for f in remaining if not f.cancelled()}
+                print(f"interrupted: finishing the {len(remaining)} run(s) in progress (Ctrl-C again to stop "
+                      "now); finished runs are saved, run the same command again to resume",
+                      file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        _stop_now(pool)
+        print("stopped: the runs in progress were abandoned", file=sys.stderr, flush=True)
+        raise Interrupted() from None
+    except BaseException:
+        _stop_now(pool)
+        raise
+    pool.shutdown(wait=True)
+    if interrupted:
+        raise Interrupted()
