@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["compute_dtype", "resolve_dims", "moments", "normalize", "normalize_with", "affine"]
+__all__ = ["compute_dtype", "resolve_dims", "reduce_dims", "moments", "normalize", "normalize_with", "affine"]
 
 Dims = int | Sequence[int]
 
@@ -67,6 +67,19 @@ def resolve_dims(dims: Dims, ndim: int, *, what: str = "dims") -> tuple[int, ...
     if len(set(out)) != len(out):
         raise ValueError(f"{what}={tuple(dims)} names the same dim twice for a {ndim}-D input")
     return tuple(sorted(out))
+
+
+def reduce_dims(dims: Dims, ndim: int) -> tuple[int, ...]:
+    """:func:`resolve_dims` for the dims to reduce over, which must name at least one dim.
+
+    An empty tuple is refused: ``torch.sum(x, ())`` reduces *every* dim, so an
+    empty reduction would pair a whole-tensor sum with a count of 1.
+    """
+    out = resolve_dims(dims, ndim)
+    if not out:
+        raise ValueError(f"dims=() reduces over nothing: name at least one dim of the {ndim}-D input to "
+                         "normalize over (e.g. dims=-1 for a LayerNorm over the last dim)")
+    return out
 
 
 def numel_over(shape: Sequence[int], dims: Sequence[int]) -> int:
@@ -103,6 +116,9 @@ def _stats(x: Tensor, dims: tuple[int, ...], center: bool, mask: Tensor | None):
     for elements near the mean (Sterbenz), so ``(x - shift) - corr`` keeps
     the digits that ``x - (shift + corr)`` loses.
     """
+    if not dims:  # torch reduces every dim over (), while the count below would be 1
+        raise ValueError(f"normalization needs at least one dim to reduce over, got dims=() "
+                         f"for an input of shape {tuple(x.shape)}")
     xc = x.to(compute_dtype(x.dtype))
     if mask is None:
         count: Tensor | int = numel_over(x.shape, dims)
@@ -148,7 +164,7 @@ def moments(
         of ``x.dtype``, each of ``x``'s shape with ``dims`` set to 1.  A
         statistic over zero elements is 0 (mean) and 0 (variance).
     """
-    shift, corr, var, count = _stats(x, resolve_dims(dims, x.ndim), center, mask)
+    shift, corr, var, count = _stats(x, reduce_dims(dims, x.ndim), center, mask)
     mean = None if shift is None else shift + corr
     return (mean, var, count) if return_count else (mean, var)
 
@@ -231,9 +247,9 @@ def normalize(
         mean, var = stats
         return normalize_with(x, mean if center else None, var, weight, bias, eps=eps)
     if num_groups is None:
-        shift, corr, var, _ = _stats(x, resolve_dims(dims, x.ndim), center, mask)
+        shift, corr, var, _ = _stats(x, reduce_dims(dims, x.ndim), center, mask)
         return normalize_with(x, shift, var, weight, bias, eps=eps, corr=corr)
-    rdims = resolve_dims(dims, x.ndim)
+    rdims = reduce_dims(dims, x.ndim)
     g = resolve_dims(group_dim, x.ndim, what="group_dim")[0]
     if g not in rdims:
         raise ValueError(f"group_dim={group_dim} must be one of the reduced dims {rdims}")

@@ -13,6 +13,17 @@ from .. import functional as NF
 __all__ = ["Norm"]
 
 
+def _as_dims(dims: int | Sequence[int], what: str) -> tuple[int, ...]:
+    """``dims`` as a tuple of ints, each named once (ranges are checked against the input in forward)."""
+    out = (dims,) if isinstance(dims, int) else tuple(dims)
+    bad = [d for d in out if not isinstance(d, int) or isinstance(d, bool)]
+    if bad:
+        raise TypeError(f"{what} must be ints, got {bad[0]!r} in {what}={out!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}={out} names the same dim twice")
+    return out
+
+
 def _as_shape(shape: int | Sequence[int] | None) -> tuple[int, ...]:
     if shape is None:
         return ()
@@ -136,13 +147,20 @@ class Norm(nn.Module):
         if (dims is None) == (keep_dims is None):
             raise ValueError("give exactly one of dims (to reduce over) or keep_dims (to keep), "
                              f"got dims={dims!r}, keep_dims={keep_dims!r}")
-        self.dims = None if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
-        self.keep_dims = None if keep_dims is None else (keep_dims,) if isinstance(keep_dims, int) else tuple(keep_dims)
+        self.dims = None if dims is None else _as_dims(dims, "dims")
+        self.keep_dims = None if keep_dims is None else _as_dims(keep_dims, "keep_dims")
+        if self.dims == ():
+            raise ValueError("dims=() reduces over nothing: name at least one dim to normalize over "
+                             "(or give keep_dims, the dims not to reduce)")
         if param_dims is None:
             param_dims = tuple(range(-len(self.shape), 0))
-        self.param_dims = (param_dims,) if isinstance(param_dims, int) else tuple(param_dims)
+        self.param_dims = _as_dims(param_dims, "param_dims")
         if len(self.param_dims) != len(self.shape):
             raise ValueError(f"param_dims={self.param_dims} must name one dim per entry of shape={self.shape}")
+        if track_running_stats and self.dims is not None and set(self.dims) & set(self.param_dims):
+            raise ValueError(f"dims={self.dims} and param_dims={self.param_dims} overlap at dim(s) "
+                             f"{sorted(set(self.dims) & set(self.param_dims))}: running statistics are per "
+                             "feature, so the feature dims (param_dims) must not be reduced")
         if eps is not None and not eps >= 0:
             raise ValueError(f"eps must be >= 0 (or None for the dtype's machine epsilon), got {eps}")
         if momentum is not None and not 0 <= momentum <= 1:
@@ -268,10 +286,17 @@ class Norm(nn.Module):
             raise ValueError(f"{name} expects size {self.shape} at dim(s) {where} of the input "
                              f"(the feature dims), got an input of shape {tuple(x.shape)}")
         if self.dims is not None:
-            rdims = NF.resolve_dims(self.dims, x.ndim)
+            rdims = NF.reduce_dims(self.dims, x.ndim)
         else:
             keep = NF.resolve_dims(self.keep_dims, x.ndim, what="keep_dims")
             rdims = tuple(d for d in range(x.ndim) if d not in keep)
+            if not rdims:
+                raise ValueError(f"{name} keep_dims={self.keep_dims} keeps every dim of a {x.ndim}-D input of "
+                                 f"shape {tuple(x.shape)}: nothing is left to normalize over")
+        if self.track_running_stats and set(rdims) & set(pdims):
+            raise ValueError(f"{name}: the reduced dims {rdims} and param_dims {pdims} overlap on a "
+                             f"{x.ndim}-D input: running statistics are per feature, so the feature dims "
+                             "must not be reduced")
         if self.num_groups is not None:
             size = x.shape[NF.resolve_dims(self.group_dim, x.ndim, what="group_dim")[0]]
             if size % self.num_groups:
