@@ -48,3 +48,63 @@ def test_dims_must_be_ints_named_once():
         nl.Norm(4, keep_dims=(1, 1), param_dims=(1,))
     with pytest.raises(ValueError, match=r"out of range"):
         NF.normalize(torch.randn(3, 4), dims=(2,))
+
+
+# ------------------------------------------------- no host syncs in the forward
+def _masked_batch():
+    x = torch.randn(4, 10, 8)
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[1, 5:] = False
+    return x, mask
+
+
+def test_masked_batchnorm_compiles_with_fullgraph_and_matches_eager():
+    torch._dynamo.reset()
+    x, mask = _masked_batch()
+    eager, compiled = nl.BatchNorm(8, channel_dim=-1), nl.BatchNorm(8, channel_dim=-1)
+    y_eager = eager(x, mask=mask)
+    y = torch.compile(compiled, fullgraph=True)(x, mask=mask)
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(compiled.running_mean, eager.running_mean)
+    torch.testing.assert_close(compiled.running_var, eager.running_var)
+
+
+def test_compiled_running_stats_keep_the_non_finite_and_empty_guards():
+    torch._dynamo.reset()
+    bn = nl.BatchNorm(8, channel_dim=-1, momentum=None)
+    step = torch.compile(bn, fullgraph=True)
+    x, mask = _masked_batch()
+    step(x, mask=mask)
+    before_mean, before_var = bn.running_mean.clone(), bn.running_var.clone()
+    x = x + 1.0
+    x[0, 0, 3] = float("nan")  # channel 3 of this batch is non-finite
+    step(x, mask=mask)
+    assert torch.equal(bn.running_mean[3], before_mean[3]) and torch.equal(bn.running_var[3], before_var[3])
+    assert not torch.equal(bn.running_mean[2], before_mean[2])  # the others moved
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    # a mask that selects nothing: eager CPU raises; compiled, the running statistics stay put
+    before_mean, before_var = bn.running_mean.clone(), bn.running_var.clone()
+    step(torch.randn(4, 10, 8), mask=torch.zeros(4, 10, dtype=torch.bool))
+    assert torch.equal(bn.running_mean, before_mean) and torch.equal(bn.running_var, before_var)
+    with pytest.raises(ValueError, match="the mask selects no element"):
+        bn(torch.randn(4, 10, 8), mask=torch.zeros(4, 10, dtype=torch.bool))
+
+
+def test_eager_cpu_still_warns_about_non_finite_statistics():
+    bn = nl.BatchNorm(4)
+    x = torch.randn(8, 4)
+    x[0, 1] = float("inf")
+    with pytest.warns(RuntimeWarning, match=r"non-finite batch statistics .* feature index \[1\]"):
+        bn(x)
+    assert torch.isfinite(bn.running_var).all()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_training_forward_on_meta(momentum):
+    bn = nl.BatchNorm(8, channel_dim=-1, momentum=momentum, device="meta")
+    x, mask = torch.randn(4, 10, 8, device="meta"), torch.ones(4, 10, dtype=torch.bool, device="meta")
+    assert bn(x, mask=mask).shape == (4, 10, 8)
+    assert bn(x).device.type == "meta"
+    gn = nl.GroupNorm(2, 8, device="meta")
+    assert gn(torch.randn(2, 8, 5, device="meta"), mask=torch.ones(2, 5, dtype=torch.bool, device="meta")).shape \
+        == (2, 8, 5)

@@ -46,7 +46,13 @@ class BatchNorm(Norm):
         - Non-finite batch statistics (NaN/inf in the input) propagate to the
           output of that channel for this batch, as in torch, but never enter
           the running statistics: those channels keep their old values and a
-          ``RuntimeWarning`` names them (torch silently stores the NaN).
+          ``RuntimeWarning`` names them (torch silently stores the NaN).  The
+          guard is a ``torch.where`` on the device; the warning, and the
+          error for a mask that leaves a channel without two real values in
+          training, need the values on the host, so they are given in eager
+          mode on CPU only.  On CUDA, under ``torch.compile`` and on meta
+          tensors the forward never syncs with the host, and such a channel
+          simply keeps its running statistics.
 
     Pitfalls: in training, one value per channel (batch size 1 of an (N, C)
     input, or of (N, C, 1, 1)) is an error, not a silent all-beta output.

@@ -13,6 +13,15 @@ from .. import functional as NF
 __all__ = ["Norm"]
 
 
+def _host_checks(t: Tensor) -> bool:
+    """Whether checks that read a tensor's values on the host are free here: eager, on CPU.
+
+    On CUDA they would stall every step, under torch.compile/export they break
+    the graph, and meta tensors have no values.
+    """
+    return t.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
 def _as_dims(dims: int | Sequence[int], what: str) -> tuple[int, ...]:
     """``dims`` as a tuple of ints, each named once (ranges are checked against the input in forward)."""
     out = (dims,) if isinstance(dims, int) else tuple(dims)
@@ -353,8 +362,20 @@ class Norm(nn.Module):
         return self._min_count_training if self.training else 1
 
     def _check_count(self, count: Tensor | int, x: Tensor) -> None:
+        """Refuse statistics from too few values: always for shape-given counts, eagerly on CPU for masks.
+
+        A mask's counts live on the input's device; reading them is a host
+        sync (a stall per step on CUDA, a graph break under torch.compile, an
+        error on meta tensors), so there the check is left to the running
+        statistics' guard (see :meth:`_update_running_stats`).
+        """
         need = self._min_count()
-        least = count if isinstance(count, int) else int(count.min().item()) if count.numel() else 1
+        if isinstance(count, int):
+            least = count
+        elif not _host_checks(count) or not count.numel():
+            return
+        else:
+            least = int(count.min().item())
         if least >= need:
             return
         name = type(self).__name__
@@ -367,10 +388,22 @@ class Norm(nn.Module):
 
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor | int,
                               rdims: tuple[int, ...], pdims: tuple[int, ...]) -> None:
+        """Fold batch statistics into the running ones, without a host sync.
+
+        A feature whose batch statistics are non-finite (NaN/inf in the
+        input), or were computed from fewer values than training needs (a
+        mask's count, where it could not be checked on the host), keeps its
+        old running values: ``torch.where`` on the device, no ``.item()``.
+        The ``RuntimeWarning`` naming such features is issued where reading
+        them costs nothing (eager CPU tensors).
+        """
         with torch.no_grad():
             if self._counts_batches or self.momentum is None:
                 self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            if self.momentum is None:  # cumulative average: 1 / batches, kept on the device
+                factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+            else:
+                factor = self.momentum
             unbiased = var * (count / (count - 1).clamp_min(1)) if isinstance(count, Tensor) \
                 else var * (count / max(count - 1, 1))
             # stats keep every non-reduced dim; dims that are neither reduced nor features
@@ -381,11 +414,16 @@ class Norm(nn.Module):
             bmean = bmean.reshape(self.shape).to(self.running_mean.dtype)
             bvar = bvar.reshape(self.shape).to(self.running_var.dtype)
             finite = torch.isfinite(bmean) & torch.isfinite(bvar)
+            valid = finite
+            if isinstance(count, Tensor):
+                enough = (count >= self._min_count()).expand(mean.shape)
+                enough = enough.all(extra, keepdim=True) if extra else enough
+                valid = valid & enough.reshape(self.shape)
             new_mean = torch.lerp(self.running_mean, bmean, factor)
             new_var = torch.lerp(self.running_var, bvar, factor)
-            self.running_mean.copy_(torch.where(finite, new_mean, self.running_mean))
-            self.running_var.copy_(torch.where(finite, new_var, self.running_var))
-            if not torch.compiler.is_compiling() and not bool(finite.all()):
+            self.running_mean.copy_(torch.where(valid, new_mean, self.running_mean))
+            self.running_var.copy_(torch.where(valid, new_var, self.running_var))
+            if _host_checks(finite) and not bool(finite.all()):
                 bad = (~finite).nonzero().flatten().tolist()[:10]
                 warnings.warn(f"{type(self).__name__}: non-finite batch statistics (NaN/inf in the input) at "
                               f"feature index {bad}; their running statistics were left unchanged",
@@ -407,7 +445,7 @@ class Norm(nn.Module):
             return NF.normalize_with(x, self._param_view(self.running_mean, x, pdims),
                                      self._param_view(self.running_var, x, pdims), weight, bias, eps=eps)
         if self.num_groups is not None:
-            if mask is not None:
+            if mask is not None and _host_checks(mask):  # no running statistics to guard here
                 self._check_count(mask.expand(x.shape).sum(rdims), x)
             return NF.normalize(x, rdims, weight, bias, center=self.center, eps=eps, mask=mask,
                                 num_groups=self.num_groups, group_dim=self.group_dim)
