@@ -108,3 +108,49 @@ def test_batchnorm_training_forward_on_meta(momentum):
     gn = nl.GroupNorm(2, 8, device="meta")
     assert gn(torch.randn(2, 8, 5, device="meta"), mask=torch.ones(2, 5, dtype=torch.bool, device="meta")).shape \
         == (2, 8, 5)
+
+
+# ------------------------------------------------- state dicts: zero-centered gamma, frozen
+@pytest.mark.parametrize("ours,theirs", [(lambda: nl.LayerNorm(6, zero_centered_gamma=True), lambda: torch.nn.LayerNorm(6)),
+                                         (lambda: nl.RMSNorm(6, zero_centered_gamma=True), lambda: torch.nn.RMSNorm(6))])
+def test_torch_state_dict_into_zero_centered_layer_is_converted(ours, theirs):
+    torch_layer, layer = theirs(), ours()
+    with torch.no_grad():
+        torch_layer.weight.uniform_(0.5, 1.5)
+    layer.load_state_dict(torch_layer.state_dict())
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), torch_layer(x))  # not scaled by 1 + gamma
+    # and back: normlab's zero-centered state dict into a plain normlab layer, then into torch's
+    plain = type(layer)(6)
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(plain(x), torch_layer(x))
+    back = theirs()
+    back.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(back(x), torch_layer(x))
+    # zero-centered to zero-centered: unchanged
+    same = ours()
+    same.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(same.weight, layer.weight)
+
+
+def test_state_dict_without_metadata_into_zero_centered_layer_warns():
+    layer = nl.LayerNorm(6, zero_centered_gamma=True)
+    plain_dict = dict(torch.nn.LayerNorm(6).state_dict())  # a plain dict has no _metadata
+    with pytest.warns(UserWarning, match=r"does not say how 'weight' is stored; it is loaded as an offset from 1"):
+        layer.load_state_dict(plain_dict)
+
+
+def test_frozen_round_trips_through_the_state_dict():
+    src = nl.BatchNorm(4)
+    src(torch.randn(8, 4))
+    src.freeze()
+    dst = nl.BatchNorm(4)
+    dst.load_state_dict(src.state_dict())
+    assert dst.frozen and not dst.training and not dst.weight.requires_grad
+    dst.train()
+    assert not dst.training  # the freeze survives .train() as on the original
+    # loading never unfreezes, and torch's BatchNorm still takes the state dict
+    again = nl.BatchNorm(4).freeze()
+    again.load_state_dict(nl.BatchNorm(4).state_dict())
+    assert again.frozen
+    torch.nn.BatchNorm1d(4).load_state_dict(src.state_dict())

@@ -31,7 +31,10 @@ class LayerNorm(Norm):
         elementwise_affine: learn ``weight`` (1) and ``bias`` (0) of ``normalized_shape``.
         bias: learn the shift (torch >= 2.1's ``bias=``).
         zero_centered_gamma: store gamma as an offset from 1 (``weight`` starts
-            at 0; scale = 1 + weight).  The state dict then differs from torch's by 1.
+            at 0; scale = 1 + weight).  The state dict's metadata records it, and
+            loading converts between conventions: a ``torch.nn.LayerNorm`` state
+            dict loads as ``weight = gamma - 1``; one without metadata (a plain
+            dict) loads as it is, with a warning (see ``Norm._convert_gamma``).
 
     Identical in train and eval mode; no batch coupling, so a token's output
     does not depend on the batch, its padding or what it is packed with.

@@ -121,7 +121,8 @@ class Norm(nn.Module):
         >>> gn = Norm(16, keep_dims=(0,), param_dims=(1,), num_groups=4)
     """
 
-    _version = 2
+    #: 3: the state dict's metadata records zero_centered_gamma and frozen
+    _version = 3
     #: the fewest values one statistic may see when batch statistics are used in training
     _min_count_training = 1
     #: input ranks a preset accepts (empty: any rank >= min_ndim), and how to name them in errors
@@ -231,6 +232,15 @@ class Norm(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # how to read the tensors, in the state dict's metadata (torch ignores extra entries there, so
+        # the keys stay torch's): whether weight is stored as an offset from 1, and the freeze
+        meta = getattr(destination, "_metadata", None)
+        if meta is not None and prefix[:-1] in meta:
+            meta[prefix[:-1]]["zero_centered_gamma"] = self.zero_centered_gamma
+            meta[prefix[:-1]]["frozen"] = self.frozen
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # checkpoints written before num_batches_tracked existed (as torch's _NormBase)
@@ -238,8 +248,37 @@ class Norm(nn.Module):
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
+        self._convert_gamma(state_dict, prefix, local_metadata)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if local_metadata.get("frozen") and self.track_running_stats and not self.frozen:
+            self.freeze()  # a frozen layer's checkpoint freezes; loading never unfreezes
+
+    def _convert_gamma(self, state_dict, prefix: str, local_metadata: dict) -> None:
+        """Rewrite ``weight`` into this layer's convention (plain gamma, or an offset from 1).
+
+        The rule: a state dict from ``Module.state_dict()`` says how it stores
+        gamma -- normlab's metadata names ``zero_centered_gamma``, a torch
+        module's (metadata version 1) stores the plain gamma -- and the weight is
+        converted (``gamma = 1 + weight``).  A state dict without that metadata
+        (rebuilt as a plain dict, or from safetensors) is loaded as it is, with a
+        ``UserWarning`` when this layer is zero-centered.
+        """
+        key = prefix + "weight"
+        if self.weight is None or key not in state_dict:
+            return
+        stored = local_metadata.get("zero_centered_gamma")
+        if stored is None and local_metadata.get("version", 3) < 2:
+            stored = False  # torch.nn.LayerNorm / RMSNorm: the plain gamma
+        if stored is None:
+            if self.zero_centered_gamma:
+                warnings.warn(f"{type(self).__name__}(zero_centered_gamma=True): the state dict does not say how "
+                              f"{key!r} is stored; it is loaded as an offset from 1 (scale = 1 + weight). If it "
+                              "holds a plain gamma (e.g. from torch.nn.LayerNorm), load it with its metadata "
+                              "(as Module.state_dict() returns it) or subtract 1 first", UserWarning, stacklevel=4)
+            return
+        if bool(stored) != self.zero_centered_gamma:
+            state_dict[key] = state_dict[key] - 1 if self.zero_centered_gamma else state_dict[key] + 1
 
     def freeze(self) -> Norm:
         """Use the running statistics and stop gamma/beta from learning, whatever ``.train()`` says.

@@ -30,7 +30,8 @@ class RMSNorm(Norm):
             epsilon, 7.8e-3, would swamp rows of small magnitude).
         elementwise_affine: learn ``weight`` (1).
         zero_centered_gamma: store gamma as an offset from 1 (Gemma's
-            ``1 + weight``); ``weight`` starts at 0.
+            ``1 + weight``); ``weight`` starts at 0.  State dicts convert as
+            for :class:`LayerNorm`'s ``zero_centered_gamma``.
 
     Shape:
         - Input: ``(*, *normalized_shape)``; output: same shape and dtype.
