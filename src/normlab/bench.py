@@ -22,7 +22,7 @@ from torch import nn
 
 import normlab as nl
 
-__all__ = ["Case", "CASES", "run_bench", "format_table"]
+__all__ = ["Case", "CASES", "case_names", "run_bench", "format_table"]
 
 
 class _ChannelsFirstLayerNorm(nn.Module):
@@ -50,9 +50,10 @@ class Case:
 CASES: list[Case] = [
     Case("LayerNorm", (8, 512, 768), (4, 128, 256), lambda s: nn.LayerNorm(s[-1]), lambda s: nl.LayerNorm(s[-1])),
     Case("RMSNorm", (8, 512, 768), (4, 128, 256), lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
-    Case("LayerNorm-4096", (2048, 4096), (256, 1024), lambda s: nn.LayerNorm(s[-1]),
+    # wide rows, few of them (the shape column gives the sizes: 2048x4096, quick 256x1024)
+    Case("LayerNorm-wide", (2048, 4096), (256, 1024), lambda s: nn.LayerNorm(s[-1]),
          lambda s: nl.LayerNorm(s[-1])),
-    Case("RMSNorm-4096", (2048, 4096), (256, 1024), lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
+    Case("RMSNorm-wide", (2048, 4096), (256, 1024), lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
     Case("BatchNorm2d", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: nn.BatchNorm2d(s[1]),
          lambda s: nl.BatchNorm2d(s[1])),
     Case("GroupNorm(32)", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: nn.GroupNorm(32, s[1]),
@@ -60,6 +61,11 @@ CASES: list[Case] = [
     Case("LayerNorm2d", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: _ChannelsFirstLayerNorm(s[1]),
          lambda s: nl.LayerNorm2d(s[1])),
 ]
+
+
+def case_names() -> list[str]:
+    """The names ``--cases`` accepts."""
+    return [c.name for c in CASES]
 
 
 @dataclass
@@ -167,7 +173,7 @@ def format_table(result: dict) -> str:
     by_name = {(r["case"], r["passes"]): r for r in result["rows"]}
     notes = []
     for p in ("fwd", "fwd+bwd"):
-        for suffix in ("", "-4096"):
+        for suffix in ("", "-wide"):
             ln, rms = by_name.get(("LayerNorm" + suffix, p)), by_name.get(("RMSNorm" + suffix, p))
             if ln and rms:
                 notes.append(f"torch RMSNorm / torch LayerNorm{suffix or ''} ({p}): {rms['torch_ms'] / ln['torch_ms']:.2f}x; "

@@ -32,7 +32,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"normlab bench: cannot write --json {args.json}: {parent} is not a writable directory",
                   file=sys.stderr)
             return 2
-    cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
+    cases = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
+    if cases == []:
+        return _fail("bench", f"--cases {args.cases!r} names no case; known: {', '.join(bench.case_names())}")
     log = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         result = bench.run_bench(quick=args.quick, compile=not args.no_compile, repeats=args.repeats,
@@ -49,6 +51,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _writable_dir(path: str) -> str | None:
     """None if ``path`` is (or can be made) a writable directory, else the reason."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--out {path} is a file; expected a directory (records, plots and the report go inside it)"
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -108,7 +112,7 @@ class _Progress:
 def _experiments(args):
     from .experiments import parse_claims
 
-    return parse_claims(getattr(args, "claims", None) or getattr(args, "claim", None))
+    return parse_claims(args.claims if hasattr(args, "claims") else args.claim)
 
 
 def _fail(cmd: str, message: str) -> int:
@@ -116,12 +120,33 @@ def _fail(cmd: str, message: str) -> int:
     return 2
 
 
+def _readable_out(cmd: str, out: str) -> int:
+    """0 if ``--out`` can hold records (a directory, or nothing yet), else the error's exit code."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return _fail(cmd, f"--out {out} is a file; expected the output directory of `normlab run`/`report`")
+    return 0
+
+
+def claims_document() -> str:
+    """The claims the evidence suite tests, as shipped with the package (``normlab list --document``)."""
+    from importlib.resources import files
+
+    return files("normlab.experiments").joinpath("claims.md").read_text(encoding="utf-8")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .experiments import all_experiments
     from .experiments.suite import status_of
 
+    if args.document:
+        print(claims_document())
+        return 0
+    rc = _readable_out("list", args.out)
+    if rc:
+        return rc
     for claim, exp in all_experiments().items():
-        print(f"{claim}  {exp.title}\n      records in {args.out}: {status_of(exp, args.out)}")
+        print(f"{claim}  {exp.title}\n      claim: {exp.statement}\n"
+              f"      records in {args.out}: {status_of(exp, args.out)}")
     return 0
 
 
@@ -147,12 +172,15 @@ def _run_and_judge(args: argparse.Namespace, cmd: str):
     return 0, (results, mode, time.perf_counter() - start)
 
 
-def _print_results(results: list[dict]) -> None:
+def _print_results(results: list[dict], *, statement: bool = False) -> None:
     from .experiments.stats import Interval
 
     for r in results:
         v = r["verdict"]
-        print(f"{r['claim']} [{v['status']}] {r['title']}\n  {v['summary']}")
+        print(f"{r['claim']} [{v['status']}] {r['title']}")
+        if statement:
+            print(f"  claim: {r['statement']}")
+        print(f"  {v['summary']}")
         for t in v.get("tests", []):
             print(f"  interval: {t['what']} = {Interval(**t).text()} -> {t.get('status') or '-'}")
         print(f"  rule: {v['rule']}")
@@ -188,13 +216,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
         context = _context(args)
     except (KeyError, ValueError, FileNotFoundError) as e:
         return _fail("show", str(e).strip("'\""))
+    rc = _readable_out("show", args.out)
+    if rc:
+        return rc
     mode = "quick" if args.quick else "full"
-    _print_results([judge(e, mode, args.out, seeds=args.seeds, context=context) for e in exps])
+    results = [judge(e, mode, args.out, seeds=args.seeds, context=context) for e in exps]
+    _print_results([r for r in results if r["runs_finished"]], statement=True)
+    empty = [r["claim"] for r in results if not r["runs_finished"]]
+    if empty:
+        flags = "".join(f" {f}" for f in _rerun_flags(args))
+        for claim in empty:
+            print(f"normlab show: {claim}: no records yet in {args.out} ({mode} mode): "
+                  f"run `normlab run {claim}{flags}` first", file=sys.stderr)
+        return 1
     return 0
 
 
+def _rerun_flags(args: argparse.Namespace) -> list[str]:
+    """The options of this ``show`` that ``run`` needs to make the same records."""
+    flags = ["--quick"] if args.quick else []
+    if args.out != "normlab-out":
+        flags += ["--out", args.out]
+    if args.seeds:
+        flags += ["--seeds", str(args.seeds)]
+    if args.text:
+        flags += ["--text", args.text]
+    return flags
+
+
 def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
-    p.add_argument("--quick", action="store_true", help="the quick mode (small models, few steps, 2 seeds)")
+    p.add_argument("--quick", action="store_true", help="the quick mode: small models, few steps, fewer seeds "
+                                                        "(each claim's own quick count; full mode: drop --quick)")
     p.add_argument("--out", default="normlab-out", help="output directory: records, plots, report "
                                                         "(default: normlab-out)")
     p.add_argument("--seeds", type=_positive_int, default=None, help="seeds per config (default: the mode's)")
@@ -212,31 +264,42 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and the evidence for how they behave.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .bench import case_names as _case_names
+
+    case_names = _case_names()
     b = sub.add_parser("bench", help="time normlab's layers against torch.nn, torch.compile and a memory copy",
                        description="Time normlab's layers against torch.nn's, torch.compile and x.clone() "
                                    "(the bandwidth limit) on CPU; print a table of medians and ratios.")
     b.add_argument("--quick", action="store_true", help="small shapes and few repeats (seconds, for smoke tests)")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile anchor (saves ~30 s)")
     b.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per measurement")
-    b.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    b.add_argument("--cases", default=None, metavar="NAMES",
+                   help=f"comma-separated case names, from: {', '.join(case_names)} (default: all)")
     b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=_cmd_bench)
 
-    lst = sub.add_parser("list", help="the claims and how many of their runs have records")
-    lst.add_argument("--out", default="normlab-out")
+    lst = sub.add_parser("list", help="the claims and how many of their runs have records",
+                         description="Each claim's id, title and statement, and how many of its runs have "
+                                     "records (quick and full mode) in --out.")
+    lst.add_argument("--out", default="normlab-out", help="the output directory whose records are counted "
+                                                          "(default: normlab-out)")
+    lst.add_argument("--document", action="store_true", help="print the claims document shipped with normlab "
+                                                             "(every claim in full, with its sources) instead")
     lst.set_defaults(func=_cmd_list)
     run = sub.add_parser("run", help="run one claim's experiment (what is missing) and print its verdict")
     run.add_argument("claim", help="a claim id such as C21 (or several: C21,C22)")
     _add_suite_args(run)
     run.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="run what is missing, then write the HTML report")
-    rep.add_argument("--claims", default=None, help="comma-separated claim ids (default: all)")
+    rep.add_argument("--claims", default=None, help="comma-separated claim ids, e.g. C18,C22 (default: all; "
+                                                    "an empty list is an error)")
     _add_suite_args(rep)
     rep.set_defaults(func=_cmd_report)
     show = sub.add_parser("show", help="print a claim's verdict from the records already there")
-    show.add_argument("claim")
+    show.add_argument("claim", help="a claim id such as C22 (or several: C21,C22); exits 1 when one has "
+                                    "no records yet")
     _add_suite_args(show, run=False)
     show.set_defaults(func=_cmd_show)
     return parser

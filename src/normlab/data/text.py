@@ -80,6 +80,8 @@ def text(path: str | os.PathLike | None = None, *, val_fraction: float = 0.1) ->
         s, source = default_text(), "pydoc_data.topics"
     else:
         source = os.fspath(path)
+        if os.path.isdir(source):
+            raise ValueError(f"{source} is a directory; expected a UTF-8 text file")
         if not os.path.isfile(source):
             raise FileNotFoundError(f"text file not found: {source}")
         try:

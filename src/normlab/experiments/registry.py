@@ -54,7 +54,14 @@ def get(claim: str) -> Experiment:
 
 
 def parse_claims(text: str | None) -> list[Experiment]:
-    """"C18,C22" -> those experiments (all when None); unknown ids raise KeyError naming the known ones."""
-    if not text:
+    """"C18,C22" -> those experiments (all when None); unknown ids raise KeyError naming the known ones.
+
+    A text that names no claim ("", " ", ",") is a ValueError, never "all claims".
+    """
+    if text is None:
         return list(all_experiments().values())
-    return [get(c) for c in text.split(",") if c.strip()]
+    ids = [c.strip() for c in text.split(",") if c.strip()]
+    if not ids:
+        raise ValueError(f"no claim ids in {text!r}: give ids such as C21 or C18,C22 (or leave the option out "
+                         "for all claims)")
+    return list({e.claim: e for e in map(get, ids)}.values())  # each claim once, in the order given
