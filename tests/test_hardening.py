@@ -154,3 +154,22 @@ def test_frozen_round_trips_through_the_state_dict():
     again.load_state_dict(nl.BatchNorm(4).state_dict())
     assert again.frozen
     torch.nn.BatchNorm1d(4).load_state_dict(src.state_dict())
+
+
+# ------------------------------------------------- TorchScript: a clear normlab error
+@pytest.mark.parametrize("make", [lambda: nl.LayerNorm(64), lambda: nl.BatchNorm(8), lambda: nl.GroupNorm(2, 8),
+                                  lambda: nl.RMSNorm(8), lambda: nl.InstanceNorm2d(8), lambda: nl.DyT(8),
+                                  lambda: nl.ScaleNorm(8),
+                                  lambda: torch.nn.Sequential(torch.nn.Linear(8, 8), nl.LayerNorm(8))],
+                         ids=["LayerNorm", "BatchNorm", "GroupNorm", "RMSNorm", "InstanceNorm2d", "DyT", "ScaleNorm",
+                              "nested"])
+def test_torchscript_raises_a_normlab_error_naming_the_alternatives(make):
+    with pytest.raises(RuntimeError, match=r"normlab's \w+ does not support TorchScript \(torch.jit.script\): "
+                                           r"use torch.compile\(model\)"):
+        torch.jit.script(make())
+
+
+def test_torch_jit_trace_still_works():
+    layer = nl.LayerNorm(8)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(torch.jit.trace(layer, x)(x), layer(x))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._script import NoTorchScript
+
 __all__ = ["DyT"]
 
 
-class DyT(nn.Module):
+class DyT(NoTorchScript, nn.Module):
     r"""``y = weight * tanh(alpha * x) + bias``, elementwise, with a learnable scalar ``alpha``.
 
     No statistics are computed: the squashing of tanh replaces the division by

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as NF
+from ._script import NoTorchScript
 
 __all__ = ["Norm"]
 
@@ -44,7 +45,7 @@ def _as_shape(shape: int | Sequence[int] | None) -> tuple[int, ...]:
     return shape
 
 
-class Norm(nn.Module):
+class Norm(NoTorchScript, nn.Module):
     r"""Normalize over any set of dims, with affine parameters over any other set.
 
     .. math::

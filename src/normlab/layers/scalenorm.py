@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as NF
+from ._script import NoTorchScript
 
 __all__ = ["ScaleNorm"]
 
 
-class ScaleNorm(nn.Module):
+class ScaleNorm(NoTorchScript, nn.Module):
     r"""``y = g * x / max(||x||_2, eps)`` over the last dim, with a single learnable scalar ``g``.
 
     Equivalent to RMSNorm with one shared gain: ``||x||_2 = sqrt(D) * rms(x)``,

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._script import NoTorchScript
+
 __all__ = ["WeightNorm", "weight_norm", "remove_weight_norm"]
 
 
@@ -14,7 +16,7 @@ def _norm_except(v: Tensor, dim: int) -> Tensor:
     return torch.linalg.vector_norm(v.float(), dim=dims, keepdim=True).to(v.dtype)
 
 
-class WeightNorm(nn.Module):
+class WeightNorm(NoTorchScript, nn.Module):
     r"""``w = g * v / ||v||``, the norm over every dim but ``dim`` (each output unit has its own length g).
 
     Decouples a weight vector's direction (``v``) from its length (``g``),
