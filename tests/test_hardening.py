@@ -173,3 +173,41 @@ def test_torch_jit_trace_still_works():
     layer = nl.LayerNorm(8)
     x = torch.randn(3, 8)
     torch.testing.assert_close(torch.jit.trace(layer, x)(x), layer(x))
+
+
+# ------------------------------------------------- constructors take integer sizes only
+@pytest.mark.parametrize("make,message", [
+    (lambda: nl.BatchNorm("16"), r"BatchNorm: num_features must be an int, got '16' \(str\)"),
+    (lambda: nl.BatchNorm(16.0), r"BatchNorm: num_features must be an int, got 16.0 \(float\)"),
+    (lambda: nl.GroupNorm(4.0, 16), r"GroupNorm: num_groups must be an int, got 4.0 \(float\)"),
+    (lambda: nl.GroupNorm(4, "16"), r"GroupNorm: num_channels must be an int, got '16' \(str\)"),
+    (lambda: nl.LayerNorm((8, 2.0)), r"LayerNorm: every entry of normalized_shape must be an int, got 2.0"),
+    (lambda: nl.RMSNorm("8"), r"RMSNorm: normalized_shape must be an int, got '8' \(str\)"),
+    (lambda: nl.InstanceNorm2d(2.5), r"InstanceNorm2d: num_features must be an int, got 2.5"),
+    (lambda: nl.LayerNorm2d(True), r"LayerNorm2d: num_channels must be an int, got True \(bool\)"),
+    (lambda: nl.Norm(4, dims=-1, num_groups=2.0), r"Norm: num_groups must be an int, got 2.0"),
+])
+def test_non_integer_sizes_are_refused_by_name(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_integer_like_sizes_are_accepted():
+    import numpy as np
+
+    assert nl.BatchNorm(np.int64(4)).shape == (4,)
+    assert nl.LayerNorm(torch.Size([3, 4])).shape == (3, 4)
+    with pytest.raises(ValueError, match=r"BatchNorm: num_features must be >= 1, got 0"):
+        nl.BatchNorm(0)
+
+
+def test_instancenorm_presets_have_real_signatures():
+    import inspect
+
+    for cls in (nl.InstanceNorm1d, nl.InstanceNorm2d, nl.InstanceNorm3d):
+        params = inspect.signature(cls).parameters
+        assert list(params)[:5] == ["num_features", "eps", "momentum", "affine", "track_running_stats"]
+        assert "spatial_dims" not in params and not any(p.kind == p.VAR_POSITIONAL for p in params.values())
+    layer = nl.InstanceNorm2d(4, 1e-3, 0.2, True, True)
+    assert (layer.eps, layer.momentum, layer.affine, layer.track_running_stats, layer.spatial_dims) == \
+        (1e-3, 0.2, True, True, 2)

@@ -75,6 +75,7 @@ class BatchNorm(Norm):
     """
 
     _min_count_training = 2
+    _shape_arg = "num_features"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,

@@ -2,7 +2,7 @@ r"""GroupNorm, a preset of :class:`~normlab.Norm` that reduces within channel gr
 
 from __future__ import annotations
 
-from .norm import Norm, _group_error
+from .norm import Norm, _as_int, _group_error
 
 __all__ = ["GroupNorm"]
 
@@ -43,6 +43,10 @@ class GroupNorm(Norm):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, *, bias: bool = True) -> None:
+        num_groups = _as_int(num_groups, "num_groups", "GroupNorm")
+        num_channels = _as_int(num_channels, "num_channels", "GroupNorm")
+        if num_channels < 1:
+            raise ValueError(f"GroupNorm: num_channels must be >= 1, got {num_channels}")
         if num_groups < 1 or num_channels % num_groups:
             raise ValueError(_group_error(num_groups, num_channels))
         super().__init__(num_channels, keep_dims=(0,), param_dims=(1,), eps=eps, affine=affine, bias=bias,

@@ -50,6 +50,7 @@ class InstanceNorm(Norm):
     """
 
     _min_count_training = 2
+    _shape_arg = "num_features"
     _counts_batches = False
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
@@ -81,8 +82,11 @@ class InstanceNorm1d(InstanceNorm):
 
     _ndims, _ndims_hint = (2, 3), " (N, C, L) or (C, L)"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, spatial_dims=1, **kwargs)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None, dtype=None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         spatial_dims=1)
 
 
 class InstanceNorm2d(InstanceNorm):
@@ -90,8 +94,11 @@ class InstanceNorm2d(InstanceNorm):
 
     _ndims, _ndims_hint = (3, 4), " (N, C, H, W) or (C, H, W)"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, spatial_dims=2, **kwargs)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None, dtype=None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         spatial_dims=2)
 
 
 class InstanceNorm3d(InstanceNorm):
@@ -99,5 +106,8 @@ class InstanceNorm3d(InstanceNorm):
 
     _ndims, _ndims_hint = (4, 5), " (N, C, D, H, W) or (C, D, H, W)"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, spatial_dims=3, **kwargs)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None, dtype=None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         spatial_dims=3)

@@ -53,7 +53,7 @@ class LayerNorm(Norm):
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, device=None, dtype=None, *,
                  zero_centered_gamma: bool = False) -> None:
-        shape = _as_shape(normalized_shape)
+        shape = _as_shape(normalized_shape, "normalized_shape", "LayerNorm")
         super().__init__(shape, dims=tuple(range(-len(shape), 0)), eps=eps, affine=elementwise_affine,
                          bias=bias, zero_centered_gamma=zero_centered_gamma, device=device, dtype=dtype)
         self.normalized_shape = shape
@@ -99,6 +99,7 @@ class LayerNorm2d(Norm):
 
     def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, device=None, dtype=None, *,
                  bias: bool = True) -> None:
+        num_channels = _as_shape(num_channels, "num_channels", "LayerNorm2d")[0]
         super().__init__(num_channels, dims=(1,), param_dims=(1,), eps=eps, affine=affine, bias=bias,
                          min_ndim=2, device=device, dtype=dtype)
         self.num_channels = num_channels

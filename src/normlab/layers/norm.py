@@ -2,8 +2,9 @@ r"""The general normalizer: one module, every named normalizer a choice of axes.
 
 from __future__ import annotations
 
+import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,15 +35,29 @@ def _as_dims(dims: int | Sequence[int], what: str) -> tuple[int, ...]:
     return out
 
 
-def _as_shape(shape: int | Sequence[int] | None) -> tuple[int, ...]:
+def _as_int(value: object, what: str, owner: str) -> int:
+    """``value`` as an int (numpy/torch integers too); floats, strings and bools are refused by name."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(f"{owner}: {what} must be an int, got {value!r} ({type(value).__name__})")
+
+
+def _as_shape(shape: int | Sequence[int] | None, what: str = "shape", owner: str = "Norm") -> tuple[int, ...]:
+    """A feature shape as a tuple of positive ints; an int is a 1-D shape."""
     if shape is None:
         return ()
-    if isinstance(shape, int):
-        shape = (shape,)
-    shape = tuple(int(s) for s in shape)
-    if any(s < 1 for s in shape):
-        raise ValueError(f"feature sizes must be >= 1, got {shape}")
-    return shape
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        items: tuple = (shape,)
+    else:
+        items = tuple(shape)
+    out = tuple(_as_int(s, what if len(items) == 1 and items[0] is shape else f"every entry of {what}", owner)
+                for s in items)
+    if any(s < 1 for s in out):
+        raise ValueError(f"{owner}: {what} must be >= 1, got {shape!r}")
+    return out
 
 
 class Norm(NoTorchScript, nn.Module):
@@ -131,6 +146,8 @@ class Norm(NoTorchScript, nn.Module):
     _counts_batches = True
     _ndims: tuple[int, ...] = ()
     _ndims_hint = ""
+    #: the constructor argument that gives ``shape``, to name it in errors
+    _shape_arg = "shape"
 
     def __init__(
         self,
@@ -154,7 +171,7 @@ class Norm(NoTorchScript, nn.Module):
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.shape = _as_shape(shape)
+        self.shape = _as_shape(shape, self._shape_arg, type(self).__name__)
         if (dims is None) == (keep_dims is None):
             raise ValueError("give exactly one of dims (to reduce over) or keep_dims (to keep), "
                              f"got dims={dims!r}, keep_dims={keep_dims!r}")
@@ -176,7 +193,7 @@ class Norm(NoTorchScript, nn.Module):
             raise ValueError(f"eps must be >= 0 (or None for the dtype's machine epsilon), got {eps}")
         if momentum is not None and not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1] (or None for a cumulative average), got {momentum}")
-        if num_groups is not None and num_groups < 1:
+        if num_groups is not None and _as_int(num_groups, "num_groups", type(self).__name__) < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         if (affine or track_running_stats) and not self.shape:
             raise ValueError("affine parameters and running statistics need the feature shape: pass shape")

@@ -48,7 +48,7 @@ class RMSNorm(Norm):
     def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None, *,
                  zero_centered_gamma: bool = False) -> None:
-        shape = _as_shape(normalized_shape)
+        shape = _as_shape(normalized_shape, "normalized_shape", "RMSNorm")
         super().__init__(shape, dims=tuple(range(-len(shape), 0)), center=False, eps=eps,
                          affine=elementwise_affine, bias=False, zero_centered_gamma=zero_centered_gamma,
                          device=device, dtype=dtype)
