@@ -14,14 +14,23 @@ def _c22(post, pre, pre_profiles=None):
     return out + [rec(C22_ARMS["pre"], i, {"ffn_out": p}) for i, p in enumerate(pre_profiles)]
 
 
-def _c21(post_cost, pre_cost):
+def _c21(costs, diverge=()):
+    """``costs``: {(placement, depth): [warm-up cost per seed]}; with-warm-up losses vary by seed (pairing);
+    ``diverge``: (placement, depth) groups whose runs without warm-up diverged (they count as first loss 4.6)."""
     out = []
-    for placement, costs in (("post", post_cost), ("pre", pre_cost)):
-        for seed, cost in enumerate(costs):
-            for lr in (1e-3, 3e-3):
-                out.append(lm_rec(f"{placement}-warmup-lr{lr:g}", seed, 2.0 + 0.01 * seed))
-                out.append(lm_rec(f"{placement}-nowarmup-lr{lr:g}", seed, 2.0 + 0.01 * seed + cost))
+    for (placement, depth), per_seed in costs.items():
+        for seed, cost in enumerate(per_seed):
+            base = 2.0 + 0.1 * seed
+            out.append(lm_rec(f"{placement}-L{depth}-warmup", seed, base))
+            if (placement, depth) in diverge:
+                out.append(lm_rec(f"{placement}-L{depth}-nowarmup", seed, None, status="diverged", first=base + cost))
+            else:
+                out.append(lm_rec(f"{placement}-L{depth}-nowarmup", seed, base + cost))
     return out
+
+
+def _c21_grid(deep_post, deep_pre, shallow_post=(0.0, 0.01, -0.01, 0.0), shallow_pre=(0.0, -0.01, 0.01, 0.0)):
+    return _c21({("post", 6): deep_post, ("pre", 6): deep_pre, ("post", 2): shallow_post, ("pre", 2): shallow_pre})
 
 
 def _c24(pre, post):
@@ -30,11 +39,19 @@ def _c24(pre, post):
 
 GROWS, FLAT = [1.8, 1.9, 2.0, 1.85], [1.0, 1.05, 0.97, 1.02]
 CASES = {
-    "C21": [(_c21([0.5, 0.6, 0.55, 0.52], [0.0, 0.01, 0.0, 0.02]), "supported"),
-            (_c21([0.0, 0.01, 0.02, 0.0], [0.5, 0.6, 0.55, 0.5]), "not supported"),
-            (_c21([0.0, 0.5, 0.3, 0.1], [0.1, 0.11, 0.1, 0.1]), "inconclusive"),
-            # pairing: a seed-shared offset (a hard seed) cancels in the paired difference
-            (_c21([0.3, 1.3, 0.5, 0.9], [0.2, 1.2, 0.4, 0.8]), "supported")],
+    "C21": [(_c21_grid([0.6, 0.7, 0.65, 0.62], [0.0, 0.01, -0.02, 0.0]), "supported"),
+            # a diverged run counts with its initial loss: here post-LN's cost is 4.6 - 2.x
+            (_c21({("post", 6): [2.6, 2.5, 2.4, 2.3], ("pre", 6): [0.0, 0.01, -0.02, 0.0],
+                   ("post", 2): [0.0, 0.01, -0.01, 0.0], ("pre", 2): [0.0, -0.01, 0.01, 0.0]},
+                  diverge={("post", 6)}), "supported"),
+            # each "not supported" case fails one part only
+            (_c21_grid([0.05, 0.04, 0.06, 0.05], [0.0, 0.01, -0.01, 0.0], shallow_post=[-0.3, -0.31, -0.29, -0.3]),
+             "not supported"),  # post-LN's cost at depth is no larger than pre-LN's (growth still holds)
+            (_c21_grid([1.2, 1.3, 1.25, 1.22], [0.5, 0.6, 0.55, 0.52]), "not supported"),  # pre-LN needs it too
+            (_c21_grid([0.6, 0.7, 0.65, 0.62], [0.0, 0.01, -0.02, 0.0], shallow_post=[0.6, 0.68, 0.66, 0.6]),
+             "not supported"),  # the need does not grow with depth: the shallow stack needs it as much
+            (_c21_grid([0.0, 0.9, 0.4, 0.1], [0.0, 0.01, -0.02, 0.0]), "inconclusive"),
+            (_c21({("post", 6): [0.6, 0.7, 0.65, 0.62], ("pre", 6): [0.0, 0.01, -0.02, 0.0]}), "inconclusive")],
     "C22": [(_c22(GROWS, FLAT), "supported"),
             # only one half fails each time, so an and/or swap is caught
             (_c22(GROWS, [0.3, 0.32, 0.31, 0.33]), "not supported"),  # pre-LN falls toward the output
