@@ -195,7 +195,8 @@ def _stream_growth_verdict(records, a: str, b: str, label_a: str, label_b: str, 
         v.key_number = (f"last/first: {a} {fmt(math.exp(mean(ga)))}x, {b} {fmt(math.exp(mean(gb)))}x; "
                         f"log ratio difference {_ci(v)}")
     init = {name: mean(_growth(records, name, 0)) for name in (a, b)}
-    v.summary += ("; at init (not judged): last/first " + ", ".join(f"{n} {fmt(math.exp(x))}x" for n, x in init.items()))
+    v.summary += "; at init (not judged): last/first " + ", ".join(f"{n} {fmt(math.exp(x))}x"
+                                                                 for n, x in init.items())
     v.numbers.update({"log_growth_trained": {a: ga, b: gb}, "mean_log_growth_init": init})
     return v
 
