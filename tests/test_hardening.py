@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import normlab as nl
+from normlab.models import GPT, ConvNetConfig, GPTConfig
+from normlab.train import TrainConfig
 from normlab import functional as NF
 
 
@@ -211,3 +213,38 @@ def test_instancenorm_presets_have_real_signatures():
     layer = nl.InstanceNorm2d(4, 1e-3, 0.2, True, True)
     assert (layer.eps, layer.momentum, layer.affine, layer.track_running_stats, layer.spatial_dims) == \
         (1e-3, 0.2, True, True, 2)
+
+
+# ------------------------------------------------- strict configs; the GPT names its limits
+@pytest.mark.parametrize("make,message", [
+    (lambda: GPTConfig(n_head=0), r"GPTConfig.n_head must be an int >= 1, got 0 \(int\)"),
+    (lambda: GPTConfig(d_model="32"), r"GPTConfig.d_model must be an int >= 1, got '32' \(str\)"),
+    (lambda: GPTConfig(n_layer=-1), r"GPTConfig.n_layer must be an int >= 1, got -1"),
+    (lambda: GPTConfig(dropout=1.5), r"GPTConfig.dropout must be a number in \[0, 1\), got 1.5"),
+    (lambda: GPTConfig(norm=None), r"GPTConfig: unknown norm None \(NoneType\); choose one of layernorm"),
+    (lambda: GPTConfig(tie_weights="yes"), r"GPTConfig.tie_weights must be True or False, got 'yes'"),
+    (lambda: ConvNetConfig(widths=()), r"ConvNetConfig.widths must be a non-empty tuple of ints >= 1"),
+    (lambda: ConvNetConfig(num_classes=1), r"ConvNetConfig.num_classes must be an int >= 2, got 1"),
+    (lambda: ConvNetConfig(dim=3), r"ConvNetConfig.dim must be an int in \[1, 2\], got 3"),
+    (lambda: TrainConfig(steps=0), r"TrainConfig.steps must be an int >= 1, got 0"),
+    (lambda: TrainConfig(lr="1e-3"), r"TrainConfig.lr must be a number > 0, got '1e-3' \(str\)"),
+    (lambda: TrainConfig(log_every=0), r"TrainConfig.log_every must be an int >= 1, got 0"),
+    (lambda: TrainConfig(betas=(0.9,)), r"TrainConfig.betas must be two numbers in \[0, 1\)"),
+])
+def test_configs_validate_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_gpt_names_the_vocab_size_and_the_target_shape():
+    model = GPT(GPTConfig(n_layer=1, d_model=16, n_head=2, block_size=8, vocab_size=10))
+    idx = torch.randint(0, 10, (2, 8))
+    with pytest.raises(ValueError, match=r"token id 10 is outside the vocabulary: ids must be in \[0, vocab_size=10\)"):
+        model(idx.clone().fill_(10))
+    with pytest.raises(ValueError, match=r"token id -3 is outside the vocabulary"):
+        model(idx.clone().fill_(-3))
+    with pytest.raises(ValueError, match=r"targets must be a long tensor of idx's shape \(2, 8\) \(-1 = ignore\), got torch.int64 "
+                                         r"of shape \(2, 7\)"):
+        model(idx, idx[:, :7])
+    _, loss = model(idx, idx)
+    assert torch.isfinite(loss)

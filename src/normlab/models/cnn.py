@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_float, check_int
 from ..layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, LayerNorm2d, Norm, weight_norm
 
 __all__ = ["ConvNet", "ConvNetConfig", "CONV_NORMS"]
@@ -59,7 +60,22 @@ class ConvNetConfig:
     dropout: float = 0.0
     dropout_place: str = "none"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Types and ranges of every field; the error names the field, the value and what is allowed."""
+        check_int(self, "dim", lo=1, hi=2)
+        for k in ("in_channels", "input_size", "blocks_per_stage", "groups"):
+            check_int(self, k, lo=1)
+        check_int(self, "num_classes", lo=2)
+        if not isinstance(self.widths, (tuple, list)) or not self.widths or \
+                any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(f"ConvNetConfig.widths must be a non-empty tuple of ints >= 1 (one per stage), "
+                             f"got {self.widths!r}")
+        check_float(self, "norm_eps", lo=0, optional=True)
+        check_float(self, "gamma_init")
+        check_float(self, "dropout", lo=0, hi=1, hi_open=True)
         if self.dim not in (1, 2):
             raise ValueError(f"dim must be 1 or 2, got {self.dim}")
         if self.arch not in ("resnet", "plain", "vgg"):

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_bool, check_choice, check_float, check_int
 from ..layers import BatchNorm, DyT, LayerNorm, RMSNorm, ScaleNorm
+from ..layers.norm import _host_checks
 
 __all__ = ["GPT", "GPTConfig", "NORMS", "PLACEMENTS", "QK_NORMS"]
 
@@ -93,25 +95,36 @@ class GPTConfig:
     def placements(self) -> list[str]:
         p = [self.placement] * self.n_layer if isinstance(self.placement, str) else list(self.placement)
         if len(p) != self.n_layer:
-            raise ValueError(f"placement lists {len(p)} blocks, n_layer is {self.n_layer}")
+            raise ValueError(f"GPTConfig.placement lists {len(p)} blocks, n_layer is {self.n_layer}")
         return p
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        for name, value, registry in (("norm", self.norm, NORMS), ("qk_norm", self.qk_norm, QK_NORMS)):
-            if value not in registry:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(registry)}")
-        for p in self.placements():
-            if p not in PLACEMENTS:
-                raise ValueError(f"unknown placement {p!r}; choose one of {', '.join(PLACEMENTS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if self.init not in ("gpt2", "xavier"):
-            raise ValueError(f"init must be gpt2 or xavier, got {self.init!r}")
+        """Types and ranges of every field; the error names the field, the value and what is allowed."""
+        for k in ("n_layer", "d_model", "n_head", "block_size", "vocab_size", "mlp_ratio"):
+            check_int(self, k, lo=1)
+        check_int(self, "mup_base_width", lo=1, optional=True)
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        for k in ("n_layer", "d_model", "n_head", "block_size", "vocab_size"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+            raise ValueError(f"GPTConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        check_choice(self, "norm", NORMS)
+        check_choice(self, "qk_norm", QK_NORMS)
+        check_choice(self, "activation", ACTIVATIONS)
+        check_choice(self, "init", ("gpt2", "xavier"))
+        if not isinstance(self.placement, (str, list, tuple)):
+            raise ValueError(f"GPTConfig.placement must be a placement name or a list of one per block, "
+                             f"got {self.placement!r} ({type(self.placement).__name__})")
+        for p in self.placements():
+            check_choice(self, "placement", PLACEMENTS, value=p)
+        check_float(self, "norm_eps", lo=0, optional=True)
+        check_float(self, "dyt_alpha0")
+        check_float(self, "dropout", lo=0, hi=1, hi_open=True)
+        check_float(self, "init_std", lo=0, lo_open=True)
+        check_float(self, "init_scale", lo=0, lo_open=True)
+        check_float(self, "z_loss", lo=0)
+        for k in ("bias", "tie_weights", "embed_scale"):
+            check_bool(self, k)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -397,6 +410,15 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
+        if targets is not None and (targets.shape != idx.shape or targets.dtype != torch.long):
+            raise ValueError(f"targets must be a long tensor of idx's shape {tuple(idx.shape)} (-1 = ignore), "
+                             f"got {targets.dtype} of shape {tuple(targets.shape)}")
+        if _host_checks(idx) and idx.numel():  # a host sync elsewhere (CUDA, compile): torch's own error there
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary: ids must be in [0, vocab_size="
+                                 f"{self.cfg.vocab_size}); raise vocab_size or check the tokenizer")
         ctx = self._context(idx, mask, doc_ids)
         pos = torch.arange(T, device=idx.device)
         if doc_ids is not None:  # positions restart at each packed document: (B, T)

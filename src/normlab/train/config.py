@@ -55,11 +55,34 @@ class TrainConfig:
     diverge_factor: float = 1.5
     progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        """Types and ranges of every field; the error names the field, the value and what is allowed."""
+        from .._checks import check_bool, check_float, check_int
+
+        check_int(self, "steps", lo=1)
+        check_float(self, "lr", lo=0, lo_open=True)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2 or \
+                not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        check_float(self, "eps", lo=0, lo_open=True)
+        check_float(self, "weight_decay", lo=0)
+        check_float(self, "momentum", lo=0, hi=1)
+        check_int(self, "warmup_steps", lo=0)
+        check_float(self, "min_lr_ratio", lo=0, hi=1)
+        check_float(self, "grad_clip", lo=0, lo_open=True, optional=True)
+        check_int(self, "seed", lo=0)
+        check_int(self, "threads", lo=1, optional=True)
+        check_int(self, "log_every", lo=1)
+        check_int(self, "eval_every", lo=0)
+        check_int(self, "eval_batches", lo=1)
+        check_int(self, "instrument_every", lo=0)
+        check_float(self, "diverge_factor")
+        check_bool(self, "progress", optional=True)
+        if not isinstance(self.instruments, (tuple, list)):
+            raise ValueError(f"TrainConfig.instruments must be a tuple of instrument names, got {self.instruments!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
