@@ -1,0 +1,48 @@
+"""Setups of the CNN claims (C01, C09, C13): what each grid runs, and the gap read at the target loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from normlab.experiments import vision
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_c09_every_norm_trains_with_the_per_worker_batch_and_sees_the_same_samples(mode):
+    runs = vision._c09_grid(mode)
+    norms = {c["norm"] for _, c in runs}
+    assert {"batchnorm", "groupnorm"} <= norms
+    for _, c in runs:
+        b = c["per_worker"]
+        assert c["batch"] == b and "ghost_batch" not in c  # GN's and LN's batches change too
+        assert c["train"]["steps"] * b == vision.C09_STEPS32[mode] * 32  # same samples at every size
+        assert c["train"]["lr"] == pytest.approx(vision.C09_LR * math.sqrt(b / 32))
+    for norm in norms:
+        assert len({c["per_worker"] for _, c in runs if c["norm"] == norm}) >= 2
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_c01_runs_two_lrs_without_the_untrained_default_init_arm(mode):
+    runs = vision._landscape_grid("ics", vision.ICS_LRS)(mode)
+    assert {c["lr"] for _, c in runs} == set(vision.ICS_LRS)
+    assert {c["init"] for _, c in runs} == {"he"}
+    assert sorted(c["model"]["norm"] for _, c in runs) == ["batchnorm", "batchnorm", "none", "none"]
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_c13_trains_at_a_constant_lr(mode):
+    for _, c in vision._c13_grid(mode):
+        assert c["train"]["schedule"] == "constant"
+
+
+def test_c13_gap_is_interpolated_at_the_target_loss():
+    evals = [{"train_loss": 0.4, "test_loss": 0.5}, {"train_loss": 0.2, "test_loss": 0.5},
+             {"train_loss": 0.1, "test_loss": 0.5}]
+    r = {"result": {"evals": evals}}
+    # gaps 0.1, 0.3, 0.4; sqrt(0.2 * 0.1) is halfway in log loss between 0.2 and 0.1
+    assert vision._gap_at_target(r, math.sqrt(0.2 * 0.1)) == pytest.approx(0.35)
+    assert vision._gap_at_target(r, 0.2) == pytest.approx(0.3)
+    assert vision._gap_at_target(r, 0.5) == pytest.approx(0.1)  # already below at the first evaluation
+    assert math.isnan(vision._gap_at_target(r, 0.05))  # never reached
