@@ -248,3 +248,10 @@ def test_gpt_names_the_vocab_size_and_the_target_shape():
         model(idx, idx[:, :7])
     _, loss = model(idx, idx)
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------- typing and packaging
+def test_the_package_is_marked_typed():
+    from importlib.resources import files
+
+    assert files("normlab").joinpath("py.typed").is_file()

@@ -59,7 +59,7 @@ class LayerNorm(Norm):
         self.normalized_shape = shape
         self.elementwise_affine = elementwise_affine
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no mask: torch's signature
         return super().forward(x)
 
     def extra_repr(self) -> str:
@@ -104,7 +104,7 @@ class LayerNorm2d(Norm):
                          min_ndim=2, device=device, dtype=dtype)
         self.num_channels = num_channels
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no mask: torch's signature
         return super().forward(x)
 
     def extra_repr(self) -> str:

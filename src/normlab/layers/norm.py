@@ -39,7 +39,7 @@ def _as_int(value: object, what: str, owner: str) -> int:
     """``value`` as an int (numpy/torch integers too); floats, strings and bools are refused by name."""
     if not isinstance(value, bool):
         try:
-            return operator.index(value)  # type: ignore[arg-type]
+            return operator.index(value)
         except TypeError:
             pass
     raise TypeError(f"{owner}: {what} must be an int, got {value!r} ({type(value).__name__})")

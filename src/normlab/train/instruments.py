@@ -36,7 +36,8 @@ __all__ = ["Instrument", "INSTRUMENTS", "build_instruments", "expected_grad_norm
 
 
 def _weights(model: nn.Module) -> dict[str, Tensor]:
-    seen, out = set(), {}
+    seen: set[int] = set()
+    out: dict[str, Tensor] = {}
     for name, p in model.named_parameters():
         if p.ndim >= 2 and p.requires_grad and id(p) not in seen:
             seen.add(id(p))
@@ -49,10 +50,12 @@ def _norm_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _stream_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    stem: nn.Module
     if hasattr(model, "blocks"):
         return [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
     if hasattr(model, "features"):
-        return [("stem", model.stem)] + [(f"features.{i}", m) for i, m in enumerate(model.features)]
+        stem = model.stem  # an nn.Module attribute: typed Tensor | Module by torch
+        return [("stem", stem)] + [(f"features.{i}", m) for i, m in enumerate(model.features)]
     raise ValueError(f"{type(model).__name__} has neither .blocks nor .features to follow the residual stream")
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
     """
     cfg.validate()
     model_cfg = getattr(model, "cfg", None)
-    record = {
+    record: dict[str, Any] = {
         "schema": 1,
         "status": "running",
         "config": {"model": model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else type(model).__name__,
