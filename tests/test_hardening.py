@@ -112,6 +112,20 @@ def test_batchnorm_training_forward_on_meta(momentum):
         == (2, 8, 5)
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync debug mode)")
+def test_cuda_training_step_has_no_host_sync():
+    bn = nl.BatchNorm(8, channel_dim=-1, momentum=None).cuda()
+    x, mask = (t.cuda() for t in _masked_batch())
+    x.requires_grad_(True)
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call in the step raises
+    try:
+        bn(x, mask=mask).square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(bn.running_var).all()
+
+
 # ------------------------------------------------- state dicts: zero-centered gamma, frozen
 @pytest.mark.parametrize("ours,theirs", [(lambda: nl.LayerNorm(6, zero_centered_gamma=True), lambda: torch.nn.LayerNorm(6)),
                                          (lambda: nl.RMSNorm(6, zero_centered_gamma=True), lambda: torch.nn.RMSNorm(6))])
