@@ -11,7 +11,8 @@ import math
 
 from .plots import pyplot, save_fig, seed_lines
 from .registry import register
-from .spec import Verdict, by_name, combine_verdicts, compare, experiment, fmt, mean, paired_by_seed, threshold
+from .spec import (Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean, paired_by_seed,
+                   threshold)
 from .stats import Interval, combine
 
 SHAPE = (4, 6, 3, 3)  # N, C, H, W of the CNN tensor
@@ -42,7 +43,8 @@ def exact_part(values: list[float], passes, *, what: str, rule: str, worst=max) 
     ``passes(value) -> bool`` is the check of one seed.  Zero width at the
     worst seed's value when every seed agrees; when they disagree the interval
     shows the seeds' lowest and highest values (and says so), and the status
-    is inconclusive.
+    is inconclusive.  ``worst`` picks the value reported (``max`` for an
+    error, ``min`` for a difference that must be large).
     """
     values = [float(v) for v in values]
     status = _agreement([bool(passes(v)) for v in values])
@@ -51,9 +53,10 @@ def exact_part(values: list[float], passes, *, what: str, rule: str, worst=max) 
     if not values:
         return Interval(what, math.nan, -math.inf, math.inf, 1.0, [0], "exact (no runs)", status, rule).to_dict()
     est = worst(values)
-    lo, hi = (est, est) if status != "inconclusive" else (min(values), max(values))
-    method = "exact (deterministic), worst seed" if lo == hi else "exact per seed (seeds disagree: lowest..highest)"
-    return Interval(what, est, lo, hi, 1.0, [len(values)], method, status, rule).to_dict()
+    if status != "inconclusive":
+        return exact(est, what=f"{what} (worst of {len(values)} seeds)", status=status, rule=rule, n=len(values))
+    return Interval(what, est, min(values), max(values), 1.0, [len(values)],
+                    "exact per seed (seeds disagree: lowest..highest)", status, rule).to_dict()
 
 
 def exact_verdict(parts: list[dict], summary: str, rule: str, numbers: dict, key_number: str) -> Verdict:

@@ -325,7 +325,7 @@ def _c20_plot(records, verdict, prefix):
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("share of the other features' normalized signal kept (log scale; 1 = unharmed)")
+    ax.set_xlabel("share of the other features' normalized signal kept (log; 1 = unharmed)")
     ax.set_title("One feature at 1e3 in a row of N(0,1) features")
     return [save_fig(fig, prefix + "-kept.png")]
 
