@@ -202,14 +202,14 @@ def _stream_growth_verdict(records, a: str, b: str, label_a: str, label_b: str, 
 
 
 def _stream_setup(min_ratio: float, arms: str) -> str:
-    return (f"quick: {C23_DEPTH['quick']} blocks, d={SIZES['quick']['d_model']}, {C23_STEPS['quick']} steps; full: "
+    return (f"Quick: {C23_DEPTH['quick']} blocks, d={SIZES['quick']['d_model']}, {C23_STEPS['quick']} steps; full: "
             f"{C23_DEPTH['full']} blocks, d={SIZES['full']['d_model']}, {C23_STEPS['full']} steps; lr 1e-3 with "
             f"warm-up and cosine decay; {C23_SEEDS['quick']} seeds quick, {C23_SEEDS['full']} full, the arms of a "
             "seed share init seed and data order. RMS of the residual stream after each block at init and after "
             "training (on that step's training batch), growth = log(last block / first block). Rule: the 95% "
             "paired t interval of "
-            f"{arms} growth difference (after training) lies wholly above log {min_ratio:g}; wholly below: not "
-            "supported; otherwise inconclusive.")
+            f"{arms} growth (after training) lies wholly above log {min_ratio:g}; wholly below: not supported; "
+            "otherwise inconclusive.")
 
 
 def _c23_verdict(records) -> Verdict:
@@ -232,8 +232,8 @@ register(experiment(
     claim="C23", title="Pre-LN's residual stream grows with depth; post-LN's is renormalized",
     statement="In pre-LN the residual stream's magnitude grows with depth (it is never renormalized); in "
               "post-LN it is renormalized every block.",
-    setup="GPT, pre-LN and post-LN LayerNorm, GPT-2 initialization (" + _stream_setup(1.2, "pre-LN's minus "
-          "post-LN's") + ")",
+    setup="GPT, pre-LN and post-LN LayerNorm, GPT-2 initialization (std 0.02, residual projections scaled by "
+          "1/sqrt(2 n_layer)). " + _stream_setup(1.2, "pre-LN's minus post-LN's"),
     grid=lambda mode: _stream_grid(mode, ("pre", "post")), seeds=C23_SEEDS, run=lm_run,
     verdict=_c23_verdict, plot=_stream_plot,
     paper="Xiong et al. 2020, Lemma 1-2: in pre-LN the expected squared norm of the stream grows linearly "
@@ -249,8 +249,8 @@ register(experiment(
     claim="C25", title="Without normalization, activations blow up with depth",
     statement="Without any normalization, a deep residual network's activations blow up with depth.",
     setup="The C23 setup with norm='none' (no final norm either) against pre-LN; GPT-2 initialization "
-          "(std 0.02, residual projections scaled by 1/sqrt(2 n_layer)) (" + _stream_setup(
-              1.5, "the un-normalized net's minus pre-LN's") + ")",
+          "(std 0.02, residual projections scaled by 1/sqrt(2 n_layer)). " + _stream_setup(
+              1.5, "the un-normalized net's minus pre-LN's"),
     grid=lambda mode: _stream_grid(mode, ("none", "pre")), seeds=C23_SEEDS, run=lm_run,
     verdict=_c25_verdict, plot=_stream_plot,
 ))
