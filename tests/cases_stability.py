@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cases_common import lm_rec
 
-C26_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+C26_LRS = [3e-4, 3e-3, 3e-2, 3e-1]
 GOOD_LOGITS = ([1e5, 3e4, 1e5, 5e4], [30.0, 25.0, 28.0, 30.0])  # ~3.3 decades apart
 
 
@@ -42,12 +42,12 @@ def c34(dyt_diff, deep_diff):
     out = []
     for seed, (dd, dn) in enumerate(zip(dyt_diff, deep_diff)):
         base = 2.0 + 0.01 * seed
-        out += [lm_rec("pre-LN lr0.001", seed, base), lm_rec("pre-LN lr0.003", seed, base + 0.1),
-                lm_rec("DyT a0.5 lr0.001", seed, base + 0.8), lm_rec("DyT a0.5 lr0.003", seed, base + 0.6),
-                lm_rec("DyT a2 lr0.001", seed, base + 0.3), lm_rec("DyT a2 lr0.003", seed, base + dd)]
+        out += [lm_rec("pre-LN lr0.003", seed, base), lm_rec("pre-LN lr0.01", seed, base + 0.1),
+                lm_rec("DyT a0.5 lr0.003", seed, base + 0.8), lm_rec("DyT a0.5 lr0.01", seed, base + 0.6),
+                lm_rec("DyT a2 lr0.003", seed, base + 0.3), lm_rec("DyT a2 lr0.01", seed, base + dd)]
         deep = 2.4 - 0.02 * seed
-        out += [lm_rec("pre-LN deep lr0.001", seed, deep + 0.2), lm_rec("pre-LN deep lr0.003", seed, deep),
-                lm_rec("DeepNorm deep lr0.001", seed, deep + dn), lm_rec("DeepNorm deep lr0.003", seed, deep + 0.5)]
+        out += [lm_rec("pre-LN deep lr0.003", seed, deep), lm_rec("DeepNorm deep lr0.003", seed, deep + dn),
+                lm_rec("DeepNorm deep lr0.01", seed, deep + 0.4)]
     return out
 
 
