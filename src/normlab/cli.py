@@ -145,8 +145,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if rc:
         return rc
     for claim, exp in all_experiments().items():
-        print(f"{claim}  {exp.title}\n      claim: {exp.statement}\n"
-              f"      records in {args.out}: {status_of(exp, args.out)}")
+        print(f"{claim}  {exp.title}\n      records in {args.out}: {status_of(exp, args.out)}\n"
+              f"      claim: {exp.statement}")
     return 0
 
 

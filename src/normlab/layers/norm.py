@@ -19,9 +19,11 @@ def _host_checks(t: Tensor) -> bool:
     """Whether checks that read a tensor's values on the host are free here: eager, on CPU.
 
     On CUDA they would stall every step, under torch.compile/export they break
-    the graph, and meta tensors have no values.
+    the graph (torch.jit.trace would freeze the value read), and meta tensors
+    have no values.
     """
-    return t.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+    return t.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                                           or torch.jit.is_tracing())
 
 
 def _as_dims(dims: int | Sequence[int], what: str) -> tuple[int, ...]:
