@@ -3,11 +3,14 @@ stale statistics under shift (C15), SyncBatchNorm (C16)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from .plots import pyplot, save_fig, seed_lines
 from .registry import register
-from .spec import Verdict, by_name, compare, experiment, fmt, mean
+from .spec import (Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean, paired_by_seed,
+                   threshold)
+from .stats import interval
 from .vision import bars, build_net, load_data, model_cfg, summary, test_accuracy, train_cfg, train_net
 
 
@@ -34,9 +37,13 @@ def reestimate(net, x, batch: int = 256) -> None:
 
 
 # ------------------------------------------------------------------------ C10
+C10_STEPS = {"quick": 75, "full": 250}
+C10_VISIBLE = 1e-2  # BN: a relative logit change above this is a real train/eval discrepancy
+C10_ROUNDING = 1e-5  # LN: below this the two modes agree to float32 rounding
+
+
 def _c10_grid(mode):
-    steps = {"quick": 150, "full": 400}[mode]
-    return [(norm, {"model": model_cfg(mode, norm=norm), "norm": norm, "train": train_cfg(mode, steps=steps)})
+    return [(norm, {"model": model_cfg(mode, norm=norm), "norm": norm, "train": train_cfg(mode, steps=C10_STEPS[mode])})
             for norm in ("batchnorm", "layernorm")]
 
 
@@ -70,36 +77,38 @@ def train_eval_run(config: dict, seed: int) -> dict:
 
 def _c10_verdict(records) -> Verdict:
     g = by_name(records)
-    bn = [r["result"]["eval_vs_train"] for r in g.get("batchnorm", [])]
-    ln = [r["result"]["eval_vs_train"] for r in g.get("layernorm", [])]
-    if not bn or not ln:
-        return Verdict("inconclusive", "missing runs", "needs BN and LN runs")
+    if not g.get("batchnorm") or not g.get("layernorm"):
+        return Verdict("inconclusive", "missing runs", "needs BN and LN runs",
+                       tests=[exact(0, what="runs present", status="inconclusive", rule="needs BN and LN runs")])
+    bn = [r["result"]["eval_vs_train"] for r in g["batchnorm"]]
     bnc = [r["result"]["batch_composition"] for r in g["batchnorm"]]
-    lnc = [r["result"]["batch_composition"] for r in g["layernorm"]]
-    if min(bn) > 1e-2 and min(bnc) > 1e-2 and max(ln + lnc) < 1e-5:
-        status = "supported"
-    elif max(bn) < 1e-3 or max(ln + lnc) > 1e-3:
-        status = "not supported"
-    else:
-        status = "inconclusive"
+    ln = [max(r["result"]["eval_vs_train"], r["result"]["batch_composition"]) for r in g["layernorm"]]
+    parts = {
+        "BN: eval vs inside a training batch": threshold(
+            bn, what="BN relative logit change, eval mode vs inside a random training batch", above=C10_VISIBLE),
+        "BN: batch-mates matter": threshold(
+            bnc, what="BN relative logit change, random batch vs a batch of its own class", above=C10_VISIBLE),
+        "LN: identical": threshold(
+            ln, what="LN relative logit change (largest of the two comparisons)", below=C10_ROUNDING),
+    }
+    v = combine_verdicts(parts, key_number=(
+        f"BN eval vs batch {parts['BN: eval vs inside a training batch'].key_number}; "
+        f"LN {parts['LN: identical'].key_number}"))
     flips = [r["result"]["prediction_flips"] for r in g["batchnorm"]]
-    summary_ = (f"relative logit change of a test signal, eval mode vs inside a random training batch: BN "
-                f"{fmt(mean(bn))}, LN {fmt(mean(ln))}; random batch vs a batch of its own class: BN {fmt(mean(bnc))}, "
-                f"LN {fmt(mean(lnc))}; BN predictions that flip between eval and a training batch {mean(flips):.1%}")
-    rule = ("supported if BN's relative changes exceed 1e-2 in every seed and LN's stay below 1e-5 (float "
-            "rounding); not supported if BN's are below 1e-3 or LN's above 1e-3; otherwise inconclusive")
-    return Verdict(status, summary_, rule, {"bn": bn, "ln": ln, "bn_composition": bnc, "ln_composition": lnc},
-                   key_number=f"BN {fmt(mean(bn))} vs LN {fmt(mean(ln))}")
+    v.summary += f"; BN predictions that flip between eval mode and a training batch: {mean(flips):.1%} (reported)"
+    return v
 
 
 register(experiment(
     claim="C10", title="BatchNorm's train/eval discrepancy; LayerNorm has none",
     statement="BN normalizes with batch statistics in training and running averages in eval, so one sample's "
               "output depends on the mode and on its batch-mates; LN's does not.",
-    setup="VGG-like 1-D CNN with BN or LN trained 150 (quick) / 400 (full) steps on MNIST-1D; for 32 test signals "
-          "the logits in eval mode, in training mode inside 31 random training signals, and inside 31 signals of "
-          "its own class: relative change ||a - b|| / ||b||.",
-    grid=_c10_grid, seeds={"quick": 2, "full": 3}, run=train_eval_run, verdict=_c10_verdict,
+    setup="VGG-like 1-D CNN with BN or LN trained 75 (quick) / 250 (full) steps on MNIST-1D, 4 (quick) / 5 (full) "
+          "seeds; for 32 test signals the logits in eval mode, in training mode inside 31 random training signals, "
+          "and inside 31 signals of its own class: relative change ||a - b|| / ||b||, averaged per seed. Judged by "
+          "one-sample 95% t intervals over seeds: BN's two changes above 1e-2 and LN's (the larger of its two) "
+          "below 1e-5 (float32 rounding); all three must hold.",
+    grid=_c10_grid, seeds={"quick": 4, "full": 5}, run=train_eval_run, verdict=_c10_verdict,
     plot=lambda records, verdict, prefix: [bars(
         {f"{n}: {k}": [r["result"][key] for r in rs] for n, rs in sorted(by_name(records).items())
          for k, key in (("eval vs batch", "eval_vs_train"), ("batch vs batch", "batch_composition"))},
@@ -109,6 +118,8 @@ register(experiment(
 
 # ------------------------------------------------------------------- C11 / C12
 D_EMB = 32
+C11_CORRUPT = 0.1  # normalized units: an output error above this is corruption, not noise
+C12_DEPENDS = 1e-3  # an output change above this: the token's output depends on its packing partners
 
 
 def _embed(tokens, seed: int):
@@ -152,21 +163,41 @@ def padding_run(config: dict, seed: int) -> dict:
     return {"levels": out}
 
 
+EXACT = 1e-9  # float64: an error at or below this is rounding, the computation is exact
+VISIBLE = 1e-3  # an error above this is a real difference, not rounding
+
+
+def exactness(value: float, *, what: str) -> Verdict:
+    """A deterministic error judged three ways: exact (<= 1e-9, float64 rounding), visibly wrong (> 1e-3),
+    or in between (inconclusive: not rounding, not a visible error either)."""
+    status = "supported" if value <= EXACT else "not supported" if value > VISIBLE else "inconclusive"
+    rule = (f"supported if the max |error| is <= {EXACT:g} (float64 rounding); not supported if above "
+            f"{VISIBLE:g}; otherwise inconclusive")
+    return Verdict(status, f"{what}: max |error| {fmt(value)}", rule, {"max_error": value}, key_number=fmt(value),
+                   tests=[exact(value, what=what, status=status, rule=rule)])
+
+
 def _c11_verdict(records) -> Verdict:
+    if not records:
+        return Verdict("inconclusive", "missing runs", "needs the padding runs",
+                       tests=[exact(0, what="runs present", status="inconclusive", rule="needs the padding runs")])
     levels = [lv for r in records for lv in r["result"]["levels"]]
-    worst_pad = max(levels, key=lambda lv: lv["pad_fraction"])
-    none_pad = [lv for lv in levels if lv["pad_fraction"] == 0]
-    masked = max(lv["masked_bn_error"] for lv in levels)
-    ln = max(lv["ln_error"] for lv in levels)
-    grows = worst_pad["bn_error"] > 0.1 and all(lv["bn_error"] < 1e-9 for lv in none_pad)
-    status = "supported" if grows and masked < 1e-9 and ln < 1e-9 else "not supported"
-    summary_ = (f"max |BN output - BN over the real tokens only| (normalized units): {fmt(worst_pad['bn_error'])} at "
-                f"{worst_pad['pad_fraction']:.0%} padding (0 without padding); masked BN {fmt(masked)}; LN in a "
-                f"padded batch vs each sequence alone {fmt(ln)}")
-    rule = ("supported if unmasked BN's error exceeds 0.1 at the highest padding (and is 0 without padding) while "
-            "masked BN and LN stay exact (<= 1e-9, float64); else not supported")
-    return Verdict(status, summary_, rule, {"levels": levels},
-                   key_number=f"BN error {fmt(worst_pad['bn_error'])} at {worst_pad['pad_fraction']:.0%} pad")
+    worst = [max(r["result"]["levels"], key=lambda lv: lv["pad_fraction"]) for r in records]
+    padded = threshold([lv["bn_error"] for lv in worst], above=C11_CORRUPT,
+                       what=f"BN max |error| at the highest padding (mean {mean(lv['pad_fraction'] for lv in worst):.0%} "
+                            "of positions), per seed's batch")
+    parts = {
+        "BN corrupted by padding": padded,
+        "BN exact without padding": exactness(max((lv["bn_error"] for lv in levels if lv["pad_fraction"] == 0), default=math.nan),
+                                              what="BN without padding vs the real tokens' statistics"),
+        "masked BN exact": exactness(max(lv["masked_bn_error"] for lv in levels),
+                                     what="masked BN vs the real tokens' statistics, every padding level"),
+        "LN unaffected": exactness(max(lv["ln_error"] for lv in levels),
+                                   what="LN in a padded batch vs each sequence alone, every padding level"),
+    }
+    return combine_verdicts(parts, key_number=(
+        f"BN error at {mean(lv['pad_fraction'] for lv in worst):.0%} padding {padded.key_number}; masked BN "
+        f"{parts['masked BN exact'].key_number}, LN {parts['LN unaffected'].key_number}"))
 
 
 def _c11_plot(records, verdict, prefix):
@@ -193,8 +224,10 @@ register(experiment(
     setup="Batches of 16 sequences of CPython documentation text from the padded batcher (context 64, lengths "
           "fixed or exponential with mean 48/32/16/8), embedded with a fixed random float64 table (32 channels "
           "with offsets), padding zeroed; BN over (B,T) per channel with and without the mask vs BN over the real "
-          "tokens only; LN in the padded batch vs each sequence alone.",
-    grid=lambda mode: [("padding", {})], seeds={"quick": 2, "full": 3}, run=padding_run, verdict=_c11_verdict,
+          "tokens only; LN in the padded batch vs each sequence alone; 4 (quick) / 8 (full) seeds (batch draws). "
+          "Judged: unmasked BN's max error at the highest padding, by a 95% t interval over seeds, above 0.1; "
+          "BN without padding, masked BN and LN exact (max error <= 1e-9 in float64; above 1e-3 refutes).",
+    grid=lambda mode: [("padding", {})], seeds={"quick": 4, "full": 8}, run=padding_run, verdict=_c11_verdict,
     plot=_c11_plot,
 ))
 
@@ -243,15 +276,21 @@ def _c12_plot(records, verdict, prefix):
 
 
 def _c12_verdict(records) -> Verdict:
+    if not records:
+        return Verdict("inconclusive", "missing runs", "needs the packing runs",
+                       tests=[exact(0, what="runs present", status="inconclusive", rule="needs the packing runs")])
     bn = [r["result"]["bn"] for r in records]
-    ln = [r["result"]["ln"] for r in records]
-    status = "supported" if min(bn) > 1e-3 and max(ln) <= 1e-12 else "not supported"
-    return Verdict(status, f"max change of a probe document's normalized tokens when packed with other documents: "
-                   f"BN {fmt(min(bn))}..{fmt(max(bn))} (a mask does not help: "
-                   f"{fmt(max(r['result']['masked_bn'] for r in records))}), LN {fmt(max(ln))}",
-                   "supported if BN's output changes by more than 1e-3 in every seed while LN's stays identical "
-                   "(<= 1e-12, float64); else not supported", {"bn": bn, "ln": ln},
-                   key_number=f"BN {fmt(mean(bn))} vs LN {fmt(max(ln))}")
+    parts = {
+        "BN depends on the partners": threshold(
+            bn, above=C12_DEPENDS, what="BN max change of the probe's outputs between two packings, per seed"),
+        "LN does not": exactness(max(r["result"]["ln"] for r in records),
+                                 what="LN max change of the probe's outputs between two packings, every seed"),
+    }
+    v = combine_verdicts(parts, key_number=(f"BN change {parts['BN depends on the partners'].key_number}; "
+                                            f"LN {parts['LN does not'].key_number}"))
+    v.summary += (f"; BN with an all-true mask changes as much ({fmt(mean(r['result']['masked_bn'] for r in records))}"
+                  ": a mask cannot separate packed documents)")
+    return v
 
 
 register(experiment(
@@ -260,16 +299,19 @@ register(experiment(
               "with; LN's does not.",
     setup="A 20-token probe document placed at the start of row 0 of two different packed batches (8 x 64 tokens "
           "of CPython documentation text, packed batcher), embedded as in C11; BN over (B,T) per channel (also "
-          "with an all-true mask) and LN; max change of the probe's outputs between the two packings.",
-    grid=lambda mode: [("packing", {})], seeds={"quick": 2, "full": 3}, run=packing_run, verdict=_c12_verdict,
+          "with an all-true mask) and LN; max change of the probe's outputs between the two packings; 4 (quick) / 8 "
+          "(full) seeds. Judged: BN's change, by a 95% t interval over seeds, above 1e-3; LN's exact (<= 1e-9).",
+    grid=lambda mode: [("packing", {})], seeds={"quick": 4, "full": 8}, run=packing_run, verdict=_c12_verdict,
     plot=_c12_plot,
 ))
 
 
 # ------------------------------------------------------------------------ C14
+C14_STEPS = {"quick": 150, "full": 500}
+C14_MIN_SHIFT = 0.05  # the shift ratio must exceed the no-dropout net's by more than this
 def _c14_grid(mode):
     base = model_cfg(mode, norm="batchnorm")
-    t = train_cfg(mode)
+    t = train_cfg(mode, steps=C14_STEPS[mode])
     return [("no dropout", {"model": base, "place": "none", "train": t}),
             ("dropout before every BN", {"model": {**base, "dropout": 0.5, "dropout_place": "before_norm"},
                                          "place": "before", "train": t}),
@@ -317,23 +359,37 @@ def dropout_run(config: dict, seed: int) -> dict:
             "shift_after_reestimate": variance_shift(net, data.x_test)}
 
 
+def _shift(r) -> float:
+    return mean(r["result"]["shift"].values())
+
+
 def _c14_verdict(records) -> Verdict:
     g = by_name(records)
+    before, none, after = (g.get(n, []) for n in ("dropout before every BN", "no dropout", "dropout after the last BN"))
+    v = compare(*paired_by_seed(before, none, _shift), expect="greater", paired=True, min_effect=C14_MIN_SHIFT,
+                what="variance shift (mean over BN layers)", label_a="dropout before BN", label_b="no dropout")
 
-    def shifts(name):
-        return [mean(r["result"]["shift"].values()) for r in g.get(name, [])]
+    def acc(rs, key="acc_stale"):
+        return [r["result"][key] for r in rs]
 
-    before, none = shifts("dropout before every BN"), shifts("no dropout")
-    if not before or not none:
-        return Verdict("inconclusive", "missing runs", "needs the dropout-before-BN and no-dropout runs")
-    v = compare(before, none, expect="greater", what="variance shift (mean over BN layers)",
-                label_a="dropout before BN", label_b="no dropout", min_effect=0.05)
-    acc = {n: (mean(r["result"]["acc_stale"] for r in rs), mean(r["result"]["acc_reestimated"] for r in rs))
-           for n, rs in g.items()}
-    v.summary += "; test accuracy with the running stats / after re-estimating them with dropout off: " + "; ".join(
-        f"{n} {a:.3f} / {b:.3f}" for n, (a, b) in acc.items()) + "; after the last BN: " + fmt(
-        mean(shifts("dropout after the last BN")))
-    v.key_number = f"shift {fmt(mean(before))} vs {fmt(mean(none))}"
+    cost = interval("test accuracy, dropout before BN - no dropout (running stats)",
+                    *paired_by_seed(before, none, lambda r: r["result"]["acc_stale"]), paired=True)
+    fix = interval("test accuracy, dropout before BN: re-estimated - running stats", acc(before, "acc_reestimated"),
+                   acc(before), paired=True)
+    v.summary += ("; reported, not judged: test accuracy with the running stats / after re-estimating them with "
+                  "dropout off: " + "; ".join(f"{n} {mean(acc(rs)):.3f} / {mean(acc(rs, 'acc_reestimated')):.3f}"
+                                              for n, rs in g.items())
+                  + f"; accuracy cost of dropout before BN {cost.text()}; recovered by re-estimating {fix.text()}; "
+                  f"variance shift with dropout only after the last BN {fmt(mean(_shift(r) for r in after))}")
+    v.key_number = f"shift {v.key_number}"
+    v.versus_paper = (
+        "paper: Li et al. 2019, DenseNet on CIFAR-100: 77.42% test accuracy without dropout vs 68.55% with dropout "
+        "before BN (-8.9 points), with variance shifts max(running var / real var, real var / running var) well "
+        f"above 1; here: shift {fmt(mean(_shift(r) for r in before))} (dropout 0.5 before every BN) vs "
+        f"{fmt(mean(_shift(r) for r in none))} (no dropout), test accuracy {mean(acc(before)):.3f} vs "
+        f"{mean(acc(none)):.3f} ({fmt(100 * cost.estimate)} points), {mean(acc(before, 'acc_reestimated')):.3f} "
+        "after re-estimating; scale: a small VGG-like 1-D CNN on MNIST-1D (4000 signals, 10 classes) trained for "
+        "hundreds of steps, not a DenseNet on CIFAR-100 trained for hundreds of epochs")
     return v
 
 
@@ -356,10 +412,11 @@ register(experiment(
               "variance (Li et al. 2019), costing accuracy; re-estimating the statistics with dropout off, or "
               "dropout only after the last BN, avoids it.",
     setup="VGG-like 1-D CNN with BN on MNIST-1D: no dropout, dropout 0.5 before every BN, dropout 0.5 only before "
-          "the head; AdamW lr 3e-3, 300 (quick) / 800 (full) steps. Variance shift per BN layer on the test set, "
-          "test accuracy with the running statistics and after re-estimating them on the training set with dropout "
-          "off.",
-    grid=_c14_grid, seeds={"quick": 2, "full": 3}, run=dropout_run, verdict=_c14_verdict, plot=_c14_plot,
+          "the head; AdamW lr 3e-3, 150 (quick) / 500 (full) steps, 4 (quick) / 5 (full) seeds. Variance shift per "
+          "BN layer on the test set, test accuracy with the running statistics and after re-estimating them on "
+          "the training set with dropout off. Judged: the mean shift over BN layers, dropout before BN - no "
+          "dropout, by a 95% t interval paired by seed, above 0.05; accuracies are reported with their intervals.",
+    grid=_c14_grid, seeds={"quick": 4, "full": 5}, run=dropout_run, verdict=_c14_verdict, plot=_c14_plot,
     paper="Li et al. 2019 (Understanding the Disharmony between Dropout and Batch Normalization): variance shift "
           "ratios well above 1 with dropout before BN, and accuracy gains from placing dropout after all BN "
           "layers.",
@@ -367,12 +424,14 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C15
+C15_STEPS = {"quick": 150, "full": 500}  # pretraining
+C15_FINETUNE_STEPS = {"quick": 50, "full": 120}
 C15_SHIFT = {"iid_noise_scale": 0.1, "corr_noise_scale": 0.5, "gain": 1.5, "offset": 0.5}
 
 
 def _c15_grid(mode):
-    return [("shift", {"model": model_cfg(mode, norm="batchnorm"), "train": train_cfg(mode),
-                       "finetune_steps": {"quick": 100, "full": 200}[mode], "target_train": 256})]
+    return [("shift", {"model": model_cfg(mode, norm="batchnorm"), "train": train_cfg(mode, steps=C15_STEPS[mode]),
+                       "finetune_steps": C15_FINETUNE_STEPS[mode], "target_train": 256})]
 
 
 def finetune_run(config: dict, seed: int) -> dict:
@@ -406,18 +465,30 @@ def finetune_run(config: dict, seed: int) -> dict:
     return {"accuracy": out, "pretrain": summary(rec)["final"]}
 
 
+C15_MIN_GAIN = 0.01  # accuracy points (as a fraction) re-estimating must gain for "stale" to matter
+STALE, REEST = "no fine-tuning (stale stats)", "re-estimate stats only"
+FT_STALE, FT_REEST = "fine-tune, BN frozen (stale stats)", "re-estimate stats, then fine-tune frozen"
+
+
 def _c15_verdict(records) -> Verdict:
-    acc = {}
-    for r in records:
-        for k, v in r["result"]["accuracy"].items():
-            acc.setdefault(k, []).append(v)
-    a, b = acc.get("re-estimate stats, then fine-tune frozen", []), acc.get("fine-tune, BN frozen (stale stats)", [])
-    if not a or not b:
-        return Verdict("inconclusive", "missing runs", "needs the frozen fine-tunes")
-    v = compare(a, b, expect="greater", what="test accuracy on the shifted data after a frozen-BN fine-tune",
-                label_a="re-estimated stats", label_b="stale stats", min_effect=0.01)
-    v.summary = "; ".join(f"{k} {fmt(mean(x))}" for k, x in acc.items()) + ". " + v.summary
-    v.key_number = f"re-estimated {fmt(mean(a))} vs stale {fmt(mean(b))}"
+    def acc(key):
+        return [r["result"]["accuracy"][key] for r in records if key in r["result"]["accuracy"]]
+
+    # one record holds every option, all from the same pretrained net: paired by construction
+    v = compare(acc(REEST), acc(STALE), expect="greater", paired=True, min_effect=C15_MIN_GAIN,
+                what="test accuracy on the shifted data, no fine-tuning", label_a="statistics re-estimated",
+                label_b="stale statistics")
+    ft = interval("second part, reported, not judged: test accuracy after a frozen-BN fine-tune, re-estimated "
+                  "first - stale", acc(FT_REEST), acc(FT_STALE), paired=True)
+    ft.rule = ("not part of the verdict: fine-tuning with BN frozen trains the other weights around the frozen "
+               "statistics, so it can absorb staleness; this measures how much it does at this budget")
+    v.tests.append(ft.to_dict())
+    means = {k: mean(acc(k)) for k in (records[0]["result"]["accuracy"] if records else {})}
+    v.summary = (f"[direct test, judged] {v.summary}. [fine-tune, reported] re-estimated then frozen - stale then "
+                 f"frozen: {ft.text()}. Mean test accuracy per option: "
+                 + "; ".join(f"{k} {fmt(x)}" for k, x in means.items()))
+    v.rule += "; the fine-tune comparison is reported beside it, not judged (it can absorb the staleness)"
+    v.key_number = f"re-estimated - stale, no fine-tune: {v.key_number}"
     return v
 
 
@@ -425,12 +496,16 @@ register(experiment(
     claim="C15", title="Running statistics go stale under distribution shift",
     statement="After a distribution shift BN's running statistics are stale; for fine-tuning, freezing BN or "
               "re-estimating its statistics matters.",
-    setup="VGG-like 1-D CNN with BN pretrained on MNIST-1D (300 quick / 800 full steps); target: MNIST-1D "
+    setup="VGG-like 1-D CNN with BN pretrained on MNIST-1D (150 quick / 500 full steps); target: MNIST-1D "
           "generated with more noise (iid 0.1, correlated 0.5), standardized with the source statistics, then "
-          "x * 1.5 + 0.5 (a sensor gain/offset change); 256 target training signals, fine-tuned 100 (quick) / 200 "
-          "(full) steps of batch 8, AdamW lr 1e-3: BN in train mode, BN frozen with the source statistics, and "
-          "statistics re-estimated on the target then frozen; test accuracy on 400 target test signals.",
-    grid=_c15_grid, seeds={"quick": 2, "full": 3}, run=finetune_run, verdict=_c15_verdict,
+          "x * 1.5 + 0.5 (a sensor gain/offset change); 4 (quick) / 5 (full) seeds. Direct test (judged): the "
+          "pretrained net's test accuracy on 400 target test signals with its source (stale) statistics vs with "
+          "the statistics re-estimated on 256 target training signals, no training: re-estimated - stale by a 95% "
+          "t interval paired by seed (one pretrained net per seed), above 0.01. Fine-tuning (reported, not "
+          "judged): 50 (quick) / 120 (full) steps of batch 8 on the 256 signals, AdamW lr 1e-3, BN in train mode, "
+          "BN frozen with the stale statistics, or statistics re-estimated then frozen; re-estimated-then-frozen "
+          "- stale-then-frozen with its paired interval.",
+    grid=_c15_grid, seeds={"quick": 4, "full": 5}, run=finetune_run, verdict=_c15_verdict,
     plot=lambda records, verdict, prefix: [bars(
         {k: [r["result"]["accuracy"][k] for r in records] for k in records[0]["result"]["accuracy"]},
         prefix + "-acc.png", "Accuracy on the shifted test set", "test accuracy")],
@@ -486,9 +561,12 @@ def _sync_worker(rank: int, world: int, config: dict, seed: int) -> dict:
             loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad()
             loss.backward()
-            for p in net.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= world
+            grads = [p.grad for p in net.parameters()]
+            flat = torch.cat([g.flatten() for g in grads])  # one all-reduce per step, as DDP's buckets do
+            dist.all_reduce(flat)
+            flat /= world
+            for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(avg.view_as(g))
             opt.step()
             times.append(time.perf_counter() - t0)
         results[kind] = {"test_acc": test_accuracy(net, data), "step_ms": 1e3 * sorted(times)[len(times) // 2]}
@@ -511,21 +589,34 @@ def _c16_grid(mode):
             for w, p in ({"quick": [(2, 2)], "full": [(2, 2), (4, 2)]}[mode])]
 
 
+C16_EXACT = 1e-10  # float64: SyncBN must match BN on the global batch to rounding
+C16_MIN_GAIN = 0.01  # accuracy SyncBN must gain over local BN
+
+
 def _c16_verdict(records) -> Verdict:
-    worst = max(max(r["result"]["exact"].values()) for r in records)
-    local = [r["result"]["train"]["local BN"]["test_acc"] for r in records]
-    synced = [r["result"]["train"]["SyncBN"]["test_acc"] for r in records]
-    v = compare(synced, local, expect="greater", what="test accuracy", label_a="SyncBN", label_b="local BN",
-                min_effect=0.01)
-    if worst > 1e-10:
-        v.status = "not supported"
-    cost = mean(r["result"]["step_ms"]["SyncBN"] / r["result"]["step_ms"]["local BN"] for r in records)
-    v.summary = (f"SyncBN vs BN on the global batch (float64, outputs, input/weight gradients, running mean): max "
-                 f"|difference| {fmt(worst)}; " + v.summary + f"; SyncBN step time {cost:.2f}x local BN's "
-                 f"(median step, gloo on this CPU)")
-    v.rule = "exactness needs max |difference| <= 1e-10; then " + v.rule
-    v.numbers.update({"max_difference": worst, "step_time_ratio": cost})
-    v.key_number = f"diff {fmt(worst)}; acc {fmt(mean(synced))} vs {fmt(mean(local))}; {cost:.2f}x time"
+    worst = max((max(r["result"]["exact"].values()) for r in records), default=math.nan)
+    ok = worst <= C16_EXACT
+    rule = f"supported if max |SyncBN - BN on the global batch| <= {C16_EXACT:g} (float64); otherwise not supported"
+    status = "supported" if ok else "not supported" if worst > C16_EXACT else "inconclusive"  # nan: no runs
+    what = "SyncBN vs BN on the global batch (outputs, input/weight gradients, running mean), max |difference|"
+    parts = {"exact": Verdict(status, f"{what} {fmt(worst)}", rule, {"max_difference": worst},
+                              key_number=f"diff {fmt(worst)}",
+                              tests=[exact(worst, what=what, status=status, rule=rule, n=len(records))])}
+    costs = []
+    for name, rs in by_name(records).items():  # one judged interval per configuration, paired by seed
+        rs = sorted(rs, key=lambda r: r["seed"])
+        parts[name] = compare([r["result"]["train"]["SyncBN"]["test_acc"] for r in rs],
+                              [r["result"]["train"]["local BN"]["test_acc"] for r in rs], expect="greater",
+                              paired=True, min_effect=C16_MIN_GAIN, what=f"test accuracy, {name}",
+                              label_a="SyncBN", label_b="local BN")
+        cost = interval(f"log step time SyncBN / local BN, {name}",
+                        [math.log(r["result"]["step_ms"]["SyncBN"]) for r in rs],
+                        [math.log(r["result"]["step_ms"]["local BN"]) for r in rs], paired=True)
+        costs.append(f"{name}: {math.exp(cost.estimate):.2f}x" + (
+            f" [{math.exp(cost.lo):.2f}, {math.exp(cost.hi):.2f}]" if math.isfinite(cost.lo) else ""))
+    v = combine_verdicts(parts)
+    v.summary += ("; reported, not judged: SyncBN's median step time over local BN's (gloo on this CPU, 95% CI "
+                  "over seeds): " + "; ".join(costs))
     return v
 
 
