@@ -701,7 +701,7 @@ def _c13_plot(records, verdict, prefix):
     ax.axvline(_c13_target(records), color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("training loss (eval mode, whole train set; training goes left)")
+    ax.set_xlabel("training loss (eval mode, whole train set; training goes right)")
     ax.set_ylabel("test loss - training loss (nats)")
     ax.set_title("Generalization gap along training (one line per seed)")
     ax.legend(fontsize=8)
