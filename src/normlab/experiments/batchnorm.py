@@ -582,11 +582,14 @@ def sync_run(config: dict, seed: int) -> dict:
             "step_ms": {k: max(r["train"][k]["step_ms"] for r in res) for k in res[0]["train"]}}
 
 
+C16_STEPS = {"quick": 100, "full": 400}
+#: (processes, signals per process): quick judges the smallest per-process batch; full adds the usual 2 per process
+C16_CONFIGS = {"quick": [(2, 1)], "full": [(2, 1), (2, 2), (4, 2)]}
+
+
 def _c16_grid(mode):
-    steps = {"quick": 150, "full": 500}[mode]
     return [(f"{w} processes x {p}", {"model": model_cfg(mode, norm="batchnorm"), "world": w, "per_process": p,
-                                       "steps": steps})
-            for w, p in ({"quick": [(2, 2)], "full": [(2, 2), (4, 2)]}[mode])]
+                                       "steps": C16_STEPS[mode]}) for w, p in C16_CONFIGS[mode]]
 
 
 C16_EXACT = 1e-10  # float64: SyncBN must match BN on the global batch to rounding
@@ -615,6 +618,11 @@ def _c16_verdict(records) -> Verdict:
         costs.append(f"{name}: {math.exp(cost.estimate):.2f}x" + (
             f" [{math.exp(cost.lo):.2f}, {math.exp(cost.hi):.2f}]" if math.isfinite(cost.lo) else ""))
     v = combine_verdicts(parts)
+    accs = "; ".join(f"{k}: SyncBN {fmt(p.numbers['mean_a'])} vs local BN {fmt(p.numbers['mean_b'])}"
+                     for k, p in parts.items() if k != "exact")
+    v.versus_paper = ("paper: Wu & He 2018 (the small-batch loss SyncBN is meant to recover), ResNet-50 ImageNet "
+                      "top-1 error with BN 23.6% at 32 images per GPU vs 34.7% at 2 per GPU; here, test accuracy "
+                      f"{accs}; scale: a small 1-D CNN on MNIST-1D, hundreds of steps, 2-4 CPU processes")
     v.summary += ("; reported, not judged: SyncBN's median step time over local BN's (gloo on this CPU, 95% CI "
                   "over seeds): " + "; ".join(costs))
     return v
@@ -625,12 +633,16 @@ register(experiment(
     statement="SyncBN over P processes computes exactly BN over the global batch (outputs and gradients), "
               "recovers the accuracy per-process BN loses at small per-process batches, and costs communication.",
     setup="gloo process groups on this CPU (run_distributed). Exactness: float64 (4P, 6, 5, 5) batch split "
-          "unevenly over P ranks, SyncBN vs BN on the whole batch. Training: P processes x 2 signals (quick P=2; "
-          "full P=2 and 4), VGG-like 1-D CNN on MNIST-1D, gradients all-reduced every step (data parallel), "
-          "150 (quick) / 500 (full) steps, local BN vs SyncBN from the same init; median step time of each.",
-    grid=_c16_grid, seeds={"quick": 2, "full": 3}, run=sync_run, verdict=_c16_verdict,
+          "unevenly over P ranks, SyncBN vs BN on the whole batch (max |difference| <= 1e-10). Training: P "
+          "processes x B signals, quick 2 x 1 (the smallest per-process batch), full 2 x 1, 2 x 2 and 4 x 2; "
+          "VGG-like 1-D CNN on MNIST-1D, gradients all-reduced as one buffer every step (data parallel), AdamW lr "
+          "3e-3, 100 (quick) / 400 (full) steps, local BN vs SyncBN from the same init and the same data; 4 (quick) "
+          "/ 5 (full) seeds. Judged per configuration: SyncBN - local BN test accuracy by a 95% t interval paired "
+          "by seed, above 0.01; every configuration and the exactness check must hold. Median step time of each "
+          "reported (communication cost), not judged.",
+    grid=_c16_grid, seeds={"quick": 4, "full": 5}, run=sync_run, verdict=_c16_verdict,
     plot=lambda records, verdict, prefix: [bars(
         {f"{r['name']}: {k}": [x["result"]["train"][k]["test_acc"] for x in records if x["name"] == r["name"]]
          for r in records for k in ("local BN", "SyncBN")}, prefix + "-acc.png",
-        "Data-parallel training, per-process batch 2", "test accuracy")],
+        "Data-parallel training, local BN vs SyncBN", "test accuracy")],
 ))
