@@ -183,20 +183,20 @@ def _c11_verdict(records) -> Verdict:
                        tests=[exact(0, what="runs present", status="inconclusive", rule="needs the padding runs")])
     levels = [lv for r in records for lv in r["result"]["levels"]]
     worst = [max(r["result"]["levels"], key=lambda lv: lv["pad_fraction"]) for r in records]
+    pad = mean(lv["pad_fraction"] for lv in worst)
     padded = threshold([lv["bn_error"] for lv in worst], above=C11_CORRUPT,
-                       what=f"BN max |error| at the highest padding (mean {mean(lv['pad_fraction'] for lv in worst):.0%} "
-                            "of positions), per seed's batch")
+                       what=f"BN max |error| at the highest padding (mean {pad:.0%} of positions), per seed's batch")
+    unpadded = max((lv["bn_error"] for lv in levels if lv["pad_fraction"] == 0), default=math.nan)
     parts = {
         "BN corrupted by padding": padded,
-        "BN exact without padding": exactness(max((lv["bn_error"] for lv in levels if lv["pad_fraction"] == 0), default=math.nan),
-                                              what="BN without padding vs the real tokens' statistics"),
+        "BN exact without padding": exactness(unpadded, what="BN without padding vs the real tokens' statistics"),
         "masked BN exact": exactness(max(lv["masked_bn_error"] for lv in levels),
                                      what="masked BN vs the real tokens' statistics, every padding level"),
         "LN unaffected": exactness(max(lv["ln_error"] for lv in levels),
                                    what="LN in a padded batch vs each sequence alone, every padding level"),
     }
     return combine_verdicts(parts, key_number=(
-        f"BN error at {mean(lv['pad_fraction'] for lv in worst):.0%} padding {padded.key_number}; masked BN "
+        f"BN error at {pad:.0%} padding {padded.key_number}; masked BN "
         f"{parts['masked BN exact'].key_number}, LN {parts['LN unaffected'].key_number}"))
 
 

@@ -160,9 +160,9 @@ def _c17_verdict(records) -> Verdict:
                  f"LayerNorm kernel vs an unfused RMSNorm; normlab's pair is normlab's own path): "
                  + "; ".join(reported) + ". Judged parts: " + v.summary)
     v.rule = ("judged on the torch.compile'd pair (both layers fused the same way), every shape and pass: the "
-              "95% t interval of mean log(t_RMSNorm / t_LayerNorm) over rounds (paired: the two are called alternately within "
-              "a round) must lie wholly below 0 (supported); wholly above 0: not supported; otherwise "
-              "inconclusive. " + v.rule)
+              "95% t interval of mean log(t_RMSNorm / t_LayerNorm) over rounds (paired: the two are called "
+              "alternately within a round) must lie wholly below 0 (supported); wholly above 0: not supported; "
+              "otherwise inconclusive. " + v.rule)
     main = next((p for k, p in parts.items() if k.startswith("compiled fwd+bwd")), next(iter(parts.values())))
     iv = Interval(**main.tests[0])
     ratio = math.exp(iv.estimate)
