@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, overload
 import torch
 from torch import Tensor
 
@@ -138,6 +139,14 @@ def _stats(x: Tensor, dims: tuple[int, ...], center: bool, mask: Tensor | None):
     corr = d.sum(dims, keepdim=True) / n
     var = (d.square().sum(dims, keepdim=True) / n - corr.square()).clamp_min(0)
     return shift, corr, var, count
+
+
+@overload
+def moments(x: Tensor, dims: Dims, *, center: bool = ..., mask: Tensor | None = ...,
+            return_count: Literal[False] = ...) -> tuple[Tensor | None, Tensor]: ...
+@overload
+def moments(x: Tensor, dims: Dims, *, center: bool = ..., mask: Tensor | None = ...,
+            return_count: Literal[True]) -> tuple[Tensor | None, Tensor, Tensor | int]: ...
 
 
 def moments(

@@ -117,7 +117,7 @@ def axes_run(config: dict, seed: int) -> dict:
     import torch
 
     at_cnn, at_tok = (1, 2, 1, 0), (1, 2, 0)
-    out = {"layers": {}, "pools": {}}
+    out: dict[str, dict] = {"layers": {}, "pools": {}}
     for name, (layer, shape, claimed, affine) in _layers().items():
         at = at_tok if len(shape) == 3 else at_cnn
         got = _pooled(layer, shape, at, seed)
@@ -471,7 +471,7 @@ def degenerate_run(config: dict, seed: int) -> dict:
     _, var = moments(x, (0,))
     y = normalize(x, (0,), torch.ones(c, dtype=torch.float64), beta)
     (grad,) = torch.autograd.grad(y, x, torch.randn(1, c, generator=g, dtype=torch.float64))
-    errors = {}
+    errors: dict[str, str | None] = {}
     for lib, layer in (("normlab", BatchNorm1d(c)), ("torch", torch.nn.BatchNorm1d(c))):
         try:
             layer.train()(x.detach().float())

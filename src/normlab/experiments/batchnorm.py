@@ -243,7 +243,7 @@ def packing_run(config: dict, seed: int) -> dict:
     block, batch, n = 64, 8, 20
     g = torch.Generator().manual_seed(seed)
     probe = corpus.train[int(torch.randint(0, len(corpus.train) - n, (1,), generator=g)) :][:n]
-    outs = {"bn": [], "ln": [], "masked_bn": []}
+    outs: dict[str, list] = {"bn": [], "ln": [], "masked_bn": []}
     for k in range(2):
         b = packed_batch(corpus.train, batch, block, torch.Generator().manual_seed(seed * 10 + k + 1))
         x = b.x.clone()
@@ -325,7 +325,8 @@ def variance_shift(net, x) -> dict[str, float]:
 
     from ..layers import BatchNorm
 
-    seen, handles = {}, []
+    seen: dict = {}
+    handles: list = []
     for name, m in net.named_modules():
         if isinstance(m, BatchNorm):
             handles.append(m.register_forward_pre_hook(

@@ -78,7 +78,7 @@ def run_fingerprint(fn: Callable) -> str:
         if isinstance(obj, type):
             members = [m for m in vars(obj).values() if isinstance(m, (types.FunctionType, staticmethod,
                                                                        classmethod, property))]
-            funcs = []
+            funcs: list[Callable] = []
             for m in members:
                 f = m.fget if isinstance(m, property) else getattr(m, "__func__", m)
                 if isinstance(f, types.FunctionType):

@@ -94,6 +94,8 @@ def timing_run(config: dict, seed: int) -> dict:
         for fn in pair.values():
             for _ in range(2):
                 fn()
+    out: dict[str, dict[str, dict[str, list[float]]]]
+    warm: dict[str, dict[str, dict[str, list[float]]]]
     out, warm = ({impl: {p: {"layernorm": [], "rmsnorm": []} for p in PASSES} for impl in IMPLS} for _ in range(2))
     for r in range(config["warmup_rounds"] + config["rounds"]):
         keep = out if r >= config["warmup_rounds"] else warm

@@ -17,6 +17,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import dataclass, field
 
 from .stats import LEVEL, Interval, combine, interval, judge_direction, judge_equivalence, judge_threshold
@@ -157,8 +158,11 @@ def by_name(records: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def paired_by_seed(group_a: list[dict], group_b: list[dict], value: Callable[[dict], float]
-                   ) -> tuple[list[float], list[float]]:
+_V = TypeVar("_V")
+
+
+def paired_by_seed(group_a: list[dict], group_b: list[dict], value: Callable[[dict], _V]
+                   ) -> tuple[list[_V], list[_V]]:
     """``value`` of the records of the seeds both groups have, aligned by seed (for a paired interval)."""
     a = {r["seed"]: value(r) for r in group_a}
     b = {r["seed"]: value(r) for r in group_b}

@@ -404,7 +404,7 @@ def width_run(config: dict, seed: int) -> dict:
 
     model, corpus, rec = train_gpt(config, seed, batch=8)
     batch = random_windows(corpus.val, 16, config["model"]["block_size"], torch.Generator().manual_seed(7))
-    hidden = {}
+    hidden: dict[str, torch.Tensor] = {}
     handle = model.blocks[-1].register_forward_hook(lambda m, a, out: hidden.__setitem__("h", out.detach()))
     model.eval()
     with torch.no_grad():

@@ -4,6 +4,7 @@ regularization (C13), gamma=0 (C30), weight normalization (C33)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from .plots import curves_plot, pyplot, save_fig, seed_lines
 from .registry import register
@@ -254,6 +255,11 @@ def _over_checkpoints(r, key) -> list[float]:
     return [mean(v) for v in vals]
 
 
+def _log_first(r, key) -> float:
+    """log10 of the first entry of :func:`_over_checkpoints` (floored at 1e-12)."""
+    return math.log10(max(_over_checkpoints(r, key)[0], 1e-12))
+
+
 def _log_ratio(a: float, b: float) -> float:
     return math.log10(max(a, 1e-12) / max(b, 1e-12))
 
@@ -281,7 +287,7 @@ def _c01_verdict(records) -> Verdict:
         bn, no, lost = _landscape_pairs(records, lr)
         dropped += [f"seed {s} at lr {lr:g}" for s in lost]
         for form, key in (("||G - G'||", "ics_l2"), ("1 - cos(G, G')", "ics_cos")):
-            a, b = paired_by_seed(bn, no, lambda r, key=key: _over_checkpoints(r, key))
+            a, b = paired_by_seed(bn, no, partial(_over_checkpoints, key=key))
             layers = min((len(x) for x in a + b), default=1)
             texts = []
             for i in range(layers):
@@ -315,7 +321,7 @@ def _c02_verdict(records) -> Verdict:
     bn, no, lost = _landscape_pairs(records)
     parts = {}
     for key, what in (("beta", "effective beta-smoothness"), ("loss_range", "loss range along -g")):
-        a, b = paired_by_seed(bn, no, lambda r, key=key: math.log10(max(_over_checkpoints(r, key)[0], 1e-12)))
+        a, b = paired_by_seed(bn, no, partial(_log_first, key=key))
         parts[what] = compare(a, b, expect="less", paired=True, what=f"log10 {what} (mean over checkpoints)",
                               label_a="BN", label_b="none")
     v = combine_verdicts(parts)
@@ -815,7 +821,7 @@ def data_dependent_init(net, x) -> None:
 
     layers = [m for m in net.modules() if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")]
     for m in layers:
-        seen = {}
+        seen: dict[str, torch.Tensor] = {}
         handle = m.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out.detach()))
         with torch.no_grad():
             net(x)
