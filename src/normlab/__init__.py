@@ -7,7 +7,8 @@ formula, :class:`normlab.Norm` the general module, and the named layers
 (:class:`BatchNorm`, :class:`LayerNorm`, :class:`RMSNorm`, ...) are presets.
 """
 
-from . import functional
+from . import functional, kernels
+from .kernels import add_norm, use_reference
 from .layers import (
     BatchNorm,
     BatchNorm1d,
@@ -35,5 +36,6 @@ __version__ = "0.1.0"
 __all__ = [
     "functional", "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm",
-    "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "__version__",
+    "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "kernels", "add_norm",
+    "use_reference", "__version__",
 ]

@@ -1,11 +1,16 @@
 """Time normlab's layers against torch.nn's, torch.compile and the memory-copy limit, side by side.
 
-Every case times the same input through: ``x.clone()`` (one read + one
-write of the tensor: the bandwidth floor any normalizer pays at least),
-the ``torch.nn`` layer, ``torch.compile`` of that layer, and the normlab
-layer; forward alone and forward+backward (``torch.autograd.grad`` of the
-output with a fixed upstream gradient, so nothing accumulates).  Times are
-medians of repeated runs; ratios are normlab / anchor.
+Every case times the same inputs through: ``x.clone()`` (one read + one
+write of the tensor, allocation included: the bandwidth floor any
+normalizer pays at least), the ``torch.nn`` layer (or the torch way to do
+what the normlab call does), ``torch.compile`` of it, and the normlab layer;
+forward alone (under ``no_grad``) and forward+backward
+(``torch.autograd.grad`` of the outputs with fixed upstream gradients, so
+nothing accumulates), in float32 and bfloat16.  The variants are timed in
+interleaved rounds (each round times every variant once, in a rotating
+order), so a slow spell of the machine hits them all; a row reports medians
+and ratios normlab / anchor, and the path normlab took
+(:func:`normlab.kernels.implementation`).
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import normlab as nl
 
-__all__ = ["Case", "CASES", "case_names", "run_bench", "format_table"]
+__all__ = ["Case", "CASES", "DTYPES", "case_names", "run_bench", "format_table", "save"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class _ChannelsFirstLayerNorm(nn.Module):
@@ -36,30 +43,62 @@ class _ChannelsFirstLayerNorm(nn.Module):
         return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class _AddThenNorm(nn.Module):
+    """The unfused residual add + LayerNorm of a pre-LN block: ``(ln(x + r), x + r)``."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x, r):
+        s = x + r
+        return self.norm(s), s
+
+
+class _FusedAddNorm(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x, r):
+        return nl.add_norm(x, r, self.norm)
+
+
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: a name, full and quick input shapes, and builders of both layers from a shape."""
+    """One benchmark: a name, full and quick input shapes, builders of both sides, how many inputs, mode."""
 
     name: str
     shape: tuple[int, ...]
     quick_shape: tuple[int, ...]
     torch_layer: Callable[[tuple[int, ...]], nn.Module]
     normlab_layer: Callable[[tuple[int, ...]], nn.Module]
+    inputs: int = 1
+    train: bool = True
 
+
+_LN = (8, 512, 768), (4, 128, 256)
+_WIDE = (2048, 4096), (256, 1024)
+_CNN = (32, 64, 32, 32), (8, 32, 16, 16)
 
 CASES: list[Case] = [
-    Case("LayerNorm", (8, 512, 768), (4, 128, 256), lambda s: nn.LayerNorm(s[-1]), lambda s: nl.LayerNorm(s[-1])),
-    Case("RMSNorm", (8, 512, 768), (4, 128, 256), lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
+    Case("LayerNorm", *_LN, lambda s: nn.LayerNorm(s[-1]), lambda s: nl.LayerNorm(s[-1])),
+    Case("RMSNorm", *_LN, lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
     # wide rows, few of them (the shape column gives the sizes: 2048x4096, quick 256x1024)
-    Case("LayerNorm-wide", (2048, 4096), (256, 1024), lambda s: nn.LayerNorm(s[-1]),
-         lambda s: nl.LayerNorm(s[-1])),
-    Case("RMSNorm-wide", (2048, 4096), (256, 1024), lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
-    Case("BatchNorm2d", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: nn.BatchNorm2d(s[1]),
-         lambda s: nl.BatchNorm2d(s[1])),
-    Case("GroupNorm(32)", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: nn.GroupNorm(32, s[1]),
-         lambda s: nl.GroupNorm(32, s[1])),
-    Case("LayerNorm2d", (32, 64, 32, 32), (8, 32, 16, 16), lambda s: _ChannelsFirstLayerNorm(s[1]),
-         lambda s: nl.LayerNorm2d(s[1])),
+    Case("LayerNorm-wide", *_WIDE, lambda s: nn.LayerNorm(s[-1]), lambda s: nl.LayerNorm(s[-1])),
+    Case("RMSNorm-wide", *_WIDE, lambda s: nn.RMSNorm(s[-1]), lambda s: nl.RMSNorm(s[-1])),
+    # a pre-LN block's residual add and the LayerNorm after it: torch adds then normalizes
+    Case("AddLayerNorm", *_LN, lambda s: _AddThenNorm(nn.LayerNorm(s[-1])),
+         lambda s: _FusedAddNorm(nl.LayerNorm(s[-1])), inputs=2),
+    Case("AddRMSNorm", *_LN, lambda s: _AddThenNorm(nn.RMSNorm(s[-1])),
+         lambda s: _FusedAddNorm(nl.RMSNorm(s[-1])), inputs=2),
+    Case("BatchNorm2d", *_CNN, lambda s: nn.BatchNorm2d(s[1]), lambda s: nl.BatchNorm2d(s[1])),
+    Case("BatchNorm2d-eval", *_CNN, lambda s: nn.BatchNorm2d(s[1]), lambda s: nl.BatchNorm2d(s[1]), train=False),
+    Case("BatchNorm1d", (8192, 256), (1024, 64), lambda s: nn.BatchNorm1d(s[1]), lambda s: nl.BatchNorm1d(s[1])),
+    Case("GroupNorm(32)", *_CNN, lambda s: nn.GroupNorm(32, s[1]), lambda s: nl.GroupNorm(32, s[1])),
+    Case("InstanceNorm2d", *_CNN, lambda s: nn.InstanceNorm2d(s[1], affine=True),
+         lambda s: nl.InstanceNorm2d(s[1], affine=True)),
+    Case("LayerNorm2d", *_CNN, lambda s: _ChannelsFirstLayerNorm(s[1]), lambda s: nl.LayerNorm2d(s[1])),
 ]
 
 
@@ -72,7 +111,9 @@ def case_names() -> list[str]:
 class Row:
     case: str
     shape: tuple[int, ...]
+    dtype: str
     passes: str
+    path: str
     copy_ms: float
     torch_ms: float
     compiled_ms: float | None
@@ -92,37 +133,56 @@ class Row:
         return self.normlab_ms / self.copy_ms
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float]:
-    """Median and interquartile range of ``fn``'s wall time, in milliseconds."""
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """Median and interquartile range (ms) of each function, timed once per round in a rotating order."""
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for n, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[n] = (statistics.median(ts), q[2] - q[0])
+    return out
 
 
-def _runner(layer: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], object]:
+def _runner(layer: nn.Module, xs: Sequence[Tensor], backward: bool) -> Callable[[], object]:
     if not backward:
         def fwd():
             with torch.no_grad():
-                return layer(x)
+                return layer(*xs)
         return fwd
-    xg = x.detach().requires_grad_(True)
-    inputs = [xg, *(p for p in layer.parameters() if p.requires_grad)]
-    grad = torch.randn_like(x)
+    xg = [x.detach().requires_grad_(True) for x in xs]
+    inputs = [*xg, *(p for p in layer.parameters() if p.requires_grad)]
+    with torch.no_grad():
+        out = layer(*xs)
+    outs = out if isinstance(out, tuple) else (out,)
+    grads = [torch.randn_like(o) for o in outs]
 
     def fwd_bwd():
-        return torch.autograd.grad(layer(xg), inputs, grad)
+        res = layer(*xg)
+        return torch.autograd.grad(res if isinstance(res, tuple) else (res,), inputs, grads)
     return fwd_bwd
 
 
+def _normlab_path(layer: nn.Module, x: Tensor) -> str:
+    norm = getattr(layer, "norm", layer)
+    try:
+        return nl.kernels.implementation(norm, x)
+    except TypeError:
+        return "-"
+
+
 def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None = None,
-              cases: list[str] | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Run the benchmark; return a JSON-ready dict with the environment and one row per (case, pass)."""
+              cases: list[str] | None = None, dtypes: Sequence[str] = ("float32", "bfloat16"),
+              log: Callable[[str], None] | None = None) -> dict:
+    """Run the benchmark; return a JSON-ready dict with the environment and one row per (case, dtype, pass)."""
     repeats = repeats or (5 if quick else 25)
     warmup = 2 if quick else 5
     selected = [c for c in CASES if cases is None or c.name in cases]
@@ -130,26 +190,39 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
         known = ", ".join(c.name for c in CASES)
         unknown = sorted(set(cases) - {c.name for c in selected})
         raise ValueError(f"unknown bench case(s) {unknown}; known: {known}")
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes:
+        raise ValueError(f"unknown dtype(s) {bad or list(dtypes)}; known: {', '.join(DTYPES)}")
+    nl.kernels.cpp_available()  # build the kernels (once per machine) before anything is timed
     rows = []
     for case in selected:
         shape = case.quick_shape if quick else case.shape
-        x = torch.randn(shape)
-        theirs, ours = case.torch_layer(shape), case.normlab_layer(shape)
-        compiled = torch.compile(case.torch_layer(shape)) if compile else None
-        for backward in (False, True):
-            if log:
-                log(f"  {case.name} {shape} {'fwd+bwd' if backward else 'fwd'}")
-            copy_ms, copy_iqr = _median_ms(lambda: x.clone(), repeats, warmup)
-            torch_ms, torch_iqr = _median_ms(_runner(theirs, x, backward), repeats, warmup)
-            comp_ms = _median_ms(_runner(compiled, x, backward), repeats, warmup)[0] if compiled is not None else None
-            ours_ms, ours_iqr = _median_ms(_runner(ours, x, backward), repeats, warmup)
-            rows.append(Row(case.name, tuple(shape), "fwd+bwd" if backward else "fwd", copy_ms, torch_ms,
-                            comp_ms, ours_ms, {"copy_iqr_ms": copy_iqr, "torch_iqr_ms": torch_iqr,
-                                               "normlab_iqr_ms": ours_iqr}))
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            gen = torch.Generator().manual_seed(0)
+            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
+            theirs = case.torch_layer(shape).to(dtype).train(case.train)
+            ours = case.normlab_layer(shape).to(dtype).train(case.train)
+            compiled = torch.compile(case.torch_layer(shape).to(dtype).train(case.train)) if compile else None
+            path = _normlab_path(ours, xs[0])
+            for backward in (False, True):
+                passes = "fwd+bwd" if backward else "fwd"
+                if log:
+                    log(f"  {case.name} {shape} {dname} {passes}")
+                fns = {"copy": lambda: xs[0].clone(), "torch": _runner(theirs, xs, backward),
+                       "normlab": _runner(ours, xs, backward)}
+                if compiled is not None:
+                    fns["compiled"] = _runner(compiled, xs, backward)
+                t = _interleaved(fns, repeats, warmup)
+                rows.append(Row(case.name, tuple(shape), dname, passes, path, t["copy"][0], t["torch"][0],
+                                t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
+                                {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
+                                 "normlab_iqr_ms": t["normlab"][1]}))
     return {
         "env": {"torch": torch.__version__, "normlab": nl.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "dtype": "float32", "repeats": repeats, "quick": quick},
+                "threads": torch.get_num_threads(), "dtypes": list(dtypes), "repeats": repeats, "quick": quick,
+                "kernels": nl.kernels.mode()},
         "rows": [dict(asdict(r), vs_torch=r.vs_torch, vs_compiled=r.vs_compiled, vs_copy=r.vs_copy)
                  for r in rows],
     }
@@ -157,27 +230,31 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
 
 def format_table(result: dict) -> str:
     env = result["env"]
-    head = (f"normlab bench: torch {env['torch']}, {env['threads']} CPU threads, {env['dtype']}, "
-            f"median of {env['repeats']} runs{' (quick shapes)' if env['quick'] else ''}\n"
+    head = (f"normlab bench: torch {env['torch']}, {env['threads']} CPU threads, median of {env['repeats']} "
+            f"interleaved rounds{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}\n"
             "ratios are normlab time / anchor time (lower is better; 1.00 = as fast as the anchor)\n")
-    cols = ["layer", "shape", "pass", "copy ms", "torch ms", "compiled ms", "normlab ms", "/torch", "/compiled",
-            "/copy"]
+    cols = ["layer", "shape", "dtype", "pass", "normlab path", "copy ms", "torch ms", "compiled ms", "normlab ms",
+            "/torch", "/compiled", "/copy"]
     lines = []
     for r in result["rows"]:
-        lines.append([r["case"], "x".join(map(str, r["shape"])), r["passes"], f"{r['copy_ms']:.3f}",
-                      f"{r['torch_ms']:.3f}", "-" if r["compiled_ms"] is None else f"{r['compiled_ms']:.3f}",
-                      f"{r['normlab_ms']:.3f}", f"{r['vs_torch']:.2f}",
-                      "-" if r["vs_compiled"] is None else f"{r['vs_compiled']:.2f}", f"{r['vs_copy']:.2f}"])
+        lines.append([r["case"], "x".join(map(str, r["shape"])), r["dtype"], r["passes"], r["path"],
+                      f"{r['copy_ms']:.3f}", f"{r['torch_ms']:.3f}",
+                      "-" if r["compiled_ms"] is None else f"{r['compiled_ms']:.3f}", f"{r['normlab_ms']:.3f}",
+                      f"{r['vs_torch']:.2f}", "-" if r["vs_compiled"] is None else f"{r['vs_compiled']:.2f}",
+                      f"{r['vs_copy']:.2f}"])
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
-    fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
-    by_name = {(r["case"], r["passes"]): r for r in result["rows"]}
+    fmt = lambda row: "  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
+    by_name = {(r["case"], r["dtype"], r["passes"]): r for r in result["rows"]}
     notes = []
-    for p in ("fwd", "fwd+bwd"):
-        for suffix in ("", "-wide"):
-            ln, rms = by_name.get(("LayerNorm" + suffix, p)), by_name.get(("RMSNorm" + suffix, p))
-            if ln and rms:
-                notes.append(f"torch RMSNorm / torch LayerNorm{suffix or ''} ({p}): {rms['torch_ms'] / ln['torch_ms']:.2f}x; "
-                             f"normlab RMSNorm / normlab LayerNorm: {rms['normlab_ms'] / ln['normlab_ms']:.2f}x")
+    for d in env.get("dtypes", ["float32"]):
+        for p in ("fwd", "fwd+bwd"):
+            for suffix in ("", "-wide"):
+                ln, rms = by_name.get(("LayerNorm" + suffix, d, p)), by_name.get(("RMSNorm" + suffix, d, p))
+                if ln and rms:
+                    notes.append(f"{d} {p}: torch RMSNorm / torch LayerNorm{suffix}: "
+                                 f"{rms['torch_ms'] / ln['torch_ms']:.2f}x; normlab RMSNorm / normlab LayerNorm: "
+                                 f"{rms['normlab_ms'] / ln['normlab_ms']:.2f}x; normlab RMSNorm / torch LayerNorm: "
+                                 f"{rms['normlab_ms'] / ln['torch_ms']:.2f}x")
     return "\n".join([head, fmt(cols), *(fmt(line) for line in lines), "", *notes])
 
 

@@ -37,8 +37,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _fail("bench", f"--cases {args.cases!r} names no case; known: {', '.join(bench.case_names())}")
     log = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
+        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
         result = bench.run_bench(quick=args.quick, compile=not args.no_compile, repeats=args.repeats,
-                                 cases=cases, log=log)
+                                 cases=cases, dtypes=dtypes, log=log)
     except ValueError as e:
         print(f"normlab bench: {e}", file=sys.stderr)
         return 2
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per measurement")
     b.add_argument("--cases", default=None, metavar="NAMES",
                    help=f"comma-separated case names, from: {', '.join(case_names)} (default: all)")
+    b.add_argument("--dtypes", default="float32,bfloat16", metavar="NAMES",
+                   help="comma-separated input dtypes, from: float32, bfloat16 (default: both)")
     b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._cache import cache_dir
+
 __all__ = ["ClassificationData", "digits", "mnist1d", "cache_dir", "MNIST1D_DEFAULTS"]
 
 
@@ -89,14 +91,6 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0,
 MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "template_len": 12, "padding": [36, 60],
                     "scale_coeff": 0.4, "max_translation": 48, "corr_noise_scale": 0.25, "iid_noise_scale": 2e-2,
                     "shear_scale": 0.75, "shuffle_seq": False, "final_seq_length": 40, "seed": 42}
-
-
-def cache_dir() -> str:
-    """Where generated data is cached: $NORMLAB_CACHE, else $XDG_CACHE_HOME/normlab, else ~/.cache/normlab."""
-    base = os.environ.get("NORMLAB_CACHE")
-    if not base:
-        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normlab")
-    return base
 
 
 def _generate_mnist1d(settings: dict) -> dict[str, np.ndarray]:

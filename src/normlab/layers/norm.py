@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as NF
+from .. import kernels
 from ._script import NoTorchScript
 
 __all__ = ["Norm"]
@@ -483,12 +484,20 @@ class Norm(NoTorchScript, nn.Module):
             self.running_mean.copy_(torch.where(valid, new_mean, self.running_mean))
             self.running_var.copy_(torch.where(valid, new_var, self.running_var))
             if _host_checks(finite) and not bool(finite.all()):
-                bad = (~finite).nonzero().flatten().tolist()[:10]
-                warnings.warn(f"{type(self).__name__}: non-finite batch statistics (NaN/inf in the input) at "
-                              f"feature index {bad}; their running statistics were left unchanged",
-                              RuntimeWarning, stacklevel=4)
+                self._warn_non_finite(~finite)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def _warn_non_finite(self, bad: Tensor) -> None:
+        index = bad.nonzero().flatten().tolist()[:10]
+        warnings.warn(f"{type(self).__name__}: non-finite batch statistics (NaN/inf in the input) at "
+                      f"feature index {index}; their running statistics were left unchanged",
+                      RuntimeWarning, stacklevel=5)
+
+    def _fast_paths_allowed(self) -> bool:
+        """Whether :mod:`normlab.kernels` may compute this layer's calls (SyncBatchNorm: not across processes)."""
+        return True
+
+    def _prepared(self, x: Tensor, mask: Tensor | None):
+        """Validate a call; ``(rdims, pdims, mask, weight, bias, eps)`` with the parameters laid along pdims."""
         rdims, pdims = self._layout(x)
         mask = self._mask(mask, x, pdims)
         weight, bias = self.weight, self.bias
@@ -499,7 +508,23 @@ class Norm(NoTorchScript, nn.Module):
             weight = weight + 1
         weight = self._param_view(weight, x, pdims)
         bias = self._param_view(bias, x, pdims)
-        eps = self._eps(x)
+        return rdims, pdims, mask, weight, bias, self._eps(x)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            y = kernels.cached_forward(self, x)
+            if y is not None:
+                return y
+        rdims, pdims, mask, weight, bias, eps = self._prepared(x, mask)
+        fast = kernels.dispatch(self, x, mask, rdims, pdims, weight, bias, eps)
+        if fast is not None:  # a fused kernel computed the call (see normlab.kernels)
+            y, moments = fast
+            if moments is not None:
+                mean, var, count = moments
+                self._check_count(count, x)
+                if self._updates_running_stats():
+                    self._update_running_stats(mean, var, count, rdims, pdims)
+            return y
         if not self._use_batch_stats():
             return NF.normalize_with(x, self._param_view(self.running_mean, x, pdims),
                                      self._param_view(self.running_var, x, pdims), weight, bias, eps=eps)

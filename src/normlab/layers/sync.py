@@ -91,6 +91,9 @@ class SyncBatchNorm(BatchNorm):
         group = self.process_group if self.process_group is not None else dist.group.WORLD
         return group if dist.get_world_size(group) > 1 else None
 
+    def _fast_paths_allowed(self) -> bool:
+        return self._sync_group() is None  # across processes the statistics need the all-reduces below
+
     def _batch_moments(self, x: Tensor, rdims: tuple[int, ...], mask: Tensor | None):
         group = self._sync_group()
         if group is None:

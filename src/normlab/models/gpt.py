@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .._checks import check_bool, check_choice, check_float, check_int
 from ..layers import BatchNorm, DyT, LayerNorm, RMSNorm, ScaleNorm
+from ..kernels import add_norm
 from ..layers.norm import _host_checks
 
 __all__ = ["GPT", "GPTConfig", "NORMS", "PLACEMENTS", "QK_NORMS"]
@@ -238,13 +239,13 @@ def _post(b: Block, x: Tensor, ctx: Context) -> Tensor:
 
 
 def _pre(b: Block, x: Tensor, ctx: Context) -> Tensor:
-    x = x + b.attn(b.norm("ln_1", x, ctx), ctx)
-    return x + b.mlp(b.norm("ln_2", x, ctx))
+    h, x = b.add_norm("ln_2", x, b.attn(b.norm("ln_1", x, ctx), ctx), ctx)  # x += attn(ln_1(x)); h = ln_2(x)
+    return x + b.mlp(h)
 
 
 def _sandwich(b: Block, x: Tensor, ctx: Context) -> Tensor:
-    x = x + b.norm("ln_1_out", b.attn(b.norm("ln_1", x, ctx), ctx), ctx)
-    return x + b.norm("ln_2_out", b.mlp(b.norm("ln_2", x, ctx)), ctx)
+    h, x = b.add_norm("ln_2", x, b.norm("ln_1_out", b.attn(b.norm("ln_1", x, ctx), ctx), ctx), ctx)
+    return x + b.norm("ln_2_out", b.mlp(h), ctx)
 
 
 def _parallel(b: Block, x: Tensor, ctx: Context) -> Tensor:
@@ -290,6 +291,14 @@ class Block(nn.Module):
 
     def norm(self, name: str, x: Tensor, ctx: Context) -> Tensor:
         return apply_norm(self.norms[name], x, ctx.mask)
+
+    def add_norm(self, name: str, x: Tensor, branch: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``(norm(x + branch), x + branch)``: the residual add and the next norm in one pass where possible."""
+        norm = self.norms[name]
+        if isinstance(norm, BatchNorm):  # needs the padding mask; nothing to fuse
+            s = x + branch
+            return apply_norm(norm, s, ctx.mask), s
+        return add_norm(x, branch, norm)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         return PLACEMENTS[self.placement].forward(self, x, ctx)

@@ -1,0 +1,475 @@
+// Batch normalization: statistics of each channel over every other dim, optionally masked.
+//
+// Two layouts: "ncs", x viewed as (N, C, S) with the channel in the middle (BatchNorm2d/3d on
+// contiguous NCHW), processed channel by channel; and "cols", x viewed as (M, C) with the channel
+// last (BatchNorm1d on (N, C), BatchNorm(channel_dim=-1) on (B, T, D), channels-last NCHW),
+// processed in row blocks with per-thread column sums.  A mask ((N, S) or (M,), bool, True = real)
+// keeps elements out of the statistics; every element is normalized.  With given statistics
+// (running mean and variance: eval mode, a frozen layer) nothing is reduced.
+//
+// stats: (4, C) = shift, corr, biased var, count (the number of real elements per channel).
+#include "common.h"
+
+#include <torch/library.h>
+
+namespace normlab {
+namespace {
+
+template <typename A>
+struct ChannelStats {
+  std::vector<A> shift, corr, var, rstd;
+  explicit ChannelStats(int64_t C) : shift(C, A(0)), corr(C, A(0)), var(C, A(0)), rstd(C, A(0)) {}
+};
+
+// ------------------------------------------------------------------------------- (N, C, S)
+template <typename T>
+void ncs_stats(const T* x, const bool* mask, int64_t N, int64_t C, int64_t S, double count,
+               ChannelStats<acc_t<T>>& cs) {
+  using A = acc_t<T>;
+  const A inv = A(1) / A(std::max(count, 1.0));
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xr = x + (n * C + c) * S;
+        if (!mask) {
+          s += sum1(xr, S);
+          continue;
+        }
+        const bool* mr = mask + n * S;
+        for (int64_t i0 = 0; i0 < S; i0 += kChunk) {
+          const int64_t i1 = std::min(S, i0 + kChunk);
+          A p = 0;
+#pragma omp simd reduction(+ : p)
+          for (int64_t i = i0; i < i1; ++i) p += mr[i] ? ld(xr, i) : A(0);
+          s += p;
+        }
+      }
+      const A shift = A(s) * inv;
+      double sd = 0, sq = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xr = x + (n * C + c) * S;
+        if (!mask) {
+          sum_dev(xr, S, shift, sd, sq);
+          continue;
+        }
+        const bool* mr = mask + n * S;
+        for (int64_t i0 = 0; i0 < S; i0 += kChunk) {
+          const int64_t i1 = std::min(S, i0 + kChunk);
+          A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+          for (int64_t i = i0; i < i1; ++i) {
+            const A d = mr[i] ? ld(xr, i) - shift : A(0);
+            a += d;
+            b += d * d;
+          }
+          sd += a;
+          sq += b;
+        }
+      }
+      cs.shift[c] = shift;
+      cs.corr[c] = A(sd) * inv;
+      cs.var[c] = std::max(A(sq) * inv - cs.corr[c] * cs.corr[c], A(0));
+    }
+  });
+}
+
+template <typename T>
+void ncs_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t N,
+               int64_t C, int64_t S) {
+  using A = acc_t<T>;
+  at::parallel_for(0, N * C, grain_for(S), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % C;
+      const A sh = cs.shift[c], co = cs.corr[c], rs = cs.rstd[c];
+      const A wc = w ? w[c] : A(1), bc = b ? b[c] : A(0);
+      const T* xr = x + r * S;
+      T* yr = y + r * S;
+#pragma omp simd
+      for (int64_t i = 0; i < S; ++i) st(yr, i, (((ld(xr, i) - sh) - co) * rs) * wc + bc);
+    }
+  });
+}
+
+// sums over every element of a channel of dy and dy * xhat; then dx
+template <typename T>
+void ncs_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
+             acc_t<T>* dw, acc_t<T>* db, int64_t N, int64_t C, int64_t S, double count, bool batch_stats) {
+  using A = acc_t<T>;
+  const A inv = A(1) / A(std::max(count, 1.0));
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const A sh = cs.shift[c], co = cs.corr[c], rs = cs.rstd[c];
+      double sdy = 0, sdyx = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xr = x + (n * C + c) * S;
+        const T* gr = dy + (n * C + c) * S;
+        for (int64_t i0 = 0; i0 < S; i0 += kChunk) {
+          const int64_t i1 = std::min(S, i0 + kChunk);
+          A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+          for (int64_t i = i0; i < i1; ++i) {
+            const A g = ld(gr, i);
+            a += g;
+            b += g * (((ld(xr, i) - sh) - co) * rs);
+          }
+          sdy += a;
+          sdyx += b;
+        }
+      }
+      if (dw) dw[c] = A(sdyx);
+      if (db) db[c] = A(sdy);
+      const A wc = w ? w[c] : A(1);
+      const A k = wc * rs;
+      const A m1 = batch_stats ? A(sdy) * inv : A(0), m2 = batch_stats ? A(sdyx) * inv : A(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xr = x + (n * C + c) * S;
+        const T* gr = dy + (n * C + c) * S;
+        T* dr = dx + (n * C + c) * S;
+        if (mask) {
+          const bool* mr = mask + n * S;
+#pragma omp simd
+          for (int64_t i = 0; i < S; ++i) {
+            const A xh = ((ld(xr, i) - sh) - co) * rs;
+            st(dr, i, k * (ld(gr, i) - (mr[i] ? m1 + xh * m2 : A(0))));
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < S; ++i) {
+            const A xh = ((ld(xr, i) - sh) - co) * rs;
+            st(dr, i, k * (ld(gr, i) - m1 - xh * m2));
+          }
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------- (M, C)
+constexpr int64_t kRowBlock = 64;
+
+template <typename T>
+void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count, ChannelStats<acc_t<T>>& cs) {
+  using A = acc_t<T>;
+  const A inv = A(1) / A(std::max(count, 1.0));
+  const int64_t parts = at::get_num_threads();
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  std::vector<double> tot(size_t(parts * C), 0.0), tot2(size_t(parts * C), 0.0);
+  // pass 1: column sums of the real rows
+  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
+    double* t = tot.data() + C * int64_t(at::get_thread_num());
+    std::vector<A> part(C);
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      std::fill(part.begin(), part.end(), A(0));
+      A* p = part.data();
+      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+        if (mask && !mask[r]) continue;
+        const T* xr = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) p[c] += ld(xr, c);
+      }
+      for (int64_t c = 0; c < C; ++c) t[c] += part[c];
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int64_t t = 0; t < parts; ++t) s += tot[t * C + c];
+    cs.shift[c] = A(s) * inv;
+  }
+  std::fill(tot.begin(), tot.end(), 0.0);
+  // pass 2: sums of deviations from the shift
+  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
+    double* t = tot.data() + C * int64_t(at::get_thread_num());
+    double* t2 = tot2.data() + C * int64_t(at::get_thread_num());
+    std::vector<A> pa(C), pb(C);
+    const A* sh = cs.shift.data();
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      std::fill(pa.begin(), pa.end(), A(0));
+      std::fill(pb.begin(), pb.end(), A(0));
+      A* a = pa.data();
+      A* b = pb.data();
+      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+        if (mask && !mask[r]) continue;
+        const T* xr = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const A d = ld(xr, c) - sh[c];
+          a[c] += d;
+          b[c] += d * d;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        t[c] += pa[c];
+        t2[c] += pb[c];
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double sd = 0, sq = 0;
+    for (int64_t t = 0; t < parts; ++t) {
+      sd += tot[t * C + c];
+      sq += tot2[t * C + c];
+    }
+    cs.corr[c] = A(sd) * inv;
+    cs.var[c] = std::max(A(sq) * inv - cs.corr[c] * cs.corr[c], A(0));
+  }
+}
+
+template <typename T>
+void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t M,
+                int64_t C) {
+  using A = acc_t<T>;
+  std::vector<A> ones(C, A(1)), zeros(C, A(0));
+  const A* wv = w ? w : ones.data();
+  const A* bv = b ? b : zeros.data();
+  const A* sh = cs.shift.data();
+  const A* co = cs.corr.data();
+  const A* rs = cs.rstd.data();
+  at::parallel_for(0, M, grain_for(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) st(yr, c, (((ld(xr, c) - sh[c]) - co[c]) * rs[c]) * wv[c] + bv[c]);
+    }
+  });
+}
+
+template <typename T>
+void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
+              acc_t<T>* dw, acc_t<T>* db, int64_t M, int64_t C, double count, bool batch_stats) {
+  using A = acc_t<T>;
+  const A inv = A(1) / A(std::max(count, 1.0));
+  const int64_t parts = at::get_num_threads();
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  std::vector<double> tot(size_t(parts * C), 0.0), tot2(size_t(parts * C), 0.0);
+  const A* sh = cs.shift.data();
+  const A* co = cs.corr.data();
+  const A* rs = cs.rstd.data();
+  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
+    double* t = tot.data() + C * int64_t(at::get_thread_num());
+    double* t2 = tot2.data() + C * int64_t(at::get_thread_num());
+    std::vector<A> pa(C), pb(C);
+    for (int64_t bl = b0; bl < b1; ++bl) {
+      std::fill(pa.begin(), pa.end(), A(0));
+      std::fill(pb.begin(), pb.end(), A(0));
+      A* a = pa.data();
+      A* b = pb.data();
+      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+        const T* xr = x + r * C;
+        const T* gr = dy + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const A g = ld(gr, c);
+          a[c] += g;
+          b[c] += g * (((ld(xr, c) - sh[c]) - co[c]) * rs[c]);
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        t[c] += pa[c];
+        t2[c] += pb[c];
+      }
+    }
+  });
+  std::vector<A> k(C), m1(C), m2(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double sdy = 0, sdyx = 0;
+    for (int64_t t = 0; t < parts; ++t) {
+      sdy += tot[t * C + c];
+      sdyx += tot2[t * C + c];
+    }
+    if (dw) dw[c] = A(sdyx);
+    if (db) db[c] = A(sdy);
+    k[c] = (w ? w[c] : A(1)) * rs[c];
+    m1[c] = batch_stats ? A(sdy) * inv : A(0);
+    m2[c] = batch_stats ? A(sdyx) * inv : A(0);
+  }
+  const A* kv = k.data();
+  const A* a1 = m1.data();
+  const A* a2 = m2.data();
+  at::parallel_for(0, M, grain_for(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * C;
+      const T* gr = dy + r * C;
+      T* dr = dx + r * C;
+      const bool real = !mask || mask[r];
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const A xh = ((ld(xr, c) - sh[c]) - co[c]) * rs[c];
+        st(dr, c, kv[c] * (ld(gr, c) - (real ? a1[c] + xh * a2[c] : A(0))));
+      }
+    }
+  });
+}
+
+// --------------------------------------------------------------------------------- ops
+struct Geometry {
+  int64_t N, C, S;  // cols: N = M rows, S = 1
+  bool cols;
+};
+
+Geometry geometry(const at::Tensor& x, bool cols) {
+  if (cols) {
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab batch: cols layout expects a contiguous (M, C) input");
+    return {x.size(0), x.size(1), 1, true};
+  }
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "normlab batch: expects a contiguous (N, C, S) input");
+  return {x.size(0), x.size(1), x.size(2), false};
+}
+
+template <typename A>
+void fill_given(ChannelStats<A>& cs, const c10::optional<at::Tensor>& mean, const c10::optional<at::Tensor>& var,
+                int64_t C) {
+  cs.shift = as_acc<A>(mean, C, A(0));
+  cs.var = as_acc<A>(var, C, A(1));
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                             const c10::optional<at::Tensor>& bias,
+                                             const c10::optional<at::Tensor>& mask_in,
+                                             const c10::optional<at::Tensor>& mean,
+                                             const c10::optional<at::Tensor>& var, double eps, bool cols) {
+  const Geometry g = geometry(x, cols);
+  const bool given = has(mean);
+  at::Tensor mask;
+  if (has(mask_in)) {
+    mask = mask_in->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == g.N * g.S, "normlab batch: bad mask");
+  }
+  at::Tensor y = at::empty_like(x);
+  const bool dbl = x.scalar_type() == at::kDouble;
+  at::Tensor stats = at::empty({given ? 0 : 4, g.C}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
+  const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  double count = double(g.N * g.S);
+  if (mp && !given) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < g.N * g.S; ++i) k += mp[i];
+    count = double(k);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_batch_fwd", [&] {
+    using A = acc_t<scalar_t>;
+    std::vector<A> w, b;
+    if (has(weight)) w = as_acc<A>(weight, g.C, A(1));
+    if (has(bias)) b = as_acc<A>(bias, g.C, A(0));
+    ChannelStats<A> cs(g.C);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    if (given) fill_given(cs, mean, var, g.C);
+    else if (g.cols) cols_stats(xp, mp, g.N, g.C, count, cs);
+    else ncs_stats(xp, mp, g.N, g.C, g.S, count, cs);
+    for (int64_t c = 0; c < g.C; ++c) cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
+    const A* wp = w.empty() ? nullptr : w.data();
+    const A* bp = b.empty() ? nullptr : b.data();
+    if (g.cols) cols_apply(xp, y.data_ptr<scalar_t>(), cs, wp, bp, g.N, g.C);
+    else ncs_apply(xp, y.data_ptr<scalar_t>(), cs, wp, bp, g.N, g.C, g.S);
+    if (!given) {
+      A* sp = stats.data_ptr<A>();
+      for (int64_t c = 0; c < g.C; ++c) {
+        sp[c] = cs.shift[c];
+        sp[g.C + c] = cs.corr[c];
+        sp[2 * g.C + c] = cs.var[c];
+        sp[3 * g.C + c] = A(count);
+      }
+    }
+  });
+  return {y, stats};
+}
+
+// stats: the (4, C) batch statistics of batch_fwd, or (2, C) given mean and var (then no
+// gradient flows through the statistics)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_bwd(const at::Tensor& dy_in, const at::Tensor& x,
+                                                         const c10::optional<at::Tensor>& weight,
+                                                         const c10::optional<at::Tensor>& mask_in,
+                                                         const at::Tensor& stats_in, double eps, bool cols,
+                                                         bool need_weight, bool need_bias,
+                                                         const c10::optional<at::Tensor>& bias_like) {
+  const Geometry g = geometry(x, cols);
+  const at::Tensor dy = dy_in.contiguous();
+  at::Tensor mask;
+  if (has(mask_in)) mask = mask_in->contiguous();
+  const bool batch_stats = stats_in.size(0) == 4;
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dw, db;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_batch_bwd", [&] {
+    using A = acc_t<scalar_t>;
+    const at::Tensor stats = stats_in.to(std::is_same<A, double>::value ? at::kDouble : at::kFloat).contiguous();
+    const A* sp = stats.data_ptr<A>();
+    ChannelStats<A> cs(g.C);
+    double count = 1;
+    for (int64_t c = 0; c < g.C; ++c) {
+      if (batch_stats) {
+        cs.shift[c] = sp[c];
+        cs.corr[c] = sp[g.C + c];
+        cs.var[c] = sp[2 * g.C + c];
+        count = sp[3 * g.C + c];
+      } else {
+        cs.shift[c] = sp[c];
+        cs.var[c] = sp[g.C + c];
+      }
+      cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
+    }
+    std::vector<A> w, gw(g.C), gb(g.C);
+    if (has(weight)) w = as_acc<A>(weight, g.C, A(1));
+    const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+    const A* wp = w.empty() ? nullptr : w.data();
+    if (g.cols)
+      cols_bwd(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mp, dx.data_ptr<scalar_t>(), cs, wp, gw.data(),
+               gb.data(), g.N, g.C, count, batch_stats);
+    else
+      ncs_bwd(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mp, dx.data_ptr<scalar_t>(), cs, wp, gw.data(),
+              gb.data(), g.N, g.C, g.S, count, batch_stats);
+    const auto opts = x.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat);
+    dw = grad_tensor<A>(gw, weight, need_weight, opts);
+    db = grad_tensor<A>(gb, bias_like, need_bias, opts);
+  });
+  return {dx, dw, db};
+}
+
+// Fold batch statistics into running ones in place, as normlab.Norm._update_running_stats does:
+// running = lerp(running, batch, factor) with the unbiased batch variance, where factor is
+// `momentum`, or 1 / num_batches_tracked when momentum < 0 (the cumulative average); a channel
+// whose statistics are non-finite or come from fewer than `min_count` values keeps its running
+// values.  Returns the channels whose statistics were non-finite (bool, for the caller's warning).
+at::Tensor batch_update(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& num_batches_tracked,
+                        const at::Tensor& stats_in, double momentum, int64_t min_count) {
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), "normlab batch_update: contiguous buffers");
+  const int64_t C = running_mean.numel();
+  const at::Tensor stats = stats_in.to(at::kDouble).contiguous();
+  const double* sp = stats.data_ptr<double>();
+  const double factor = momentum >= 0 ? momentum : 1.0 / double(std::max<int64_t>(num_batches_tracked.item<int64_t>(), 1));
+  at::Tensor bad = at::empty({C}, running_mean.options().dtype(at::kBool));
+  bool* bp = bad.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(), "normlab_batch_update", [&] {
+    scalar_t* rm = running_mean.data_ptr<scalar_t>();
+    scalar_t* rv = running_var.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      const double mean = sp[c] + sp[C + c], var = sp[2 * C + c], n = sp[3 * C + c];
+      const bool finite = std::isfinite(mean) && std::isfinite(var);
+      bp[c] = !finite;
+      if (!finite || n < double(min_count)) continue;
+      const double unbiased = var * (n / std::max(n - 1.0, 1.0));
+      const double m0 = double(rm[c]), v0 = double(rv[c]);
+      rm[c] = scalar_t(m0 + factor * (mean - m0));
+      rv[c] = scalar_t(v0 + factor * (unbiased - v0));
+    }
+  });
+  return bad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("batch_update(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor num_batches_tracked, Tensor stats, "
+        "float momentum, int min_count) -> Tensor");
+  m.def("batch_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? mask, Tensor? mean, Tensor? var, float eps, "
+        "bool cols) -> (Tensor, Tensor)");
+  m.def("batch_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? mask, Tensor stats, float eps, bool cols, "
+        "bool need_weight, bool need_bias, Tensor? bias) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(normlab, CPU, m) {
+  m.impl("batch_fwd", &batch_fwd);
+  m.impl("batch_bwd", &batch_bwd);
+  m.impl("batch_update", &batch_update);
+}
+
+}  // namespace normlab

@@ -1,0 +1,179 @@
+// Shared pieces of normlab's CPU kernels: dtype loads/stores, chunked sums, the corrected two-pass
+// statistics of one contiguous run, weights as an accumulation-type buffer, per-thread scratch.
+//
+// Precision rule (the same as normlab.functional): statistics in float32 for float32/bf16/fp16
+// inputs and in float64 for float64; the variance is the corrected two-pass one, with the first
+// pass mean (shift) and its correction (corr) kept apart; the output is rounded once, at the end.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/stack.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace normlab {
+
+// accumulation type: float for every float type but double
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_t = typename AccOf<T>::type;
+
+inline float ld(const float* p, int64_t i) { return p[i]; }
+inline double ld(const double* p, int64_t i) { return p[i]; }
+inline float ld(const c10::BFloat16* p, int64_t i) {
+  uint16_t h;
+  std::memcpy(&h, p + i, sizeof(h));
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline float ld(const c10::Half* p, int64_t i) { return static_cast<float>(p[i]); }
+
+inline void st(float* p, int64_t i, float v) { p[i] = v; }
+inline void st(double* p, int64_t i, double v) { p[i] = v; }
+// round to nearest even, NaN to the canonical quiet NaN: bit-identical to c10's float -> bfloat16
+inline void st(c10::BFloat16* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  uint16_t h = (v != v) ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  std::memcpy(p + i, &h, sizeof(h));
+}
+inline void st(c10::Half* p, int64_t i, float v) { p[i] = c10::Half(v); }
+
+// Sums are taken in chunks: a vectorized float (or double) sum inside a chunk, chunk sums added
+// in double, so long reductions (a GroupNorm row, a BatchNorm channel) keep float32 accuracy.
+constexpr int64_t kChunk = 1024;
+
+// sum of x[0..n)
+template <typename T>
+inline double sum1(const T* x, int64_t n) {
+  using A = acc_t<T>;
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
+    A s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = c0; i < c1; ++i) s += ld(x, i);
+    total += s;
+  }
+  return total;
+}
+
+// sum of (x - shift) and of (x - shift)^2 over x[0..n)
+template <typename T>
+inline void sum_dev(const T* x, int64_t n, acc_t<T> shift, double& sd, double& sq) {
+  using A = acc_t<T>;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
+    A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = c0; i < c1; ++i) {
+      const A d = ld(x, i) - shift;
+      a += d;
+      b += d * d;
+    }
+    sd += a;
+    sq += b;
+  }
+}
+
+// sum of x^2 over x[0..n)
+template <typename T>
+inline double sum_sq(const T* x, int64_t n) {
+  using A = acc_t<T>;
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
+    A s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = c0; i < c1; ++i) {
+      const A v = ld(x, i);
+      s += v * v;
+    }
+    total += s;
+  }
+  return total;
+}
+
+// Statistics of one contiguous run: shift (first-pass mean), corr (mean of x - shift) and the
+// biased variance mean((x - shift)^2) - corr^2 (clamped at 0); without centering only the mean
+// square.  Each sum is rounded to A once, as the reference's torch.sum in the compute dtype.
+template <typename T>
+struct Moments {
+  acc_t<T> shift = 0, corr = 0, var = 0;
+};
+
+template <typename T>
+inline Moments<T> run_moments(const T* x, int64_t n, bool center) {
+  using A = acc_t<T>;
+  Moments<T> m;
+  const A inv = n > 0 ? A(1) / A(n) : A(0);
+  if (!center) {
+    m.var = A(sum_sq(x, n)) * inv;
+    return m;
+  }
+  m.shift = A(sum1(x, n)) * inv;
+  double sd = 0, sq = 0;
+  sum_dev(x, n, m.shift, sd, sq);
+  m.corr = A(sd) * inv;
+  m.var = std::max(A(sq) * inv - m.corr * m.corr, A(0));
+  return m;
+}
+
+// An optional weight/bias tensor as a contiguous buffer of the accumulation type.
+template <typename A>
+inline std::vector<A> as_acc(const c10::optional<at::Tensor>& t, int64_t n, A fill) {
+  std::vector<A> out(n, fill);
+  if (t.has_value() && t->defined()) {
+    at::Tensor c = t->to(std::is_same<A, double>::value ? at::kDouble : at::kFloat).contiguous();
+    const A* p = c.data_ptr<A>();
+    std::copy(p, p + n, out.begin());
+  }
+  return out;
+}
+
+inline bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// per-thread partial sums (for parameter gradients), reduced at the end
+template <typename A>
+struct ThreadSums {
+  int64_t n;
+  std::vector<A> buf;
+  ThreadSums(int64_t n_, int64_t parts) : n(n_), buf(size_t(n_ * std::max<int64_t>(parts, 1)), A(0)) {}
+  A* mine() { return buf.data() + n * int64_t(at::get_thread_num()); }
+  std::vector<A> total() const {
+    std::vector<A> out(n, A(0));
+    for (size_t t = 0; t < buf.size() / size_t(std::max<int64_t>(n, 1)); ++t)
+      for (int64_t i = 0; i < n; ++i) out[i] += buf[t * n + i];
+    return out;
+  }
+};
+
+// a parameter gradient in the parameter's dtype (empty when not wanted)
+template <typename A>
+inline at::Tensor grad_tensor(const std::vector<A>& g, const c10::optional<at::Tensor>& like, bool want,
+                              const at::TensorOptions& acc_opts) {
+  if (!want) return at::empty({0}, acc_opts);  // defined, as the fake implementation says
+  at::Tensor t = at::empty({int64_t(g.size())}, acc_opts);
+  std::copy(g.begin(), g.end(), t.data_ptr<A>());
+  if (has(like)) return t.to(like->scalar_type()).view(like->sizes());
+  return t;
+}
+
+inline int64_t grain_for(int64_t per_item) {
+  // roughly 32K elements of work per task, at least one item
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_item, 1));
+}
+
+}  // namespace normlab

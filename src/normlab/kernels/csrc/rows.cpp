@@ -1,0 +1,255 @@
+// Row normalization: x viewed as (R, L), statistics of each contiguous row.
+//
+// Serves LayerNorm / RMSNorm over trailing dims (L = their product, per-element affine), the
+// CNN LayerNorm over (C, H, W), GroupNorm (a row is one group of one sample: K channels of S
+// positions, L = K * S, the affine per channel) and InstanceNorm (K = 1).  Affine index of
+// element i of row r: (r % G) * K + i / S, with weight/bias of G * K entries.
+//
+// Optionally a residual is added first (the fused add + norm): sum = x + residual is rounded
+// to x's dtype and stored, and the row is normalized from the stored sum, exactly as the
+// unfused `norm(x + residual)`.
+#include "common.h"
+
+#include <torch/library.h>
+
+namespace normlab {
+namespace {
+
+template <typename T, bool Center, bool HasW, bool HasB>
+inline void emit_vec(const T* src, T* y, int64_t n, acc_t<T> shift, acc_t<T> corr, acc_t<T> rstd,
+                     const acc_t<T>* w, const acc_t<T>* b) {
+  using A = acc_t<T>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    A v = Center ? ((ld(src, i) - shift) - corr) * rstd : ld(src, i) * rstd;
+    if (HasW) v = v * w[i];
+    if (HasB) v = v + b[i];
+    st(y, i, v);
+  }
+}
+
+template <typename T, bool Center>
+inline void emit_seg(const T* src, T* y, int64_t n, acc_t<T> shift, acc_t<T> corr, acc_t<T> rstd,
+                     acc_t<T> w, acc_t<T> b) {
+  using A = acc_t<T>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    // (x - shift - corr) * rstd first, then the affine: the reference's order of rounding
+    const A v = Center ? ((ld(src, i) - shift) - corr) * rstd : ld(src, i) * rstd;
+    st(y, i, v * w + b);
+  }
+}
+
+template <typename T, bool Center>
+void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const acc_t<T>* w,
+              const acc_t<T>* b, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S, double eps) {
+  using A = acc_t<T>;
+  at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* src = x + r * L;
+      if (res != nullptr) {
+        T* s = sum_out + r * L;
+        const T* q = res + r * L;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) st(s, i, ld(src, i) + ld(q, i));
+        src = s;
+      }
+      const Moments<T> m = run_moments(src, L, Center);
+      const A rstd = A(1) / std::sqrt(m.var + A(eps));
+      if (Center) {
+        stats[r] = m.shift;
+        stats[R + r] = m.corr;
+        stats[2 * R + r] = m.var;
+      } else {
+        stats[r] = m.var;
+      }
+      T* yr = y + r * L;
+      const A* wr = w ? w + (r % G) * K : nullptr;
+      const A* br = b ? b + (r % G) * K : nullptr;
+      if (S == 1) {
+        if (wr && br) emit_vec<T, Center, true, true>(src, yr, L, m.shift, m.corr, rstd, wr, br);
+        else if (wr) emit_vec<T, Center, true, false>(src, yr, L, m.shift, m.corr, rstd, wr, br);
+        else if (br) emit_vec<T, Center, false, true>(src, yr, L, m.shift, m.corr, rstd, wr, br);
+        else emit_vec<T, Center, false, false>(src, yr, L, m.shift, m.corr, rstd, wr, br);
+      } else {
+        for (int64_t k = 0; k < K; ++k)
+          emit_seg<T, Center>(src + k * S, yr + k * S, S, m.shift, m.corr, rstd, wr ? wr[k] : A(1),
+                              br ? br[k] : A(0));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                        const c10::optional<at::Tensor>& bias,
+                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
+                                                        int64_t seg, double eps, bool center) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab rows_fwd: expects a contiguous (R, L) input");
+  const int64_t R = x.size(0), L = x.size(1), G = groups, S = seg;
+  TORCH_CHECK(G >= 1 && S >= 1 && L % S == 0, "normlab rows_fwd: bad groups/seg");
+  const int64_t K = L / S;
+  at::Tensor y = at::empty_like(x);
+  at::Tensor sum_out;
+  at::Tensor res;
+  if (has(residual)) {
+    res = residual->contiguous();
+    TORCH_CHECK(res.sizes() == x.sizes() && res.scalar_type() == x.scalar_type(),
+                "normlab rows_fwd: residual must match x");
+    sum_out = at::empty_like(x);
+  }
+  const bool dbl = x.scalar_type() == at::kDouble;
+  at::Tensor stats = at::empty({center ? 3 : 1, R}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_fwd", [&] {
+    using A = acc_t<scalar_t>;
+    std::vector<A> w, b;
+    if (has(weight)) w = as_acc<A>(weight, G * K, A(1));
+    if (has(bias)) b = as_acc<A>(bias, G * K, A(0));
+    auto run = [&](auto center_tag) {
+      constexpr bool C = decltype(center_tag)::value;
+      fwd_impl<scalar_t, C>(x.data_ptr<scalar_t>(), res.defined() ? res.data_ptr<scalar_t>() : nullptr,
+                            sum_out.defined() ? sum_out.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+                            stats.data_ptr<A>(), w.empty() ? nullptr : w.data(), b.empty() ? nullptr : b.data(),
+                            R, L, G, K, S, eps);
+    };
+    if (center) run(std::true_type{});
+    else run(std::false_type{});
+  });
+  return {y, stats, sum_out.defined() ? sum_out : at::empty({0}, x.options())};
+}
+
+template <typename T, bool Center>
+void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* stats, const acc_t<T>* w,
+              acc_t<T>* dw_all, acc_t<T>* db_all, int64_t P, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S,
+              double eps) {
+  using A = acc_t<T>;
+  at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
+    A* dwb = dw_all ? dw_all + P * int64_t(at::get_thread_num()) : nullptr;
+    A* dbb = db_all ? db_all + P * int64_t(at::get_thread_num()) : nullptr;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * L;
+      const T* gr = dy + r * L;
+      const A shift = Center ? stats[r] : A(0);
+      const A corr = Center ? stats[R + r] : A(0);
+      const A var = Center ? stats[2 * R + r] : stats[r];
+      const A rstd = A(1) / std::sqrt(var + A(eps));
+      const int64_t off = (r % G) * K;
+      const A* wr = w ? w + off : nullptr;
+      double sg = 0, sgx = 0;
+      if (S == 1) {
+        A* dwr = dwb ? dwb + off : nullptr;
+        A* dbr = dbb ? dbb + off : nullptr;
+        for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
+          const int64_t c1 = std::min(L, c0 + kChunk);
+          A a = 0, bsum = 0;
+#pragma omp simd reduction(+ : a, bsum)
+          for (int64_t i = c0; i < c1; ++i) {
+            const A xh = Center ? ((ld(xr, i) - shift) - corr) * rstd : ld(xr, i) * rstd;
+            const A g0 = ld(gr, i);
+            const A g = wr ? g0 * wr[i] : g0;
+            a += g;
+            bsum += g * xh;
+            if (dwr) dwr[i] += g0 * xh;
+            if (dbr) dbr[i] += g0;
+          }
+          sg += a;
+          sgx += bsum;
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const T* xs = xr + k * S;
+          const T* gs = gr + k * S;
+          double pw = 0, pb = 0;
+          for (int64_t c0 = 0; c0 < S; c0 += kChunk) {
+            const int64_t c1 = std::min(S, c0 + kChunk);
+            A a = 0, bsum = 0;
+#pragma omp simd reduction(+ : a, bsum)
+            for (int64_t i = c0; i < c1; ++i) {
+              const A xh = Center ? ((ld(xs, i) - shift) - corr) * rstd : ld(xs, i) * rstd;
+              const A g0 = ld(gs, i);
+              a += g0;
+              bsum += g0 * xh;
+            }
+            pb += a;
+            pw += bsum;
+          }
+          const A wk = wr ? wr[k] : A(1);
+          sg += wk * A(pb);
+          sgx += wk * A(pw);
+          if (dwb) dwb[off + k] += A(pw);
+          if (dbb) dbb[off + k] += A(pb);
+        }
+      }
+      const A inv = A(1) / A(L);
+      const A mg = Center ? A(sg) * inv : A(0);
+      const A mgx = A(sgx) * inv;
+      T* dxr = dx + r * L;
+      const T* ds = dsum ? dsum + r * L : nullptr;
+      for (int64_t k = 0; k < (S == 1 ? 1 : K); ++k) {
+        const int64_t base = S == 1 ? 0 : k * S;
+        const int64_t n = S == 1 ? L : S;
+        const A wk = (S == 1 || !wr) ? A(1) : wr[k];
+        const A* wv = (S == 1 && wr) ? wr : nullptr;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t j = base + i;
+          const A xh = Center ? ((ld(xr, j) - shift) - corr) * rstd : ld(xr, j) * rstd;
+          const A g = ld(gr, j) * (wv ? wv[i] : wk);
+          A v = rstd * (g - mg - xh * mgx);
+          if (ds) v += ld(ds, j);
+          st(dxr, j, v);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in, const at::Tensor& x,
+                                                        const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                                        const c10::optional<at::Tensor>& dsum_in, int64_t groups,
+                                                        int64_t seg, double eps, bool center, bool need_weight,
+                                                        bool need_bias, const c10::optional<at::Tensor>& bias_like) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab rows_bwd: expects a contiguous (R, L) input");
+  const at::Tensor dy = dy_in.contiguous();
+  at::Tensor dsum;
+  if (has(dsum_in)) dsum = dsum_in->contiguous();
+  const int64_t R = x.size(0), L = x.size(1), G = groups, S = seg, K = L / S, P = G * K;
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dw, db;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_bwd", [&] {
+    using A = acc_t<scalar_t>;
+    std::vector<A> w;
+    if (has(weight)) w = as_acc<A>(weight, P, A(1));
+    const int64_t parts = at::get_num_threads();
+    ThreadSums<A> tw(need_weight ? P : 0, parts), tb(need_bias ? P : 0, parts);
+    auto run = [&](auto center_tag) {
+      constexpr bool C = decltype(center_tag)::value;
+      bwd_impl<scalar_t, C>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                            dsum.defined() ? dsum.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
+                            stats.contiguous().data_ptr<A>(), w.empty() ? nullptr : w.data(),
+                            need_weight ? tw.buf.data() : nullptr, need_bias ? tb.buf.data() : nullptr, P, R, L, G,
+                            K, S, eps);
+    };
+    if (center) run(std::true_type{});
+    else run(std::false_type{});
+    const auto opts = x.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat);
+    dw = grad_tensor<A>(need_weight ? tw.total() : std::vector<A>(), weight, need_weight, opts);
+    db = grad_tensor<A>(need_bias ? tb.total() : std::vector<A>(), bias_like, need_bias, opts);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("rows_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, int groups, int seg, float eps, "
+        "bool center) -> (Tensor, Tensor, Tensor)");
+  m.def("rows_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor stats, Tensor? dsum, int groups, int seg, float eps, "
+        "bool center, bool need_weight, bool need_bias, Tensor? bias) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(normlab, CPU, m) {
+  m.impl("rows_fwd", &rows_fwd);
+  m.impl("rows_bwd", &rows_bwd);
+}
+
+}  // namespace normlab

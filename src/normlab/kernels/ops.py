@@ -1,0 +1,195 @@
+"""Autograd and shape (fake) registrations of the C++ ops, and their Python entry points.
+
+Each kernel family is a pair of ops in the ``normlab`` namespace
+(``rows_fwd``/``rows_bwd``, ``chfirst_fwd``/``chfirst_bwd``,
+``batch_fwd``/``batch_bwd``) registered by the C++ library, a fake
+implementation here (so ``torch.compile`` and ``torch.export`` trace them
+without running them), and a ``torch.autograd.Function`` that calls the
+forward op and the backward op.  The forward returns the statistics it
+used (float32, float64 for float64 input) so the modules can update running
+statistics without recomputing them.
+
+Statistics layouts: rows ``(3, R)`` = shift, corr, var per row (``(1, R)``
+= mean square without centering); chfirst ``(3, N, S)`` / ``(1, N, S)``;
+batch ``(4, C)`` = shift, corr, var, count per channel.  The mean is
+``shift + corr``: they are kept apart for precision (see
+:mod:`normlab.functional`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["register", "rows", "chfirst", "batch", "batch_update"]
+
+_registered = False
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def register() -> None:
+    """Fake (meta) implementations of the ops, once the library that defines them is loaded."""
+    global _registered
+    if _registered:
+        return
+    lib = torch.library
+
+    @lib.register_fake("normlab::rows_fwd")
+    def _rows_fwd(x, weight, bias, residual, groups, seg, eps, center):
+        stats = x.new_empty((3 if center else 1, x.shape[0]), dtype=_acc(x.dtype))
+        s = torch.empty_like(x) if residual is not None else x.new_empty((0,))
+        return torch.empty_like(x), stats, s
+
+    @lib.register_fake("normlab::rows_bwd")
+    def _rows_bwd(dy, x, weight, stats, dsum, groups, seg, eps, center, need_weight, need_bias, bias):
+        return (torch.empty_like(x), _param_like(weight, need_weight, x), _param_like(bias, need_bias, x))
+
+    @lib.register_fake("normlab::chfirst_fwd")
+    def _chfirst_fwd(x, weight, bias, eps, center):
+        n, _, s = x.shape
+        return torch.empty_like(x), x.new_empty((3 if center else 1, n, s), dtype=_acc(x.dtype))
+
+    @lib.register_fake("normlab::chfirst_bwd")
+    def _chfirst_bwd(dy, x, weight, stats, eps, center, need_weight, need_bias, bias):
+        return (torch.empty_like(x), _param_like(weight, need_weight, x), _param_like(bias, need_bias, x))
+
+    @lib.register_fake("normlab::batch_fwd")
+    def _batch_fwd(x, weight, bias, mask, mean, var, eps, cols):
+        given = mean is not None
+        return torch.empty_like(x), x.new_empty((0 if given else 4, x.shape[1]), dtype=_acc(x.dtype))
+
+    @lib.register_fake("normlab::batch_update")
+    def _batch_update(running_mean, running_var, num_batches_tracked, stats, momentum, min_count):
+        return running_mean.new_empty(running_mean.shape, dtype=torch.bool)
+
+    @lib.register_fake("normlab::batch_bwd")
+    def _batch_bwd(dy, x, weight, mask, stats, eps, cols, need_weight, need_bias, bias):
+        return (torch.empty_like(x), _param_like(weight, need_weight, x), _param_like(bias, need_bias, x))
+
+    _registered = True
+
+
+def _param_like(p: Tensor | None, want: bool, x: Tensor) -> Tensor:
+    if not want:
+        return x.new_empty((0,))  # an undefined tensor comes back from C++; fake it as empty
+    return torch.empty_like(p) if p is not None else x.new_empty((0,))
+
+
+def _needs_grad(*ts: Tensor | None) -> bool:
+    """Whether autograd must record the call (else the forward op runs alone, without the Function's cost)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _grad(t: Tensor | None, want: bool) -> Tensor | None:
+    return t if want and t is not None and t.numel() else None
+
+
+# ------------------------------------------------------------------------------ rows
+class _Rows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, groups, seg, eps, center):
+        y, stats, s = torch.ops.normlab.rows_fwd(x, weight, bias, residual, groups, seg, eps, center)
+        src = s if residual is not None else x
+        ctx.save_for_backward(src, weight, bias, stats)
+        ctx.conf = (groups, seg, eps, center, residual is not None)
+        ctx.mark_non_differentiable(stats)
+        return y, stats, s
+
+    @staticmethod
+    def backward(ctx, dy, _dstats, dsum):
+        src, weight, bias, stats = ctx.saved_tensors
+        groups, seg, eps, center, fused = ctx.conf
+        need = ctx.needs_input_grad
+        if dy is None:
+            dy = torch.zeros_like(src)
+        dx, dw, db = torch.ops.normlab.rows_bwd(dy, src, weight, stats, dsum if fused else None, groups, seg, eps,
+                                                center, bool(need[1]), bool(need[2]), bias)
+        return dx, _grad(dw, need[1]), _grad(db, need[2]), (dx if fused else None), None, None, None, None
+
+
+def rows(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, groups: int = 1, seg: int = 1, eps: float,
+         center: bool, residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Normalize each row of a contiguous 2-D ``x`` (R, L): ``(y, stats, x + residual or None)``.
+
+    The affine index of element i of row r is ``(r % groups) * (L // seg) + i // seg``.
+    """
+    if _needs_grad(x, weight, bias, residual):
+        y, stats, s = _Rows.apply(x, weight, bias, residual, groups, seg, eps, center)
+    else:
+        y, stats, s = torch.ops.normlab.rows_fwd(x, weight, bias, residual, groups, seg, eps, center)
+    return y, stats, (s if residual is not None else None)
+
+
+# --------------------------------------------------------------------------- chfirst
+class _ChFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, center):
+        y, stats = torch.ops.normlab.chfirst_fwd(x, weight, bias, eps, center)
+        ctx.save_for_backward(x, weight, bias, stats)
+        ctx.conf = (eps, center)
+        ctx.mark_non_differentiable(stats)
+        return y, stats
+
+    @staticmethod
+    def backward(ctx, dy, _dstats):
+        x, weight, bias, stats = ctx.saved_tensors
+        eps, center = ctx.conf
+        need = ctx.needs_input_grad
+        dx, dw, db = torch.ops.normlab.chfirst_bwd(dy, x, weight, stats, eps, center, bool(need[1]), bool(need[2]),
+                                                   bias)
+        return dx, _grad(dw, need[1]), _grad(db, need[2]), None, None
+
+
+def chfirst(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, center: bool
+            ) -> tuple[Tensor, Tensor]:
+    """Normalize a contiguous (N, C, S) ``x`` over C at every (n, s): ``(y, stats)``."""
+    if _needs_grad(x, weight, bias):
+        return _ChFirst.apply(x, weight, bias, eps, center)
+    return torch.ops.normlab.chfirst_fwd(x, weight, bias, eps, center)
+
+
+# ----------------------------------------------------------------------------- batch
+class _Batch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, mean, var, eps, cols):
+        y, stats = torch.ops.normlab.batch_fwd(x, weight, bias, mask, mean, var, eps, cols)
+        used = stats if mean is None else torch.stack([mean, var]).to(_acc(x.dtype))
+        ctx.save_for_backward(x, weight, bias, mask, used)
+        ctx.conf = (eps, cols)
+        ctx.mark_non_differentiable(stats)
+        return y, stats
+
+    @staticmethod
+    def backward(ctx, dy, _dstats):
+        x, weight, bias, mask, used = ctx.saved_tensors
+        eps, cols = ctx.conf
+        need = ctx.needs_input_grad
+        dx, dw, db = torch.ops.normlab.batch_bwd(dy, x, weight, mask, used, eps, cols, bool(need[1]), bool(need[2]),
+                                                 bias)
+        return dx, _grad(dw, need[1]), _grad(db, need[2]), None, None, None, None, None
+
+
+def batch(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, cols: bool,
+          mask: Tensor | None = None, mean: Tensor | None = None, var: Tensor | None = None
+          ) -> tuple[Tensor, Tensor]:
+    """BatchNorm of a contiguous (N, C, S) (or, ``cols``, (M, C)) ``x``: ``(y, stats)``.
+
+    With ``mean``/``var`` (running statistics) nothing is reduced and no
+    gradient flows through the statistics; ``stats`` is then empty.
+    """
+    if _needs_grad(x, weight, bias):
+        return _Batch.apply(x, weight, bias, mask, mean, var, eps, cols)
+    return torch.ops.normlab.batch_fwd(x, weight, bias, mask, mean, var, eps, cols)
+
+
+def batch_update(norm, stats: Tensor) -> Tensor:
+    """Fold (4, C) batch statistics into ``norm``'s running statistics in place; the non-finite channels."""
+    momentum = -1.0 if norm.momentum is None else float(norm.momentum)
+    with torch.no_grad():
+        if norm._counts_batches or norm.momentum is None:
+            norm.num_batches_tracked.add_(1)
+        return torch.ops.normlab.batch_update(norm.running_mean, norm.running_var, norm.num_batches_tracked, stats,
+                                              momentum, norm._min_count())
