@@ -23,8 +23,13 @@ struct ChannelStats {
 
 // ------------------------------------------------------------------------------- (N, C, S)
 template <typename T>
+inline void ncs_apply_channel(const T* x, T* y, int64_t c, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
+                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S);
+
+// per channel: the statistics, then (y given) the output, while the channel's values are in cache
+template <typename T>
 void ncs_stats(const T* x, const bool* mask, int64_t N, int64_t C, int64_t S, double count,
-               ChannelStats<acc_t<T>>& cs) {
+               ChannelStats<acc_t<T>>& cs, double eps, T* y, const acc_t<T>* w, const acc_t<T>* b) {
   using A = acc_t<T>;
   const A inv = A(1) / A(std::max(count, 1.0));
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
@@ -70,10 +75,27 @@ void ncs_stats(const T* x, const bool* mask, int64_t N, int64_t C, int64_t S, do
       cs.shift[c] = shift;
       cs.corr[c] = A(sd) * inv;
       cs.var[c] = std::max(A(sq) * inv - cs.corr[c] * cs.corr[c], A(0));
+      cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
+      if (y) ncs_apply_channel(x, y, c, cs, w, b, N, C, S);
     }
   });
 }
 
+template <typename T>
+inline void ncs_apply_channel(const T* x, T* y, int64_t c, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
+                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S) {
+  using A = acc_t<T>;
+  const A sh = cs.shift[c], co = cs.corr[c], rs = cs.rstd[c];
+  const A wc = w ? w[c] : A(1), bc = b ? b[c] : A(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + (n * C + c) * S;
+    T* yr = y + (n * C + c) * S;
+#pragma omp simd
+    for (int64_t i = 0; i < S; ++i) st(yr, i, (((ld(xr, i) - sh) - co) * rs) * wc + bc);
+  }
+}
+
+// the output with given per-channel statistics, rows of S in parallel
 template <typename T>
 void ncs_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t N,
                int64_t C, int64_t S) {
@@ -353,14 +375,18 @@ std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::opt
     if (has(bias)) b = as_acc<A>(bias, g.C, A(0));
     ChannelStats<A> cs(g.C);
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    if (given) fill_given(cs, mean, var, g.C);
-    else if (g.cols) cols_stats(xp, mp, g.N, g.C, count, cs);
-    else ncs_stats(xp, mp, g.N, g.C, g.S, count, cs);
-    for (int64_t c = 0; c < g.C; ++c) cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
     const A* wp = w.empty() ? nullptr : w.data();
     const A* bp = b.empty() ? nullptr : b.data();
-    if (g.cols) cols_apply(xp, y.data_ptr<scalar_t>(), cs, wp, bp, g.N, g.C);
-    else ncs_apply(xp, y.data_ptr<scalar_t>(), cs, wp, bp, g.N, g.C, g.S);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    if (!given && !g.cols) {  // statistics and output channel by channel
+      ncs_stats(xp, mp, g.N, g.C, g.S, count, cs, eps, yp, wp, bp);
+    } else {
+      if (given) fill_given(cs, mean, var, g.C);
+      else cols_stats(xp, mp, g.N, g.C, count, cs);
+      for (int64_t c = 0; c < g.C; ++c) cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
+      if (g.cols) cols_apply(xp, yp, cs, wp, bp, g.N, g.C);
+      else ncs_apply(xp, yp, cs, wp, bp, g.N, g.C, g.S);
+    }
     if (!given) {
       A* sp = stats.data_ptr<A>();
       for (int64_t c = 0; c < g.C; ++c) {
