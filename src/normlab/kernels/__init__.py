@@ -191,6 +191,9 @@ def _native_name(norm, x: Tensor, mask: Tensor | None, rdims, pdims, batch_stats
         ok = batch_stats and nd >= 2 and rdims == tuple(range(1, nd)) and norm.group_dim % nd == 1 \
             and (not affine or pdims == (1,)) and norm.center
         return "group_norm" if ok else None
+    if norm._updates_running_stats() and not (len(pdims) == 1 and pdims[0] == 1 and
+                                              rdims == tuple(d for d in range(nd) if d != 1)):
+        return None  # only batch_norm's per-channel statistics feed running statistics here
     if batch_stats and norm.center and rdims == tuple(range(rdims[0], nd)) and (not affine or pdims == rdims):
         return "layer_norm"
     if not norm.center or len(pdims) != 1 or pdims[0] != 1 or nd < 2:
@@ -198,7 +201,7 @@ def _native_name(norm, x: Tensor, mask: Tensor | None, rdims, pdims, batch_stats
     per_channel = rdims == tuple(d for d in range(nd) if d != 1)
     if (per_channel and batch_stats) or (not batch_stats and norm.running_mean is not None):
         return "batch_norm"
-    if batch_stats and nd >= 3 and rdims == tuple(range(2, nd)) and not norm._updates_running_stats():
+    if batch_stats and nd >= 3 and rdims == tuple(range(2, nd)):
         return "instance_norm"
     return None
 
@@ -223,6 +226,7 @@ def implementation(layer, x: Tensor, mask: Tensor | None = None) -> str:
     """The implementation ``layer(x, mask=mask)`` would use now: ``"cpp:..."``, ``"native:..."`` or ``"reference"``."""
     if not hasattr(layer, "_fast_paths_allowed"):
         raise TypeError(f"implementation() takes a normlab normalization layer, got {type(layer).__name__}")
+    x, mask = layer._as_batched(x, mask)
     rdims, pdims = layer._layout(x)
     return _choose(layer, x, layer._mask(mask, x, pdims), rdims, pdims)[0]
 

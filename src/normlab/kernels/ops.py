@@ -87,24 +87,63 @@ def _grad(t: Tensor | None, want: bool) -> Tensor | None:
     return t if want and t is not None and t.numel() else None
 
 
+# Higher-order derivatives: the C++ backward ops have no derivative of their own.  When a backward
+# runs with create_graph=True (grad mode is on inside backward only then), the gradient is computed
+# by autograd through the reference formula instead, so it is itself differentiable (gradient
+# penalties, MAML, double backward) and equal to the first-order kernels' result.
+def _differentiable_grads(ref, inputs: list, grads: list) -> list:
+    need = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        out = ref()
+        got = torch.autograd.grad(out, [inputs[i] for i in need], grads, create_graph=True, allow_unused=True)
+    res: list = [None] * len(inputs)
+    for i, g in zip(need, got):
+        res[i] = g
+    return res
+
+
+def _rows_reference(x, weight, bias, residual, groups, seg, eps, center):
+    from .. import functional as NF
+
+    src = x if residual is None else x + residual
+    R, L = src.shape
+    shift, corr, var, _ = NF._stats(src, (1,), center, None)
+    y = NF.normalize_with(src, shift, var, eps=eps, corr=corr).to(NF.compute_dtype(x.dtype))
+    if weight is not None or bias is not None:
+        K = L // seg
+
+        def per_element(p):  # (groups * K,) -> the value at each (row, element), as the kernel indexes it
+            return None if p is None else p.reshape(groups, K, 1).expand(groups, K, seg).reshape(1, groups, L)
+        y = NF.affine(y.view(R // groups, groups, L), per_element(weight), per_element(bias)).view(R, L)
+    return y.to(x.dtype)
+
+
 # ------------------------------------------------------------------------------ rows
 class _Rows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, groups, seg, eps, center):
         y, stats, s = torch.ops.normlab.rows_fwd(x, weight, bias, residual, groups, seg, eps, center)
         src = s if residual is not None else x
-        ctx.save_for_backward(src, weight, bias, stats)
+        ctx.save_for_backward(src, weight, bias, stats, x, residual)
         ctx.conf = (groups, seg, eps, center, residual is not None)
         ctx.mark_non_differentiable(stats)
         return y, stats, s
 
     @staticmethod
     def backward(ctx, dy, _dstats, dsum):
-        src, weight, bias, stats = ctx.saved_tensors
+        src, weight, bias, stats, x, residual = ctx.saved_tensors
         groups, seg, eps, center, fused = ctx.conf
         need = ctx.needs_input_grad
         if dy is None:
             dy = torch.zeros_like(src)
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
+            gx, gw, gb, gr = _differentiable_grads(
+                lambda: _rows_reference(x, weight, bias, residual, groups, seg, eps, center),
+                [x, weight, bias, residual], [dy])
+            if fused and dsum is not None:
+                gx = dsum if gx is None else gx + dsum
+                gr = dsum if gr is None else gr + dsum
+            return gx, gw, gb, gr, None, None, None, None
         dx, dw, db = torch.ops.normlab.rows_bwd(dy, src, weight, stats, dsum if fused else None, groups, seg, eps,
                                                 center, bool(need[1]), bool(need[2]), bias)
         return dx, _grad(dw, need[1]), _grad(db, need[2]), (dx if fused else None), None, None, None, None
@@ -138,6 +177,14 @@ class _ChFirst(torch.autograd.Function):
         x, weight, bias, stats = ctx.saved_tensors
         eps, center = ctx.conf
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
+            from .. import functional as NF
+
+            def ref():
+                view = (1, x.shape[1], 1)
+                return NF.normalize(x, (1,), None if weight is None else weight.reshape(view),
+                                    None if bias is None else bias.reshape(view), center=center, eps=eps)
+            return (*_differentiable_grads(ref, [x, weight, bias], [dy]), None, None)
         dx, dw, db = torch.ops.normlab.chfirst_bwd(dy, x, weight, stats, eps, center, bool(need[1]), bool(need[2]),
                                                    bias)
         return dx, _grad(dw, need[1]), _grad(db, need[2]), None, None
@@ -167,9 +214,26 @@ class _Batch(torch.autograd.Function):
         x, weight, bias, mask, used = ctx.saved_tensors
         eps, cols = ctx.conf
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
+            return (*_differentiable_grads(lambda: _batch_reference(x, weight, bias, mask, used, eps, cols),
+                                           [x, weight, bias], [dy]), None, None, None, None, None)
         dx, dw, db = torch.ops.normlab.batch_bwd(dy, x, weight, mask, used, eps, cols, bool(need[1]), bool(need[2]),
                                                  bias)
         return dx, _grad(dw, need[1]), _grad(db, need[2]), None, None, None, None, None
+
+
+def _batch_reference(x, weight, bias, mask, used, eps, cols):
+    from .. import functional as NF
+
+    c = x.shape[1]
+    view = (1, c) if cols else (1, c, 1)
+    w = None if weight is None else weight.reshape(view)
+    b = None if bias is None else bias.reshape(view)
+    if used.shape[0] == 2:  # given (running) statistics: constants
+        return NF.normalize_with(x, used[0].reshape(view), used[1].reshape(view), w, b, eps=eps)
+    dims = (0,) if cols else (0, 2)
+    m = None if mask is None else (mask.reshape(-1, 1) if cols else mask.reshape(x.shape[0], 1, x.shape[2]))
+    return NF.normalize(x, dims, w, b, eps=eps, mask=m)
 
 
 def batch(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, cols: bool,

@@ -66,9 +66,17 @@ class InstanceNorm(Norm):
         # torch refuses one spatial element whenever instance statistics are used, not only in training
         return 2
 
+    def _unbatched(self, x) -> bool:
+        return self.spatial_dims is not None and isinstance(x, Tensor) and x.ndim == self.spatial_dims + 1
+
+    def _as_batched(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if self._unbatched(x):
+            return x.unsqueeze(0), None if mask is None else mask.unsqueeze(0)
+        return x, mask
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if self.spatial_dims is not None and isinstance(x, Tensor) and x.ndim == self.spatial_dims + 1:
-            return super().forward(x.unsqueeze(0), None if mask is None else mask.unsqueeze(0)).squeeze(0)
+        if self._unbatched(x):
+            return super().forward(*self._as_batched(x, mask)).squeeze(0)
         return super().forward(x, mask)
 
     def extra_repr(self) -> str:

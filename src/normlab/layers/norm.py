@@ -492,6 +492,10 @@ class Norm(NoTorchScript, nn.Module):
                       f"feature index {index}; their running statistics were left unchanged",
                       RuntimeWarning, stacklevel=5)
 
+    def _as_batched(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The input (and mask) as ``forward`` hands them to the statistics (InstanceNorm adds a batch dim)."""
+        return x, mask
+
     def _fast_paths_allowed(self) -> bool:
         """Whether :mod:`normlab.kernels` may compute this layer's calls (SyncBatchNorm: not across processes)."""
         return True
