@@ -448,7 +448,7 @@ def test_cached_plans_follow_the_layer_state(name, make, shape, layouts, monkeyp
     """One layer through train/eval/freeze, layout, eps, momentum, weight and mode changes on one input shape."""
     need_cpp()
     calls = []
-    for op in ("rows", "chfirst", "batch"):
+    for op in ("rows", "rows_eager", "chfirst", "batch"):
         real = getattr(ops, op)
         monkeypatch.setattr(ops, op, functools.partial(lambda real, *a, **k: calls.append(1) or real(*a, **k), real))
     fast = _randomize(make())
@@ -544,33 +544,46 @@ def _mask1(n):
     return m
 
 
+def _rows_gradchecks(prefix: str, op: str) -> dict:
+    """The rows op's gradcheck cases, through ``ops.<op>``: rows (the traced autograd.Function) or rows_eager
+    (autograd in C++)."""
+    def rows(*a, **k):
+        return getattr(ops, op)(*a, **k)
+
+    cases = {
+        "rows center": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2)),
+                                lambda x, w, b: rows(x, w, b, eps=1e-5, center=True)[0]),
+        "rows center no affine": lambda: ((_d(4, 7),), lambda x: rows(x, None, None, eps=1e-5, center=True)[0]),
+        "rows center weight only": lambda: ((_d(4, 7), _d(7, seed=1)),
+                                            lambda x, w: rows(x, w, None, eps=1e-5, center=True)[0]),
+        "rows no center (RMS)": lambda: ((_d(4, 7), _d(7, seed=1)),
+                                         lambda x, w: rows(x, w, None, eps=1e-5, center=False)[0]),
+        "rows length 1": lambda: ((_d(3, 1), _d(1, seed=1), _d(1, seed=2)),
+                                  lambda x, w, b: rows(x, w, b, eps=1e-5, center=True)[0]),
+        # GroupNorm-like: 2 samples x 3 groups, each group 2 channels x 4 positions, affine per channel
+        "rows groups/seg": lambda: ((_d(6, 8), _d(6, seed=1), _d(6, seed=2)),
+                                    lambda x, w, b: rows(x, w, b, groups=3, seg=4, eps=1e-5, center=True)[0]),
+        "rows groups/seg no center": lambda: ((_d(6, 8), _d(6, seed=1), _d(6, seed=2)),
+                                              lambda x, w, b: rows(x, w, b, groups=3, seg=4, eps=1e-5,
+                                                                       center=False)[0]),
+        # InstanceNorm-like: a row per (n, c) of 5 positions, affine per channel (groups = C, seg = L)
+        "rows instance": lambda: ((_d(6, 5), _d(3, seed=1), _d(3, seed=2)),
+                                  lambda x, w, b: rows(x, w, b, groups=3, seg=5, eps=1e-5, center=True)[0]),
+        "rows residual": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2), _d(4, 7, seed=3)),
+                                  lambda x, w, b, r: rows(x, w, b, eps=1e-5, center=True, residual=r)[::2]),
+        "rows residual no center": lambda: ((_d(4, 7), _d(7, seed=1), _d(4, 7, seed=3)),
+                                            lambda x, w, r: rows(x, w, None, eps=1e-5, center=False,
+                                                                     residual=r)[::2]),
+        "rows residual, only y used": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2), _d(4, 7, seed=3)),
+                                               lambda x, w, b, r: rows(x, w, b, eps=1e-5, center=True,
+                                                                           residual=r)[0]),
+    }
+    return {name.replace("rows", prefix, 1): make for name, make in cases.items()}
+
+
 GRADCHECKS = {
-    "rows center": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2)),
-                            lambda x, w, b: ops.rows(x, w, b, eps=1e-5, center=True)[0]),
-    "rows center no affine": lambda: ((_d(4, 7),), lambda x: ops.rows(x, None, None, eps=1e-5, center=True)[0]),
-    "rows center weight only": lambda: ((_d(4, 7), _d(7, seed=1)),
-                                        lambda x, w: ops.rows(x, w, None, eps=1e-5, center=True)[0]),
-    "rows no center (RMS)": lambda: ((_d(4, 7), _d(7, seed=1)),
-                                     lambda x, w: ops.rows(x, w, None, eps=1e-5, center=False)[0]),
-    "rows length 1": lambda: ((_d(3, 1), _d(1, seed=1), _d(1, seed=2)),
-                              lambda x, w, b: ops.rows(x, w, b, eps=1e-5, center=True)[0]),
-    # GroupNorm-like: 2 samples x 3 groups, each group 2 channels x 4 positions, affine per channel
-    "rows groups/seg": lambda: ((_d(6, 8), _d(6, seed=1), _d(6, seed=2)),
-                                lambda x, w, b: ops.rows(x, w, b, groups=3, seg=4, eps=1e-5, center=True)[0]),
-    "rows groups/seg no center": lambda: ((_d(6, 8), _d(6, seed=1), _d(6, seed=2)),
-                                          lambda x, w, b: ops.rows(x, w, b, groups=3, seg=4, eps=1e-5,
-                                                                   center=False)[0]),
-    # InstanceNorm-like: a row per (n, c) of 5 positions, affine per channel (groups = C, seg = L)
-    "rows instance": lambda: ((_d(6, 5), _d(3, seed=1), _d(3, seed=2)),
-                              lambda x, w, b: ops.rows(x, w, b, groups=3, seg=5, eps=1e-5, center=True)[0]),
-    "rows residual": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2), _d(4, 7, seed=3)),
-                              lambda x, w, b, r: ops.rows(x, w, b, eps=1e-5, center=True, residual=r)[::2]),
-    "rows residual no center": lambda: ((_d(4, 7), _d(7, seed=1), _d(4, 7, seed=3)),
-                                        lambda x, w, r: ops.rows(x, w, None, eps=1e-5, center=False,
-                                                                 residual=r)[::2]),
-    "rows residual, only y used": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2), _d(4, 7, seed=3)),
-                                           lambda x, w, b, r: ops.rows(x, w, b, eps=1e-5, center=True,
-                                                                       residual=r)[0]),
+    **_rows_gradchecks("rows", "rows"),
+    **_rows_gradchecks("rows_eager", "rows_eager"),
     "chfirst center": lambda: ((_d(2, 5, 7), _d(5, seed=1), _d(5, seed=2)),
                                lambda x, w, b: ops.chfirst(x, w, b, eps=1e-5, center=True)[0]),
     "chfirst no center": lambda: ((_d(2, 5, 7), _d(5, seed=1)),
@@ -899,13 +912,10 @@ def test_add_norm_matches_composition(make, dtype, monkeypatch):
     x = _input((3, 5, 40), "contiguous", dtype, 0)
     r = _input((3, 5, 40), "contiguous", dtype, 1)
     fused_calls = []
-    real_rows = ops.rows
-
-    def spy(*args, **kwargs):
-        fused_calls.append(kwargs.get("residual") is not None)
-        return real_rows(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "rows", spy)
+    for op in ("rows", "rows_eager"):  # eager calls take rows_eager (autograd in C++), traced ones rows
+        monkeypatch.setattr(ops, op, functools.partial(
+            lambda real, *a, **k: fused_calls.append(k.get("residual") is not None) or real(*a, **k),
+            getattr(ops, op)))
     fast = _add_norm_run(norm, x, r, "auto", dtype)
     assert fused_calls and all(fused_calls), "add_norm did not take the fused rows kernel"
     fused_calls.clear()
@@ -926,8 +936,9 @@ def test_add_norm_matches_composition(make, dtype, monkeypatch):
 def test_add_norm_falls_back_to_the_composition(monkeypatch):
     x, r = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
     fused = []
-    real_rows = ops.rows
-    monkeypatch.setattr(ops, "rows", lambda *a, **k: fused.append(k.get("residual") is not None) or real_rows(*a, **k))
+    for op in ("rows", "rows_eager"):
+        monkeypatch.setattr(ops, op, functools.partial(
+            lambda real, *a, **k: fused.append(k.get("residual") is not None) or real(*a, **k), getattr(ops, op)))
     y, s = nl.add_norm(x, r, nn.Identity())
     assert torch.equal(y, x + r) and torch.equal(s, x + r)
     tln = nn.LayerNorm(16)

@@ -6,7 +6,10 @@ normalizer pays at least), the ``torch.nn`` layer (or the torch way to do
 what the normlab call does), ``torch.compile`` of it, and the normlab layer;
 forward alone (under ``no_grad``) and forward+backward
 (``torch.autograd.grad`` of the outputs with fixed upstream gradients, so
-nothing accumulates), in float32 and bfloat16.  The variants are timed in
+nothing accumulates), in float32 and bfloat16.  Freed memory is kept in the
+process (glibc's mmap and trimming off), so the times are those of the
+computation and its memory traffic, not of the page faults of fresh
+allocations (``fresh_pages=True`` keeps the allocator as it is).  The variants are timed in
 interleaved rounds (each round times every variant once, in a rotating
 order), so a slow spell of the machine hits them all; a row reports medians
 and ratios normlab / anchor, and the path normlab took
@@ -133,6 +136,26 @@ class Row:
         return self.normlab_ms / self.copy_ms
 
 
+def _steady_allocator() -> bool:
+    """Keep freed memory in the process (glibc: no mmap, no trimming), so a timed call reuses pages.
+
+    Otherwise every large output is a fresh mmap whose page faults (very slow on a VM) dominate the time
+    of every variant, the copy included.  Returns whether it could be set (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, tuple[float, float]]:
     """Median and interquartile range (ms) of each function, timed once per round in a rotating order."""
     names = list(fns)
@@ -181,7 +204,7 @@ def _normlab_path(layer: nn.Module, x: Tensor) -> str:
 
 def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None = None,
               cases: list[str] | None = None, dtypes: Sequence[str] = ("float32", "bfloat16"),
-              log: Callable[[str], None] | None = None) -> dict:
+              fresh_pages: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark; return a JSON-ready dict with the environment and one row per (case, dtype, pass)."""
     repeats = repeats or (5 if quick else 25)
     warmup = 2 if quick else 5
@@ -194,6 +217,7 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     if bad or not dtypes:
         raise ValueError(f"unknown dtype(s) {bad or list(dtypes)}; known: {', '.join(DTYPES)}")
     nl.kernels.cpp_available()  # build the kernels (once per machine) before anything is timed
+    steady = _steady_allocator() if not fresh_pages else False
     rows = []
     for case in selected:
         shape = case.quick_shape if quick else case.shape
@@ -222,7 +246,7 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
         "env": {"torch": torch.__version__, "normlab": nl.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(), "dtypes": list(dtypes), "repeats": repeats, "quick": quick,
-                "kernels": nl.kernels.mode()},
+                "kernels": nl.kernels.mode(), "steady_allocator": steady},
         "rows": [dict(asdict(r), vs_torch=r.vs_torch, vs_compiled=r.vs_compiled, vs_copy=r.vs_copy)
                  for r in rows],
     }
@@ -231,7 +255,8 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
 def format_table(result: dict) -> str:
     env = result["env"]
     head = (f"normlab bench: torch {env['torch']}, {env['threads']} CPU threads, median of {env['repeats']} "
-            f"interleaved rounds{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}\n"
+            f"interleaved rounds{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}, "
+            f"{'freed memory reused' if env.get('steady_allocator') else 'fresh pages (allocator as is)'}\n"
             "ratios are normlab time / anchor time (lower is better; 1.00 = as fast as the anchor)\n")
     cols = ["layer", "shape", "dtype", "pass", "normlab path", "copy ms", "torch ms", "compiled ms", "normlab ms",
             "/torch", "/compiled", "/copy"]

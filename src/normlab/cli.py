@@ -39,7 +39,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
         result = bench.run_bench(quick=args.quick, compile=not args.no_compile, repeats=args.repeats,
-                                 cases=cases, dtypes=dtypes, log=log)
+                                 cases=cases, dtypes=dtypes, fresh_pages=args.fresh_pages, log=log)
     except ValueError as e:
         print(f"normlab bench: {e}", file=sys.stderr)
         return 2
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated case names, from: {', '.join(case_names)} (default: all)")
     b.add_argument("--dtypes", default="float32,bfloat16", metavar="NAMES",
                    help="comma-separated input dtypes, from: float32, bfloat16 (default: both)")
+    b.add_argument("--fresh-pages", action="store_true",
+                   help="leave the allocator as it is: large outputs then pay fresh page faults on every call")
     b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")

@@ -235,49 +235,62 @@ def implementation(layer, x: Tensor, mask: Tensor | None = None) -> str:
 _MAX_PLANS = 32
 
 
-def cached_forward(norm, x: Tensor) -> Tensor | None:
-    """The common call (no mask, eager, a C++ kernel applies) with its validation done once per input shape.
+def _cached_plan(norm, x: Tensor):
+    """``(layout, rdims, pdims)``, or False (no kernel), remembered on the layer per input signature.
 
-    The first call with a given shape, dtype, contiguity, mode and training
-    state validates the input exactly as the general path does (same errors)
-    and remembers the kernel and its geometry on the layer; later calls
-    only run it.  Returns None when this call should take the general path.
+    None when the cached path does not apply to this call at all (not an eager CPU tensor, tracing,
+    SyncBatchNorm across processes).  The first call with a given shape, dtype, contiguity, mode and
+    training state validates the input exactly as the general path does (same errors).
     """
     if not isinstance(x, Tensor) or not x.is_cpu or torch.compiler.is_compiling() or torch.jit.is_tracing() \
             or not norm._fast_paths_allowed():
         return None
     key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats, mode())
     plans = norm.__dict__.setdefault("_kernel_plans", {})
-    lay = plans.get(key)
-    if lay is None:
+    plan = plans.get(key)
+    if plan is None:
         rdims, pdims = norm._layout(x)
         name, lay = _choose(norm, x, None, rdims, pdims)
         if lay is not None:
             _check_shape_count(norm, x, None, rdims)
-        lay = (lay, rdims, pdims) if lay is not None else False
+        plan = (lay, rdims, pdims) if lay is not None else False
         if len(plans) >= _MAX_PLANS:
             plans.clear()
-        plans[key] = lay
-    if lay is False:
+        plans[key] = plan
+    return plan
+
+
+def cached_forward(norm, x: Tensor) -> Tensor | None:
+    """The common call (no mask, eager, a C++ kernel applies) with its validation done once per input shape.
+
+    Returns None when this call should take the general path.
+    """
+    plan = _cached_plan(norm, x)
+    if not plan:
         return None
-    return _run_plan(norm, x, *lay)
+    return _run_plan(norm, x, *plan)
 
 
-def _run_plan(norm, x: Tensor, lay: tuple, rdims, pdims) -> Tensor:
-    from . import ops
-
+def _params(norm, x: Tensor) -> tuple[Tensor | None, Tensor | None, float]:
+    """The layer's (weight, bias, eps) as this call uses them: detached when frozen, 1 + weight when zero-centered."""
     w, b = norm.weight, norm.bias
     if norm.frozen:
         w = None if w is None else w.detach()
         b = None if b is None else b.detach()
     if w is not None and norm.zero_centered_gamma:
         w = w + 1
-    eps = norm._eps(x)
+    return w, b, norm._eps(x)
+
+
+def _run_plan(norm, x: Tensor, lay: tuple, rdims, pdims) -> Tensor:
+    from . import ops
+
+    w, b, eps = _params(norm, x)
     kind = lay[0]
     xc = x if x.is_contiguous() else x.contiguous()
-    if kind == "rows":
+    if kind == "rows":  # eager: the op with its autograd in C++ (no Python in the backward)
         _, R, L, groups, seg = lay
-        y, stats, _ = ops.rows(xc.view(R, L), w, b, groups=groups, seg=seg, eps=eps, center=norm.center)
+        y, stats, _ = ops.rows_eager(xc.view(R, L), w, b, groups=groups, seg=seg, eps=eps, center=norm.center)
         if norm.track_running_stats and norm._updates_running_stats():
             keep = _keep_shape(x, rdims)
             norm._update_running_stats((stats[0] + stats[1]).view(keep), stats[2].view(keep),
@@ -437,14 +450,20 @@ def add_norm(x: Tensor, residual: Tensor, norm) -> tuple[Tensor, Tensor]:
     if hasattr(norm, "_prepared") and not _has_hooks(norm) and isinstance(x, Tensor) and isinstance(residual, Tensor) \
             and x.shape == residual.shape and x.dtype == residual.dtype and norm.num_groups is None \
             and not norm.track_running_stats:
-        rdims, pdims, _, weight, bias, eps = norm._prepared(x, None)
-        name, lay = _choose(norm, x, None, rdims, pdims)
-        if name == "cpp:rows" and lay is not None and lay[3] == 1 and lay[4] == 1:
+        plan = _cached_plan(norm, x)
+        if plan is None:  # compiling or tracing: validate on every call
+            rdims, pdims = norm._layout(x)
+            lay = _choose(norm, x, None, rdims, pdims)[1]
+        else:
+            lay = plan[0] if plan else None
+        if lay is not None and lay[0] == "rows" and lay[3] == 1 and lay[4] == 1:
             from . import ops
 
             _, R, L, _, _ = lay
-            y, _, s = ops.rows(x.contiguous().view(R, L), _flat(weight), _flat(bias), eps=eps, center=norm.center,
-                               residual=residual.contiguous().view(R, L))
+            w, b, eps = _params(norm, x)
+            x2, r2 = x.contiguous().view(R, L), residual.contiguous().view(R, L)
+            rows = ops.rows_eager if plan else ops.rows  # eager: the op with its autograd in C++
+            y, _, s = rows(x2, w, b, eps=eps, center=norm.center, residual=r2)
             return y.view(x.shape), s.view(x.shape)
     s = x + residual
     return norm(s), s

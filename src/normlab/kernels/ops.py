@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["register", "rows", "chfirst", "batch", "batch_update"]
+__all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_update"]
 
 _registered = False
 
@@ -127,6 +127,7 @@ class _Rows(torch.autograd.Function):
         ctx.save_for_backward(src, weight, bias, stats, x, residual)
         ctx.conf = (groups, seg, eps, center, residual is not None)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)  # no zero tensors for the outputs nobody differentiated
         return y, stats, s
 
     @staticmethod
@@ -134,8 +135,9 @@ class _Rows(torch.autograd.Function):
         src, weight, bias, stats, x, residual = ctx.saved_tensors
         groups, seg, eps, center, fused = ctx.conf
         need = ctx.needs_input_grad
-        if dy is None:
-            dy = torch.zeros_like(src)
+        if dy is None:  # only the sum was differentiated: it passes its gradient to both addends
+            g = dsum if fused else None
+            return g, None, None, g, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
             gx, gw, gb, gr = _differentiable_grads(
                 lambda: _rows_reference(x, weight, bias, residual, groups, seg, eps, center),
@@ -162,6 +164,16 @@ def rows(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, groups: int =
     return y, stats, (s if residual is not None else None)
 
 
+def rows_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, groups: int = 1, seg: int = 1,
+               eps: float, center: bool, residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`rows` for eager CPU calls: the op whose autograd is in C++ (``normlab::rows_ad``), no Python backward.
+
+    Not for tracing (torch.compile uses :func:`rows`, whose autograd.Function it can trace).
+    """
+    y, stats, s = torch.ops.normlab.rows_ad(x, weight, bias, residual, groups, seg, eps, center)
+    return y, stats, (s if residual is not None else None)
+
+
 # --------------------------------------------------------------------------- chfirst
 class _ChFirst(torch.autograd.Function):
     @staticmethod
@@ -170,6 +182,7 @@ class _ChFirst(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, stats)
         ctx.conf = (eps, center)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)
         return y, stats
 
     @staticmethod
@@ -177,6 +190,8 @@ class _ChFirst(torch.autograd.Function):
         x, weight, bias, stats = ctx.saved_tensors
         eps, center = ctx.conf
         need = ctx.needs_input_grad
+        if dy is None:
+            return None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
             from .. import functional as NF
 
@@ -207,6 +222,7 @@ class _Batch(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, mask, used)
         ctx.conf = (eps, cols)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)
         return y, stats
 
     @staticmethod
@@ -214,6 +230,8 @@ class _Batch(torch.autograd.Function):
         x, weight, bias, mask, used = ctx.saved_tensors
         eps, cols = ctx.conf
         need = ctx.needs_input_grad
+        if dy is None:
+            return None, None, None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the reference
             return (*_differentiable_grads(lambda: _batch_reference(x, weight, bias, mask, used, eps, cols),
                                            [x, weight, bias], [dy]), None, None, None, None, None)

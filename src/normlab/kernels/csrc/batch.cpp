@@ -32,7 +32,7 @@ void ncs_stats(const T* x, const bool* mask, int64_t N, int64_t C, int64_t S, do
                ChannelStats<acc_t<T>>& cs, double eps, T* y, const acc_t<T>* w, const acc_t<T>* b) {
   using A = acc_t<T>;
   const A inv = A(1) / A(std::max(count, 1.0));
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, C, grain_for(N * S), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double s = 0;
       for (int64_t n = 0; n < N; ++n) {
@@ -119,7 +119,7 @@ void ncs_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStat
              acc_t<T>* dw, acc_t<T>* db, int64_t N, int64_t C, int64_t S, double count, bool batch_stats) {
   using A = acc_t<T>;
   const A inv = A(1) / A(std::max(count, 1.0));
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, C, grain_for(N * S), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const A sh = cs.shift[c], co = cs.corr[c], rs = cs.rstd[c];
       double sdy = 0, sdyx = 0;
@@ -153,7 +153,8 @@ void ncs_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStat
 #pragma omp simd
           for (int64_t i = 0; i < S; ++i) {
             const A xh = ((ld(xr, i) - sh) - co) * rs;
-            st(dr, i, k * (ld(gr, i) - (mr[i] ? m1 + xh * m2 : A(0))));
+            const A through = m1 + xh * m2;  // computed for every element, selected: no branch
+            st(dr, i, k * (ld(gr, i) - (mr[i] ? through : A(0))));
           }
         } else {
 #pragma omp simd
@@ -170,70 +171,79 @@ void ncs_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStat
 // ------------------------------------------------------------------------------- (M, C)
 constexpr int64_t kRowBlock = 64;
 
+// Column statistics in one pass over memory: each block of kRowBlock rows is reduced while it is
+// in cache with the corrected two-pass formula (its mean, and the sum of squared deviations from
+// it), and the blocks are merged in double with Chan et al.'s pairwise update
+//   n = na + nb,  mean = mean_a + d nb / n,  M2 = M2a + M2b + d^2 na nb / n,  d = mean_b - mean_a,
+// which is as precise as two passes over the whole column (no E[x^2] - E[x]^2 cancellation).
 template <typename T>
 void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count, ChannelStats<acc_t<T>>& cs) {
   using A = acc_t<T>;
-  const A inv = A(1) / A(std::max(count, 1.0));
+  (void)count;
   const int64_t parts = at::get_num_threads();
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
-  std::vector<double> tot(size_t(parts * C), 0.0), tot2(size_t(parts * C), 0.0);
-  // pass 1: column sums of the real rows
+  std::vector<double> tn(size_t(parts), 0.0), tmean(size_t(parts * C), 0.0), tm2(size_t(parts * C), 0.0);
   at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
-    double* t = tot.data() + C * int64_t(at::get_thread_num());
-    std::vector<A> part(C);
+    const int64_t tid = at::get_thread_num();
+    double* mean = tmean.data() + C * tid;
+    double* m2 = tm2.data() + C * tid;
+    double& n = tn[tid];
+    std::vector<A> pa(C), pb(C), bm(C);
     for (int64_t bl = b0; bl < b1; ++bl) {
-      std::fill(part.begin(), part.end(), A(0));
-      A* p = part.data();
-      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+      const int64_t r0 = bl * kRowBlock, r1 = std::min(M, r0 + kRowBlock);
+      int64_t nb = 0;
+      std::fill(pa.begin(), pa.end(), A(0));
+      A* a = pa.data();
+      for (int64_t r = r0; r < r1; ++r) {
         if (mask && !mask[r]) continue;
+        ++nb;
         const T* xr = x + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) p[c] += ld(xr, c);
+        for (int64_t c = 0; c < C; ++c) a[c] += ld(xr, c);
       }
-      for (int64_t c = 0; c < C; ++c) t[c] += part[c];
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0;
-    for (int64_t t = 0; t < parts; ++t) s += tot[t * C + c];
-    cs.shift[c] = A(s) * inv;
-  }
-  std::fill(tot.begin(), tot.end(), 0.0);
-  // pass 2: sums of deviations from the shift
-  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
-    double* t = tot.data() + C * int64_t(at::get_thread_num());
-    double* t2 = tot2.data() + C * int64_t(at::get_thread_num());
-    std::vector<A> pa(C), pb(C);
-    const A* sh = cs.shift.data();
-    for (int64_t bl = b0; bl < b1; ++bl) {
+      if (nb == 0) continue;
+      const A inv = A(1) / A(nb);
+      A* m = bm.data();
+      for (int64_t c = 0; c < C; ++c) m[c] = a[c] * inv;
       std::fill(pa.begin(), pa.end(), A(0));
       std::fill(pb.begin(), pb.end(), A(0));
-      A* a = pa.data();
-      A* b = pb.data();
-      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+      A* q = pb.data();
+      for (int64_t r = r0; r < r1; ++r) {
         if (mask && !mask[r]) continue;
         const T* xr = x + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const A d = ld(xr, c) - sh[c];
+          const A d = ld(xr, c) - m[c];
           a[c] += d;
-          b[c] += d * d;
+          q[c] += d * d;
         }
       }
+      const double nn = n + double(nb), wb = double(nb) / nn, cross = n * double(nb) / nn;
       for (int64_t c = 0; c < C; ++c) {
-        t[c] += pa[c];
-        t2[c] += pb[c];
+        const double corr = double(a[c]) / double(nb);
+        const double block_mean = double(m[c]) + corr;
+        const double block_m2 = std::max(double(q[c]) - double(nb) * corr * corr, 0.0);
+        const double d = block_mean - mean[c];
+        mean[c] += d * wb;
+        m2[c] += block_m2 + d * d * cross;
       }
+      n = nn;
     }
   });
+  // merge the threads' partial statistics the same way
   for (int64_t c = 0; c < C; ++c) {
-    double sd = 0, sq = 0;
+    double n = 0, mean = 0, m2 = 0;
     for (int64_t t = 0; t < parts; ++t) {
-      sd += tot[t * C + c];
-      sq += tot2[t * C + c];
+      const double nb = tn[t];
+      if (nb == 0) continue;
+      const double nn = n + nb, d = tmean[t * C + c] - mean;
+      mean += d * nb / nn;
+      m2 += tm2[t * C + c] + d * d * n * nb / nn;
+      n = nn;
     }
-    cs.corr[c] = A(sd) * inv;
-    cs.var[c] = std::max(A(sq) * inv - cs.corr[c] * cs.corr[c], A(0));
+    cs.shift[c] = A(mean);
+    cs.corr[c] = A(mean - double(cs.shift[c]));
+    cs.var[c] = A(n > 0 ? m2 / n : 0.0);
   }
 }
 
@@ -241,18 +251,22 @@ template <typename T>
 void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t M,
                 int64_t C) {
   using A = acc_t<T>;
-  std::vector<A> ones(C, A(1)), zeros(C, A(0));
-  const A* wv = w ? w : ones.data();
-  const A* bv = b ? b : zeros.data();
+  // per channel: y = ((x - shift) - corr) * (rstd * w) + b; x - shift keeps the digits a large mean costs
+  std::vector<A> k(C), bv(C, A(0));
+  for (int64_t c = 0; c < C; ++c) {
+    k[c] = cs.rstd[c] * (w ? w[c] : A(1));
+    if (b) bv[c] = b[c];
+  }
   const A* sh = cs.shift.data();
   const A* co = cs.corr.data();
-  const A* rs = cs.rstd.data();
+  const A* kv = k.data();
+  const A* bp = bv.data();
   at::parallel_for(0, M, grain_for(C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * C;
       T* yr = y + r * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) st(yr, c, (((ld(xr, c) - sh[c]) - co[c]) * rs[c]) * wv[c] + bv[c]);
+      for (int64_t c = 0; c < C; ++c) st(yr, c, ((ld(xr, c) - sh[c]) - co[c]) * kv[c] + bp[c]);
     }
   });
 }
@@ -314,11 +328,15 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
       const T* xr = x + r * C;
       const T* gr = dy + r * C;
       T* dr = dx + r * C;
-      const bool real = !mask || mask[r];
+      if (mask && !mask[r]) {  // a padded row: no gradient through the statistics
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) st(dr, c, kv[c] * ld(gr, c));
+        continue;
+      }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const A xh = ((ld(xr, c) - sh[c]) - co[c]) * rs[c];
-        st(dr, c, kv[c] * (ld(gr, c) - (real ? a1[c] + xh * a2[c] : A(0))));
+        st(dr, c, kv[c] * (ld(gr, c) - a1[c] - xh * a2[c]));
       }
     }
   });

@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,32 +29,35 @@ template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 template <typename T> using acc_t = typename AccOf<T>::type;
 
+// Loads and stores are written without branches or memcpy so that loops over them vectorize
+// (the compiler turns the selects into blends); every conversion is exact or rounds as c10 does.
 inline float ld(const float* p, int64_t i) { return p[i]; }
 inline double ld(const double* p, int64_t i) { return p[i]; }
-inline float ld(const c10::BFloat16* p, int64_t i) {
-  uint16_t h;
-  std::memcpy(&h, p + i, sizeof(h));
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+inline float ld(const c10::BFloat16* p, int64_t i) { return std::bit_cast<float>(uint32_t(p[i].x) << 16); }
+// IEEE half -> float, denormals, inf and NaN included: the magnitude bits scaled by 2^112 as a float
+inline float ld(const c10::Half* p, int64_t i) {
+  const uint32_t h = p[i].x;
+  const uint32_t em = h & 0x7FFFu;
+  const float mag = std::bit_cast<float>(em << 13) * 0x1p112f;
+  const uint32_t bits = em >= 0x7C00u ? ((em << 13) | 0x7F800000u) : std::bit_cast<uint32_t>(mag);
+  return std::bit_cast<float>(bits | ((h & 0x8000u) << 16));
 }
-inline float ld(const c10::Half* p, int64_t i) { return static_cast<float>(p[i]); }
 
 inline void st(float* p, int64_t i, float v) { p[i] = v; }
 inline void st(double* p, int64_t i, double v) { p[i] = v; }
 // round to nearest even, NaN to the canonical quiet NaN: bit-identical to c10's float -> bfloat16
 inline void st(c10::BFloat16* p, int64_t i, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  uint16_t h = (v != v) ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  std::memcpy(p + i, &h, sizeof(h));
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  p[i].x = uint16_t(v != v ? 0x7FC0u : r);
 }
 inline void st(c10::Half* p, int64_t i, float v) { p[i] = c10::Half(v); }
 
-// Sums are taken in chunks: a vectorized float (or double) sum inside a chunk, chunk sums added
-// in double, so long reductions (a GroupNorm row, a BatchNorm channel) keep float32 accuracy.
+// Sums are taken in chunks: inside a chunk kLanes independent partial sums (a few vector
+// registers, so the adds do not wait on each other), chunk sums added in double, so long
+// reductions (a GroupNorm row, a BatchNorm channel) keep float32 accuracy.
 constexpr int64_t kChunk = 1024;
+constexpr int64_t kLanes = 32;
 
 // sum of x[0..n)
 template <typename T>
@@ -62,9 +66,15 @@ inline double sum1(const T* x, int64_t n) {
   double total = 0;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t c1 = std::min(n, c0 + kChunk);
+    A p[kLanes] = {};
+    int64_t i = c0;
+    for (; i + kLanes <= c1; i += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) p[j] += ld(x, i + j);
+    }
     A s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = c0; i < c1; ++i) s += ld(x, i);
+    for (; i < c1; ++i) s += ld(x, i);
+    for (int64_t j = 0; j < kLanes; ++j) s += p[j];
     total += s;
   }
   return total;
@@ -76,12 +86,25 @@ inline void sum_dev(const T* x, int64_t n, acc_t<T> shift, double& sd, double& s
   using A = acc_t<T>;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t c1 = std::min(n, c0 + kChunk);
+    A p[kLanes] = {}, q[kLanes] = {};
+    int64_t i = c0;
+    for (; i + kLanes <= c1; i += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const A d = ld(x, i + j) - shift;
+        p[j] += d;
+        q[j] += d * d;
+      }
+    }
     A a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t i = c0; i < c1; ++i) {
+    for (; i < c1; ++i) {
       const A d = ld(x, i) - shift;
       a += d;
       b += d * d;
+    }
+    for (int64_t j = 0; j < kLanes; ++j) {
+      a += p[j];
+      b += q[j];
     }
     sd += a;
     sq += b;
@@ -95,12 +118,21 @@ inline double sum_sq(const T* x, int64_t n) {
   double total = 0;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t c1 = std::min(n, c0 + kChunk);
+    A p[kLanes] = {};
+    int64_t i = c0;
+    for (; i + kLanes <= c1; i += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const A v = ld(x, i + j);
+        p[j] += v * v;
+      }
+    }
     A s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = c0; i < c1; ++i) {
+    for (; i < c1; ++i) {
       const A v = ld(x, i);
       s += v * v;
     }
+    for (int64_t j = 0; j < kLanes; ++j) s += p[j];
     total += s;
   }
   return total;
@@ -143,6 +175,15 @@ inline std::vector<A> as_acc(const c10::optional<at::Tensor>& t, int64_t n, A fi
   return out;
 }
 
+// Ask for the next row while this one is computed: the passes over a row run from cache, and the
+// memory traffic of the next row overlaps them instead of stalling the first pass.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * int64_t(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 inline bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // per-thread partial sums (for parameter gradients), reduced at the end
@@ -171,9 +212,10 @@ inline at::Tensor grad_tensor(const std::vector<A>& g, const c10::optional<at::T
   return t;
 }
 
-inline int64_t grain_for(int64_t per_item) {
-  // roughly 32K elements of work per task, at least one item
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_item, 1));
-}
+// Items per task: at least kMinTask elements of work each.  A smaller call runs on the calling
+// thread alone: waking the other threads of the pool (asleep after the matmuls around a norm)
+// costs more than the work (a LayerNorm over a 32K-element tensor takes a few microseconds).
+constexpr int64_t kMinTask = 32768;
+inline int64_t grain_for(int64_t per_item) { return std::max<int64_t>(1, kMinTask / std::max<int64_t>(per_item, 1)); }
 
 }  // namespace normlab

@@ -9,6 +9,7 @@
 // to x's dtype and stored, and the row is normalized from the stored sum, exactly as the
 // unfused `norm(x + residual)`.
 #include "common.h"
+#include "entry.h"
 
 #include <torch/library.h>
 
@@ -47,6 +48,10 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
   at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* src = x + r * L;
+      if (r + 1 < r1) {
+        prefetch_row(src + L, L);
+        if (res != nullptr) prefetch_row(res + (r + 1) * L, L);
+      }
       if (res != nullptr) {
         T* s = sum_out + r * L;
         const T* q = res + r * L;
@@ -79,6 +84,8 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
     }
   });
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                                         const c10::optional<at::Tensor>& bias,
@@ -117,91 +124,118 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, con
   return {y, stats, sum_out.defined() ? sum_out : at::empty({0}, x.options())};
 }
 
-template <typename T, bool Center>
+namespace {
+
+// One row's backward.  w (the affine of this row's group), dw and db (this thread's sums) always
+// point somewhere (ones / scratch when the layer has no weight or a gradient is not wanted), so the
+// inner loops have no branches and vectorize.
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w  (no mean(g) term without centering)
+template <typename T, bool Center, bool HasDsum>
+inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shift, acc_t<T> corr, acc_t<T> rstd,
+                    const acc_t<T>* w, acc_t<T>* dw, acc_t<T>* db, int64_t L, int64_t K, int64_t S) {
+  using A = acc_t<T>;
+  double sg = 0, sgx = 0;
+  if (S == 1) {
+    auto term = [&](int64_t i, A& a, A& b) {
+      const A xh = Center ? ((ld(xr, i) - shift) - corr) * rstd : ld(xr, i) * rstd;
+      const A g0 = ld(gr, i);
+      const A g = g0 * w[i];
+      a += g;
+      b += g * xh;
+      dw[i] += g0 * xh;
+      db[i] += g0;
+    };
+    for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
+      const int64_t c1 = std::min(L, c0 + kChunk);
+      A p[kLanes] = {}, q[kLanes] = {};  // independent partial sums (see common.h)
+      int64_t i = c0;
+      for (; i + kLanes <= c1; i += kLanes) {
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) term(i + j, p[j], q[j]);
+      }
+      A a = 0, b = 0;
+      for (; i < c1; ++i) term(i, a, b);
+      for (int64_t j = 0; j < kLanes; ++j) {
+        a += p[j];
+        b += q[j];
+      }
+      sg += a;
+      sgx += b;
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* xs = xr + k * S;
+      const T* gs = gr + k * S;
+      double pw = 0, pb = 0;
+      for (int64_t c0 = 0; c0 < S; c0 += kChunk) {
+        const int64_t c1 = std::min(S, c0 + kChunk);
+        A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t i = c0; i < c1; ++i) {
+          const A xh = Center ? ((ld(xs, i) - shift) - corr) * rstd : ld(xs, i) * rstd;
+          const A g0 = ld(gs, i);
+          a += g0;
+          b += g0 * xh;
+        }
+        pb += a;
+        pw += b;
+      }
+      sg += w[k] * A(pb);
+      sgx += w[k] * A(pw);
+      dw[k] += A(pw);
+      db[k] += A(pb);
+    }
+  }
+  const A inv = A(1) / A(L);
+  const A mg = Center ? A(sg) * inv : A(0);
+  const A mgx = A(sgx) * inv;
+  const int64_t segs = S == 1 ? 1 : K, n = S == 1 ? L : S;
+  for (int64_t k = 0; k < segs; ++k) {
+    const T* xs = xr + k * n;
+    const T* gs = gr + k * n;
+    const T* dss = HasDsum ? ds + k * n : nullptr;
+    T* dxs = dxr + k * n;
+    const A* wv = S == 1 ? w : nullptr;
+    const A wk = S == 1 ? A(1) : w[k];
+    if (S == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const A xh = Center ? ((ld(xs, i) - shift) - corr) * rstd : ld(xs, i) * rstd;
+        A v = rstd * (ld(gs, i) * wv[i] - mg - xh * mgx);
+        if (HasDsum) v += ld(dss, i);
+        st(dxs, i, v);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const A xh = Center ? ((ld(xs, i) - shift) - corr) * rstd : ld(xs, i) * rstd;
+        A v = rstd * (ld(gs, i) * wk - mg - xh * mgx);
+        if (HasDsum) v += ld(dss, i);
+        st(dxs, i, v);
+      }
+    }
+  }
+}
+
+template <typename T, bool Center, bool HasDsum>
 void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* stats, const acc_t<T>* w,
               acc_t<T>* dw_all, acc_t<T>* db_all, int64_t P, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S,
               double eps) {
   using A = acc_t<T>;
   at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
-    A* dwb = dw_all ? dw_all + P * int64_t(at::get_thread_num()) : nullptr;
-    A* dbb = db_all ? db_all + P * int64_t(at::get_thread_num()) : nullptr;
+    A* dwb = dw_all + P * int64_t(at::get_thread_num());
+    A* dbb = db_all + P * int64_t(at::get_thread_num());
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * L;
-      const T* gr = dy + r * L;
-      const A shift = Center ? stats[r] : A(0);
-      const A corr = Center ? stats[R + r] : A(0);
       const A var = Center ? stats[2 * R + r] : stats[r];
-      const A rstd = A(1) / std::sqrt(var + A(eps));
       const int64_t off = (r % G) * K;
-      const A* wr = w ? w + off : nullptr;
-      double sg = 0, sgx = 0;
-      if (S == 1) {
-        A* dwr = dwb ? dwb + off : nullptr;
-        A* dbr = dbb ? dbb + off : nullptr;
-        for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
-          const int64_t c1 = std::min(L, c0 + kChunk);
-          A a = 0, bsum = 0;
-#pragma omp simd reduction(+ : a, bsum)
-          for (int64_t i = c0; i < c1; ++i) {
-            const A xh = Center ? ((ld(xr, i) - shift) - corr) * rstd : ld(xr, i) * rstd;
-            const A g0 = ld(gr, i);
-            const A g = wr ? g0 * wr[i] : g0;
-            a += g;
-            bsum += g * xh;
-            if (dwr) dwr[i] += g0 * xh;
-            if (dbr) dbr[i] += g0;
-          }
-          sg += a;
-          sgx += bsum;
-        }
-      } else {
-        for (int64_t k = 0; k < K; ++k) {
-          const T* xs = xr + k * S;
-          const T* gs = gr + k * S;
-          double pw = 0, pb = 0;
-          for (int64_t c0 = 0; c0 < S; c0 += kChunk) {
-            const int64_t c1 = std::min(S, c0 + kChunk);
-            A a = 0, bsum = 0;
-#pragma omp simd reduction(+ : a, bsum)
-            for (int64_t i = c0; i < c1; ++i) {
-              const A xh = Center ? ((ld(xs, i) - shift) - corr) * rstd : ld(xs, i) * rstd;
-              const A g0 = ld(gs, i);
-              a += g0;
-              bsum += g0 * xh;
-            }
-            pb += a;
-            pw += bsum;
-          }
-          const A wk = wr ? wr[k] : A(1);
-          sg += wk * A(pb);
-          sgx += wk * A(pw);
-          if (dwb) dwb[off + k] += A(pw);
-          if (dbb) dbb[off + k] += A(pb);
-        }
-      }
-      const A inv = A(1) / A(L);
-      const A mg = Center ? A(sg) * inv : A(0);
-      const A mgx = A(sgx) * inv;
-      T* dxr = dx + r * L;
-      const T* ds = dsum ? dsum + r * L : nullptr;
-      for (int64_t k = 0; k < (S == 1 ? 1 : K); ++k) {
-        const int64_t base = S == 1 ? 0 : k * S;
-        const int64_t n = S == 1 ? L : S;
-        const A wk = (S == 1 || !wr) ? A(1) : wr[k];
-        const A* wv = (S == 1 && wr) ? wr : nullptr;
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t j = base + i;
-          const A xh = Center ? ((ld(xr, j) - shift) - corr) * rstd : ld(xr, j) * rstd;
-          const A g = ld(gr, j) * (wv ? wv[i] : wk);
-          A v = rstd * (g - mg - xh * mgx);
-          if (ds) v += ld(ds, j);
-          st(dxr, j, v);
-        }
-      }
+      bwd_row<T, Center, HasDsum>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr, dx + r * L,
+                                  Center ? stats[r] : A(0), Center ? stats[R + r] : A(0),
+                                  A(1) / std::sqrt(var + A(eps)), w + off, dwb + off, dbb + off, L, K, S);
     }
   });
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in, const at::Tensor& x,
                                                         const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
@@ -217,28 +251,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in,
   at::Tensor dw, db;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_bwd", [&] {
     using A = acc_t<scalar_t>;
-    std::vector<A> w;
-    if (has(weight)) w = as_acc<A>(weight, P, A(1));
+    const std::vector<A> w = as_acc<A>(weight, P, A(1));  // ones without a weight: no branch per element
     const int64_t parts = at::get_num_threads();
-    ThreadSums<A> tw(need_weight ? P : 0, parts), tb(need_bias ? P : 0, parts);
-    auto run = [&](auto center_tag) {
-      constexpr bool C = decltype(center_tag)::value;
-      bwd_impl<scalar_t, C>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                            dsum.defined() ? dsum.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
-                            stats.contiguous().data_ptr<A>(), w.empty() ? nullptr : w.data(),
-                            need_weight ? tw.buf.data() : nullptr, need_bias ? tb.buf.data() : nullptr, P, R, L, G,
-                            K, S, eps);
+    ThreadSums<A> tw(P, parts), tb(P, parts);  // summed whether wanted or not, for the same reason
+    const at::Tensor st_ = stats.contiguous();
+    auto run = [&](auto center_tag, auto dsum_tag) {
+      constexpr bool C = decltype(center_tag)::value, D = decltype(dsum_tag)::value;
+      bwd_impl<scalar_t, C, D>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                               D ? dsum.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(), st_.data_ptr<A>(),
+                               w.data(), tw.buf.data(), tb.buf.data(), P, R, L, G, K, S, eps);
     };
-    if (center) run(std::true_type{});
-    else run(std::false_type{});
+    const bool fused = dsum.defined() && dsum.numel();
+    if (center && fused) run(std::true_type{}, std::true_type{});
+    else if (center) run(std::true_type{}, std::false_type{});
+    else if (fused) run(std::false_type{}, std::true_type{});
+    else run(std::false_type{}, std::false_type{});
     const auto opts = x.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat);
     dw = grad_tensor<A>(need_weight ? tw.total() : std::vector<A>(), weight, need_weight, opts);
     db = grad_tensor<A>(need_bias ? tb.total() : std::vector<A>(), bias_like, need_bias, opts);
   });
   return {dx, dw, db};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
   m.def("rows_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, int groups, int seg, float eps, "

@@ -1,0 +1,21 @@
+// The C++ entry points of the kernels that other translation units call (the autograd wrappers).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace normlab {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                        const c10::optional<at::Tensor>& bias,
+                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
+                                                        int64_t seg, double eps, bool center);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                        const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                                        const c10::optional<at::Tensor>& dsum, int64_t groups,
+                                                        int64_t seg, double eps, bool center, bool need_weight,
+                                                        bool need_bias, const c10::optional<at::Tensor>& bias);
+
+}  // namespace normlab
