@@ -169,9 +169,10 @@ void ncs_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelStat
 }
 
 // ------------------------------------------------------------------------------- (M, C)
-constexpr int64_t kRowBlock = 64;
+// rows per block: about 64K elements (a block stays in L2 between its two passes), 16 to 1024 rows
+inline int64_t row_block(int64_t C) { return std::max<int64_t>(16, std::min<int64_t>(1024, 65536 / std::max<int64_t>(C, 1))); }
 
-// Column statistics in one pass over memory: each block of kRowBlock rows is reduced while it is
+// Column statistics in one pass over memory: each block of row_block(C) rows is reduced while it is
 // in cache with the corrected two-pass formula (its mean, and the sum of squared deviations from
 // it), and the blocks are merged in double with Chan et al.'s pairwise update
 //   n = na + nb,  mean = mean_a + d nb / n,  M2 = M2a + M2b + d^2 na nb / n,  d = mean_b - mean_a,
@@ -181,16 +182,16 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
   using A = acc_t<T>;
   (void)count;
   const int64_t parts = at::get_num_threads();
-  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t RB = row_block(C), blocks = (M + RB - 1) / RB;
   std::vector<double> tn(size_t(parts), 0.0), tmean(size_t(parts * C), 0.0), tm2(size_t(parts * C), 0.0);
-  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, grain_for(RB * C), [&](int64_t b0, int64_t b1) {
     const int64_t tid = at::get_thread_num();
     double* mean = tmean.data() + C * tid;
     double* m2 = tm2.data() + C * tid;
     double& n = tn[tid];
     std::vector<A> pa(C), pb(C), bm(C);
     for (int64_t bl = b0; bl < b1; ++bl) {
-      const int64_t r0 = bl * kRowBlock, r1 = std::min(M, r0 + kRowBlock);
+      const int64_t r0 = bl * RB, r1 = std::min(M, r0 + RB);
       int64_t nb = 0;
       std::fill(pa.begin(), pa.end(), A(0));
       A* a = pa.data();
@@ -218,9 +219,9 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
           q[c] += d * d;
         }
       }
-      const double nn = n + double(nb), wb = double(nb) / nn, cross = n * double(nb) / nn;
+      const double nn = n + double(nb), wb = double(nb) / nn, cross = n * double(nb) / nn, inb = 1.0 / double(nb);
       for (int64_t c = 0; c < C; ++c) {
-        const double corr = double(a[c]) / double(nb);
+        const double corr = double(a[c]) * inb;
         const double block_mean = double(m[c]) + corr;
         const double block_m2 = std::max(double(q[c]) - double(nb) * corr * corr, 0.0);
         const double d = block_mean - mean[c];
@@ -277,12 +278,12 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
   using A = acc_t<T>;
   const A inv = A(1) / A(std::max(count, 1.0));
   const int64_t parts = at::get_num_threads();
-  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t RB = row_block(C), blocks = (M + RB - 1) / RB;
   std::vector<double> tot(size_t(parts * C), 0.0), tot2(size_t(parts * C), 0.0);
   const A* sh = cs.shift.data();
   const A* co = cs.corr.data();
   const A* rs = cs.rstd.data();
-  at::parallel_for(0, blocks, grain_for(kRowBlock * C), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, grain_for(RB * C), [&](int64_t b0, int64_t b1) {
     double* t = tot.data() + C * int64_t(at::get_thread_num());
     double* t2 = tot2.data() + C * int64_t(at::get_thread_num());
     std::vector<A> pa(C), pb(C);
@@ -291,7 +292,7 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
       std::fill(pb.begin(), pb.end(), A(0));
       A* a = pa.data();
       A* b = pb.data();
-      for (int64_t r = bl * kRowBlock; r < std::min(M, (bl + 1) * kRowBlock); ++r) {
+      for (int64_t r = bl * RB; r < std::min(M, (bl + 1) * RB); ++r) {
         const T* xr = x + r * C;
         const T* gr = dy + r * C;
 #pragma omp simd
