@@ -29,7 +29,7 @@ from multiprocessing import get_context
 from ..train.record import environment, write_record
 from .spec import Experiment, Run
 
-__all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers", "Interrupted"]
+__all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers", "Interrupted", "BACKENDS"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -68,13 +68,13 @@ def pending_runs(out: str, exp: Experiment, mode: str, seeds: int | None = None,
             if (_read(record_path(out, r, version)) or {}).get("status") != "ok"]
 
 
-def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_version: str, threads: int) -> dict:
-    """Worker: perform one run and write its record (also when it fails)."""
+def _perform(claim: str, name: str, config: dict, seed: int, code_version: str, threads: int) -> dict:
+    """Perform one run and return its record (status "failed" with the traceback when the run raises)."""
     import torch
 
     from . import registry
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # per run: a reused worker (Ray's) may ignore OMP_NUM_THREADS
     exp = registry.get(claim)
     start = time.perf_counter()
     record = {"claim": claim, "name": name, "seed": seed, "config": config, "mode": config.get("mode"),
@@ -86,9 +86,18 @@ def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_ver
         record["status"], record["error"] = "failed", traceback.format_exc()
     record["wall_time_s"] = time.perf_counter() - start
     record["env"] = environment()
+    return record
+
+
+def _summary(record: dict) -> dict:
+    return {k: record[k] for k in ("claim", "name", "seed", "status", "wall_time_s", "error")}
+
+
+def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_version: str, threads: int) -> dict:
+    """Pool worker: perform one run and write its record (also when it fails)."""
+    record = _perform(claim, name, config, seed, code_version, threads)
     write_record(path, record)
-    return {"claim": claim, "name": name, "seed": seed, "status": record["status"],
-            "wall_time_s": record["wall_time_s"], "error": record["error"]}
+    return _summary(record)
 
 
 def _remove_stale_temp_files(records_dir: str) -> None:
@@ -113,15 +122,24 @@ def plan_workers(workers: int | None, threads: int) -> tuple[int, int]:
     return workers, threads
 
 
-def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int | None = None,
-                 log: Callable[[dict, int, int], None] | None = None) -> list[dict]:
-    """Run ``jobs`` (experiment, run) in a process pool; return one summary per finished run.
+BACKENDS = ("local", "ray")
 
-    Runs whose ``ok`` record exists are skipped by the caller (see
+
+def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int | None = None,
+                 log: Callable[[dict, int, int], None] | None = None, backend: str = "local",
+                 address: str | None = None) -> list[dict]:
+    """Run ``jobs`` (experiment, run) on ``backend``; return one summary per finished run.
+
+    ``backend="local"``: a process pool on this machine.  ``backend="ray"``:
+    every run is a Ray task (see :mod:`normlab.experiments.ray_backend`) on the
+    cluster at ``address`` (or ``RAY_ADDRESS``; a local Ray when neither is
+    set).  Runs whose ``ok`` record exists are skipped by the caller (see
     :func:`pending_runs`).  Runs of ``exclusive`` experiments (timings) go
     last, one at a time, with nothing beside them.  Ctrl-C cancels what has
-    not started and lets the pool stop; finished records stay.
+    not started; finished records stay.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if not jobs:
         return []
     os.makedirs(out, exist_ok=True)
@@ -130,6 +148,13 @@ def execute_runs(out: str, jobs: list[tuple[Experiment, Run]], *, workers: int |
     alone = [j for j in jobs if j[0].exclusive]
     summaries: list[dict] = []
     total = len(jobs)
+    if backend == "ray":
+        from .ray_backend import ray_runs
+
+        for group, exclusive in ((shared, False), (alone, True)):
+            if group:
+                ray_runs(out, group, summaries, total, log, address=address, exclusive=exclusive)
+        return summaries
     if shared:
         n_workers, n_threads = plan_workers(workers, max(exp.threads for exp, _ in shared))
         _pool_runs(out, shared, n_workers, n_threads, summaries, total, log)

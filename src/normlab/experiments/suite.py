@@ -14,10 +14,14 @@ __all__ = ["run_missing", "judge", "status_of"]
 
 
 def run_missing(exps: list[Experiment], mode: str, out: str, *, workers: int | None = None,
-                seeds: int | None = None, context: dict | None = None, log: Callable | None = None) -> list[dict]:
-    """Run every run of ``exps`` in ``mode`` that has no finished record yet; return their summaries."""
+                seeds: int | None = None, context: dict | None = None, log: Callable | None = None,
+                backend: str = "local", address: str | None = None) -> list[dict]:
+    """Run every run of ``exps`` in ``mode`` that has no finished record yet; return their summaries.
+
+    ``backend``: "local" (a process pool of ``workers``) or "ray" (Ray tasks on the cluster at ``address``).
+    """
     jobs = [(exp, run) for exp in exps for run in pending_runs(out, exp, mode, seeds, context)]
-    return execute_runs(out, jobs, workers=workers, log=log)
+    return execute_runs(out, jobs, workers=workers, log=log, backend=backend, address=address)
 
 
 def judge(exp: Experiment, mode: str, out: str, *, seeds: int | None = None, plots_dir: str | None = None,

@@ -32,6 +32,9 @@ class TrainConfig:
         diverge_factor: a run is diverged when the loss is NaN/inf, or when its
             moving average exceeds ``diverge_factor`` x the initial loss.
         progress: show a progress bar (None: only on a terminal).
+        distributed: data-parallel over the initialized process group (None: exactly when one of 2+
+            processes is initialized, e.g. under torchrun; see :mod:`normlab.train.distributed`).
+        sync_batchnorm: in data-parallel training, convert every BatchNorm to SyncBatchNorm.
     """
 
     steps: int = 1000
@@ -54,6 +57,8 @@ class TrainConfig:
     instrument_every: int = 0
     diverge_factor: float = 1.5
     progress: bool | None = None
+    distributed: bool | None = None
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +86,8 @@ class TrainConfig:
         check_int(self, "instrument_every", lo=0)
         check_float(self, "diverge_factor")
         check_bool(self, "progress", optional=True)
+        check_bool(self, "distributed", optional=True)
+        check_bool(self, "sync_batchnorm")
         if not isinstance(self.instruments, (tuple, list)):
             raise ValueError(f"TrainConfig.instruments must be a tuple of instrument names, got {self.instruments!r}")
         if self.optimizer not in ("adamw", "sgd"):

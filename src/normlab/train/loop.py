@@ -60,6 +60,11 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
     there and that is a result) or ``"failed"`` (an exception; its traceback
     is kept in ``error``).  Invalid configurations raise before training.
 
+    Under ``torchrun`` (a process group of 2+ processes, see
+    :mod:`normlab.train.distributed`) the run is data-parallel: each rank its
+    shard of the global batch, gradients averaged by DDP, BatchNorm converted to
+    SyncBatchNorm with ``cfg.sync_batchnorm``, the record written by rank 0.
+
     Example::
 
         >>> import torch
@@ -73,6 +78,9 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
         ('ok', True)
     """
     cfg.validate()
+    from .distributed import ShardedTask, mean_over_ranks, prepare_model, world
+
+    rank, world_size = world(cfg.distributed)
     model_cfg = getattr(model, "cfg", None)
     record: dict[str, Any] = {
         "schema": 1,
@@ -89,10 +97,18 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
         "diverged_at": None,
         "error": None,
     }
+    if world_size > 1:
+        record["distributed"] = {"world_size": world_size, "backend": torch.distributed.get_backend(),
+                                 "sync_batchnorm": cfg.sync_batchnorm, "written_by_rank": 0}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same global batches on every rank
+    step_model, step_task = model, task
+    if world_size > 1:  # each rank trains on its shard of the global batch; DDP averages the gradients
+        model, step_model = prepare_model(model, cfg.sync_batchnorm)
+        step_task = ShardedTask(task, rank, world_size)
+        record["config"]["data"] = step_task.describe()
     instruments = build_instruments(cfg.instruments, model)
     optimizer = make_optimizer(model, cfg)
     model.train()
@@ -111,10 +127,10 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
                 factor = cfg.lr_factor(step)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
-                loss = task.loss(model, task.train_batch(gen))
+                loss = step_task.loss(step_model, step_task.train_batch(gen))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                value = loss.item()
+                value = loss.item() if world_size == 1 else mean_over_ranks(loss.item())
                 for inst in instruments if recording else ():
                     inst.after_backward(model)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -163,6 +179,6 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
             inst.detach()
         record["wall_time_s"] = time.perf_counter() - start
         record["steps_done"] = (record["metrics"][-1]["step"] + 1) if record["metrics"] else 0
-    if record_path is not None:
+    if record_path is not None and rank == 0:
         write_record(record_path, record)
     return record
