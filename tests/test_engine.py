@@ -36,8 +36,14 @@ def test_unknown_and_missing_spec_keys_are_rejected():
         experiment(**good, budget=3)
     with pytest.raises(ValueError, match=r"missing \['verdict'\]"):
         experiment(**{k: v for k, v in good.items() if k != "verdict"})
-    with pytest.raises(ValueError, match="a number for each mode"):
+    with pytest.raises(ValueError, match="a number for quick and full mode"):
         experiment(**{**good, "seeds": {"quick": 2}})
+    with pytest.raises(ValueError, match="a number for quick and full mode"):
+        experiment(**{**good, "seeds": {"quick": 2, "full": 2, "huge": 9}})
+    # paper mode (sizes close to the papers') takes full's seeds and sizes unless a spec names its own
+    exp = experiment(**{**good, "grid": lambda m: [("a", {"m": m})]})
+    assert [r.config["mode"] for r in exp.runs("paper")] == ["paper"]
+    assert len(experiment(**{**good, "seeds": {"quick": 1, "full": 2, "paper": 5}}).runs("paper")) == 0
     with pytest.raises(ValueError, match="verdict status must be one of"):
         Verdict("probably", "", "")
 

@@ -11,8 +11,8 @@ import math
 
 from .plots import pyplot, save_fig, seed_lines
 from .registry import register
-from .spec import (Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean, paired_by_seed,
-                   threshold)
+from .spec import (PerMode, Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean,
+                   paired_by_seed, threshold)
 from .stats import Interval, combine
 
 SHAPE = (4, 6, 3, 3)  # N, C, H, W of the CNN tensor
@@ -20,7 +20,7 @@ TOKENS = (3, 5, 8)  # B, T, D of the transformer tensor
 TOL = 1e-9  # float64 agreement that counts as "identical"
 
 
-EXACT_SEEDS = {"quick": 2, "full": 3}  # deterministic checks on fresh random inputs: seeds must agree
+EXACT_SEEDS = PerMode({"quick": 2, "full": 3})  # deterministic checks on fresh random inputs: seeds must agree
 
 
 def _exact_grid(mode):
@@ -317,7 +317,7 @@ def batch1_run(config: dict, seed: int) -> dict:
                                                    "in": inn.flatten().tolist()}}
 
 
-C06_SEEDS = {"quick": 6, "full": 8}
+C06_SEEDS = PerMode({"quick": 6, "full": 8})
 C06_MIN = 0.1  # normalized units: a difference larger than this is not rounding
 
 
@@ -361,7 +361,7 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C07
 def _c07_grid(mode):
-    steps = {"quick": 300, "full": 800}[mode]
+    steps = PerMode({"quick": 300, "full": 800})[mode]
     return [(f"{kind} affine={aff}", {"kind": kind, "affine": aff, "steps": steps})
             for kind in ("batchnorm", "layernorm") for aff in (True, False)]
 
@@ -401,7 +401,7 @@ def identity_fit_run(config: dict, seed: int) -> dict:
     return {"rel_error": rel, "curve": curve}
 
 
-C07_SEEDS = {"quick": 6, "full": 6}
+C07_SEEDS = PerMode({"quick": 6, "full": 6})
 C07_GOOD = 0.01  # relative error below this: the identity is represented
 
 

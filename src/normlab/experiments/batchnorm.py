@@ -8,8 +8,8 @@ import time
 
 from .plots import pyplot, save_fig, seed_lines
 from .registry import register
-from .spec import (Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean, paired_by_seed,
-                   threshold)
+from .spec import (PerMode, Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean,
+                   paired_by_seed, threshold)
 from .stats import interval
 from .vision import bars, build_net, load_data, model_cfg, summary, test_accuracy, train_cfg, train_net
 
@@ -37,7 +37,7 @@ def reestimate(net, x, batch: int = 256) -> None:
 
 
 # ------------------------------------------------------------------------ C10
-C10_STEPS = {"quick": 75, "full": 250}
+C10_STEPS = PerMode({"quick": 75, "full": 250})
 C10_VISIBLE = 1e-2  # BN: a relative logit change above this is a real train/eval discrepancy
 C10_ROUNDING = 1e-5  # LN: below this the two modes agree to float32 rounding
 
@@ -307,7 +307,7 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C14
-C14_STEPS = {"quick": 150, "full": 500}
+C14_STEPS = PerMode({"quick": 150, "full": 500})
 C14_MIN_SHIFT = 0.05  # the shift ratio must exceed the no-dropout net's by more than this
 def _c14_grid(mode):
     base = model_cfg(mode, norm="batchnorm")
@@ -425,8 +425,8 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C15
-C15_STEPS = {"quick": 150, "full": 500}  # pretraining
-C15_FINETUNE_STEPS = {"quick": 50, "full": 120}
+C15_STEPS = PerMode({"quick": 150, "full": 500})  # pretraining
+C15_FINETUNE_STEPS = PerMode({"quick": 50, "full": 120})
 C15_SHIFT = {"iid_noise_scale": 0.1, "corr_noise_scale": 0.5, "gain": 1.5, "offset": 0.5}
 
 
@@ -583,9 +583,9 @@ def sync_run(config: dict, seed: int) -> dict:
             "step_ms": {k: max(r["train"][k]["step_ms"] for r in res) for k in res[0]["train"]}}
 
 
-C16_STEPS = {"quick": 100, "full": 400}
+C16_STEPS = PerMode({"quick": 100, "full": 400})
 #: (processes, signals per process): quick judges the smallest per-process batch; full adds the usual 2 per process
-C16_CONFIGS = {"quick": [(2, 1)], "full": [(2, 1), (2, 2), (4, 2)]}
+C16_CONFIGS = PerMode({"quick": [(2, 1)], "full": [(2, 1), (2, 2), (4, 2)]})
 
 
 def _c16_grid(mode):

@@ -8,12 +8,13 @@ import time
 
 from .plots import pyplot, save_fig
 from .registry import register
-from .spec import Verdict, combine_verdicts, compare, exact, experiment, fmt, mean, threshold
+from .spec import PerMode, Verdict, combine_verdicts, compare, exact, experiment, fmt, mean, threshold
 from .stats import Interval, interval
 
 # ------------------------------------------------------------------------ C17
-C17_SHAPES = {"quick": [(4096, 768)], "full": [(4096, 768), (2048, 4096)]}
-C17_ROUNDS = {"quick": 12, "full": 20}  # judged rounds, after C17_WARMUP_ROUNDS discarded ones
+C17_SHAPES = PerMode({"quick": [(4096, 768)], "full": [(4096, 768), (2048, 4096)],
+                      "paper": [(4096, 768), (2048, 4096), (16384, 1024)]})
+C17_ROUNDS = PerMode({"quick": 12, "full": 20})  # judged rounds, after C17_WARMUP_ROUNDS discarded ones
 C17_WARMUP_ROUNDS = 2
 C17_CALLS = 7  # calls per timing of a candidate judged pair; a round's time is their median (robust to outliers)
 C17_REPORTED_CALLS = 3  # the pair that is only reported (torch's eager RMSNorm is the slow, unfused one)
@@ -62,15 +63,26 @@ def _call(layer, x, backward: bool):
     return fwd_bwd
 
 
-def _paired_ms(first, second, calls: int) -> tuple[float, float]:
+def _paired_ms(first, second, calls: int, cuda: bool = False) -> tuple[float, float]:
     """Median times (ms) of two functions over ``calls`` calls each, called alternately (first, second, first,
-    ...), so a disturbance of the machine hits both alike."""
+    ...), so a disturbance of the machine hits both alike.  On CUDA each call is timed with CUDA events
+    (the kernels' time, not the launch's)."""
+    import torch
+
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(calls):
         for fn, out in ((first, times[0]), (second, times[1])):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -87,11 +99,13 @@ def timing_run(config: dict, seed: int) -> dict:
     from ..kernels import implementation
 
     n, d = config["shape"]
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    device = config.get("device", "cpu")
+    cuda = device.startswith("cuda")
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).to(device)
     fns = {}
     paths = {}
     for impl in IMPLS:
-        ln, rms = _pair(impl, d)
+        ln, rms = (m.to(device) for m in _pair(impl, d))
         if impl == "normlab":
             paths = {"layernorm": implementation(ln, x), "rmsnorm": implementation(rms, x)}
         for passes in PASSES:
@@ -109,10 +123,10 @@ def timing_run(config: dict, seed: int) -> dict:
         for (impl, passes), pair in fns.items():
             a, b = ("layernorm", "rmsnorm") if r % 2 == 0 else ("rmsnorm", "layernorm")
             calls = config["calls"] if impl in CANDIDATES else config["reported_calls"]
-            ta, tb = _paired_ms(pair[a], pair[b], calls)
+            ta, tb = _paired_ms(pair[a], pair[b], calls, cuda)
             keep[impl][passes][a].append(ta)
             keep[impl][passes][b].append(tb)
-    return {"times_ms": out, "warmup_times_ms": warm, "threads": torch.get_num_threads(), "device": "cpu",
+    return {"times_ms": out, "warmup_times_ms": warm, "threads": torch.get_num_threads(), "device": device,
             "torch": torch.__version__, "normlab_paths": paths}
 
 

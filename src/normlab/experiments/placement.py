@@ -7,7 +7,8 @@ import math
 from .lm import SIZES, bar_plot, build_gpt, final_loss, final_losses, lm_run, model_cfg, train_cfg
 from .plots import layer_profile_plot, pyplot, save_fig
 from .registry import register
-from .spec import Verdict, by_name, combine_verdicts, compare, experiment, fmt, mean, paired_by_seed, threshold
+from .spec import (PerMode, Verdict, by_name, combine_verdicts, compare, experiment, fmt, mean, paired_by_seed,
+                   threshold)
 from .stats import interval, judge_equivalence
 
 # Xiong et al.'s setup: Xavier-initialized blocks, unit-variance block inputs (embeddings N(0, 1/d) scaled by
@@ -33,8 +34,8 @@ def _ci(v: Verdict) -> str:
 
 
 # ------------------------------------------------------------------------ C22
-C22_DEPTH = {"quick": 6, "full": 8}
-C22_BATCHES = {"quick": 32, "full": 64}
+C22_DEPTH = PerMode({"quick": 6, "full": 8, "paper": 12})  # paper: Xiong et al.'s 6-14 layers at d=512
+C22_BATCHES = PerMode({"quick": 32, "full": 64, "paper": 128})
 FLAT = math.log(1.25)  # flat: the fitted profile changes by less than a factor 1.25 over the stack
 C22_ARMS = {"post": "post-LN, Xiong setup", "pre": "pre-LN, Xiong setup"}  # the judged arms
 C22_CONTRAST = {"post": "post-LN, GPT-2 init + GELU (contrast)", "pre": "pre-LN, GPT-2 init + GELU (contrast)"}
@@ -134,8 +135,8 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C21
 C21_LR = 2e-3  # post-LN with warm-up trains here (within ~0.1-0.15 nats of pre-LN); without, it stalls
-C21_DEPTHS = {"quick": (2, 6), "full": (2, 4, 8)}
-C21_STEPS = {"quick": 200, "full": 400}
+C21_DEPTHS = PerMode({"quick": (2, 6), "full": (2, 4, 8), "paper": (2, 6, 12)})
+C21_STEPS = PerMode({"quick": 200, "full": 400, "paper": 4000})
 C21_MIN = 0.1  # nats: the smallest warm-up cost (or growth of it) that counts
 
 

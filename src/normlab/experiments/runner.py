@@ -78,7 +78,8 @@ def _perform(claim: str, name: str, config: dict, seed: int, code_version: str, 
     exp = registry.get(claim)
     start = time.perf_counter()
     record = {"claim": claim, "name": name, "seed": seed, "config": config, "mode": config.get("mode"),
-              "code_version": code_version, "status": "ok", "result": None, "error": None}
+              "device": config.get("device", "cpu"), "code_version": code_version, "status": "ok", "result": None,
+              "error": None}
     try:
         torch.manual_seed(seed)
         record["result"] = exp.run(dict(config), seed)

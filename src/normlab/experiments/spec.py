@@ -22,10 +22,21 @@ from dataclasses import dataclass, field
 
 from .stats import LEVEL, Interval, combine, interval, judge_direction, judge_equivalence, judge_threshold
 
-__all__ = ["Experiment", "Run", "Verdict", "MODES", "experiment", "compare", "equivalent", "threshold", "exact",
+__all__ = ["Experiment", "Run", "Verdict", "MODES", "PerMode", "experiment", "compare", "equivalent", "threshold",
+           "exact",
            "combine_verdicts", "paired_by_seed", "by_name", "spread", "mean", "fmt"]
 
-MODES = ("quick", "full")
+MODES = ("quick", "full", "paper")
+
+
+class PerMode(dict):
+    """A table of sizes by mode.  ``"paper"`` (sizes close to the papers', for a GPU or a cluster) falls back to
+    ``"full"`` where a table names no paper size, so every experiment runs in every mode."""
+
+    def __missing__(self, key):
+        if key == "paper" and "full" in self:
+            return self["full"]
+        raise KeyError(key)
 VERDICTS = ("supported", "not supported", "inconclusive")
 
 
@@ -109,7 +120,7 @@ class Experiment:
         """The runs of ``mode``; ``context`` (e.g. ``{"text": path}``) is merged into every config."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        n = seeds if seeds is not None else self.seeds[mode]
+        n = seeds if seeds is not None else PerMode(self.seeds)[mode]
         return [Run(self.claim, name, dict(config, mode=mode, **(context or {})), seed)
                 for name, config in self.grid(mode) for seed in range(n)]
 
@@ -144,8 +155,9 @@ def experiment(**spec) -> Experiment:
                      if k not in spec)
     if missing:
         raise ValueError(f"experiment spec is missing {missing}")
-    if set(spec["seeds"]) != set(MODES):
-        raise ValueError(f"seeds must give a number for each mode {MODES}, got {spec['seeds']}")
+    if not {"quick", "full"} <= set(spec["seeds"]) or not set(spec["seeds"]) <= set(MODES):
+        raise ValueError(f"seeds must give a number for quick and full mode (and may for paper mode, which "
+                         f"otherwise uses full's), got {spec['seeds']}")
     return Experiment(**spec)
 
 

@@ -7,7 +7,7 @@ import math
 from .lm import SIZES, final_loss, lm_run, model_cfg, train_cfg
 from .plots import pyplot, save_fig
 from .registry import register
-from .spec import Verdict, combine_verdicts, compare, experiment, fmt, mean, threshold
+from .spec import PerMode, Verdict, combine_verdicts, compare, experiment, fmt, mean, threshold
 
 
 def _per_seed(records, name: str) -> dict[int, dict]:
@@ -26,7 +26,9 @@ def _complete_seeds(records, names) -> list[int]:
 
 # ------------------------------------------------------------------------ C26
 C26_LRS = [3e-4, 3e-3, 3e-2, 3e-1]  # spans Wortsman et al.'s sweep 3e-4..3e-1 one decade apart (they add the half-decades)
-C26_STEPS = {"quick": 90, "full": 200}
+C26_SWEEP = PerMode({"quick": C26_LRS, "full": C26_LRS,
+                     "paper": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]})  # paper: their 7 learning rates
+C26_STEPS = PerMode({"quick": 90, "full": 200})
 C26_ZLOSS = 1e-4  # Wortsman et al.: z-loss 1e-4 * log^2 Z in both arms
 C26_DECAY = 1e-4  # ... and weight decay 1e-4 independent of the lr (AdamW's decay is multiplied by the lr)
 C26_SENS_EFFECT = 0.02  # nats: a smaller drop in lr sensitivity is not counted as an effect
@@ -42,7 +44,7 @@ def _c26_grid(mode):
     steps = C26_STEPS[mode]
     out = []
     for qk in C26_ARMS:
-        for lr in C26_LRS:
+        for lr in C26_SWEEP[mode]:
             out.append((_c26_name(qk, lr), {
                 "model": model_cfg(mode, placement="pre", qk_norm=qk, z_loss=C26_ZLOSS),
                 "train": train_cfg(mode, steps=steps, lr=lr, warmup_steps=steps // 10, weight_decay=C26_DECAY / lr,
@@ -59,12 +61,17 @@ def _diverged(r) -> bool:
     return res["status"] != "ok" or not math.isfinite(final) or (first is not None and final > first)
 
 
+def _swept_lrs(records) -> list[float]:
+    """The learning rates of the sweep the records hold (the mode's sweep)."""
+    return sorted({float(r["name"].rsplit("-lr", 1)[1]) for r in records if "-lr" in r["name"]}) or list(C26_LRS)
+
+
 def _sensitivity(records, qk: str, seeds) -> dict[int, float]:
     """Wortsman et al.'s lr sensitivity per seed: mean over the lr sweep of min(final, initial) - best."""
     out = {}
     for s in seeds:
         finals = []
-        for lr in C26_LRS:
+        for lr in _swept_lrs(records):
             r = _per_seed(records, _c26_name(qk, lr))[s]
             first, final = r["result"]["first_loss"], final_loss(r)
             finals.append(min(final, first) if math.isfinite(final) else first)
@@ -81,17 +88,18 @@ def _max_logit(r) -> float:
 
 def _sweep_logit(records, qk: str, s: int) -> float:
     """log10 of the largest layer-0 attention logit over the whole lr sweep of one seed."""
-    vals = [_max_logit(_per_seed(records, _c26_name(qk, lr))[s]) for lr in C26_LRS]
+    vals = [_max_logit(_per_seed(records, _c26_name(qk, lr))[s]) for lr in _swept_lrs(records)]
     vals = [v for v in vals if math.isfinite(v)]
     return math.log10(max(vals)) if vals and max(vals) > 0 else math.nan
 
 
 def _c26_verdict(records) -> Verdict:
-    seeds = _complete_seeds(records, [_c26_name(q, lr) for q in C26_ARMS for lr in C26_LRS])
+    lrs = _swept_lrs(records)
+    seeds = _complete_seeds(records, [_c26_name(q, lr) for q in C26_ARMS for lr in lrs])
     sens = {q: _sensitivity(records, q, seeds) for q in C26_ARMS}
     sensitivity = compare([sens["none"][s] for s in seeds], [sens["layernorm"][s] for s in seeds],
                           expect="greater", paired=True, min_effect=C26_SENS_EFFECT,
-                          what=f"lr sensitivity (mean over the {len(C26_LRS)} lrs of min(final, initial) - best, nats)",
+                          what=f"lr sensitivity (mean over the {len(lrs)} lrs of min(final, initial) - best, nats)",
                           label_a="no qk-norm", label_b="qk-layernorm")
     logit_seeds = [s for s in seeds if all(math.isfinite(_sweep_logit(records, q, s)) for q in C26_ARMS)]
     logits = {q: [_sweep_logit(records, q, s) for s in logit_seeds] for q in C26_ARMS}
@@ -128,7 +136,7 @@ def _c26_plot(records, verdict, prefix):
     for i, qk in enumerate(C26_ARMS):
         for k, s in enumerate(sorted({r["seed"] for r in records})):
             rr = {r["name"]: r for r in records if r["seed"] == s and r["name"].startswith(f"qk-{qk}-")}
-            lrs = [lr for lr in C26_LRS if _c26_name(qk, lr) in rr]
+            lrs = [lr for lr in _swept_lrs(records) if _c26_name(qk, lr) in rr]
             axes[0].plot(lrs, [final_loss(rr[_c26_name(qk, lr)]) for lr in lrs], "o-", color=f"C{i}",
                          alpha=0.6, label=C26_ARMS[qk] if k == 0 else None)
             bad = [lr for lr in lrs if _diverged(rr[_c26_name(qk, lr)])]
@@ -167,7 +175,7 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C31
 C31_SCALES = [2.0 ** k for k in range(7)]  # x1 .. x64 on an x2 grid
-C31_STEPS = {"quick": 80, "full": 150}
+C31_STEPS = PerMode({"quick": 80, "full": 150})
 C31_MARGIN = 0.25  # nats above the common x1 reference that still count as "trained"
 C31_EFFECT = 0.5  # log2: pre-LN's largest good scale must be larger by more than half a grid step
 C31_MODELS = {"pre-LN": "layernorm", "no norm": "none"}
@@ -263,11 +271,12 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C34
-C34_STEPS = {"quick": 120, "full": 200}  # the DyT sweep (C18 sizes, unit-variance embeddings)
+C34_STEPS = PerMode({"quick": 120, "full": 200})  # the DyT sweep (C18 sizes, unit-variance embeddings)
 C34_LRS = [3e-3, 1e-2]  # a pilot at 1e-3 and 3e-3 had every arm best at 3e-3
 C34_ALPHA0 = [0.5, 2.0]  # DyT's initial alpha: Zhu et al.'s default, and a larger one for a small width
-C34_DEEP = {"quick": dict(n_layer=12, d_model=32, n_head=2, steps=150),
-            "full": dict(n_layer=16, d_model=48, n_head=3, steps=150)}  # DeepNorm at depth, thin blocks
+C34_DEEP = PerMode({"quick": dict(n_layer=12, d_model=32, n_head=2, steps=150),
+                    "full": dict(n_layer=16, d_model=48, n_head=3, steps=150),  # DeepNorm at depth, thin blocks
+                    "paper": dict(n_layer=48, d_model=128, n_head=4, steps=1000)})
 C34_DEEP_LRS = {"pre-LN deep": [3e-3], "DeepNorm deep": [3e-3, 1e-2]}  # pre-LN at its pilot best (of 1e-3, 3e-3)
 C34_TOLERANCE = 0.05  # nats: "no worse than pre-LN" allows this much
 

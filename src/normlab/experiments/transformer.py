@@ -8,8 +8,8 @@ from collections import defaultdict
 from .lm import SIZES, bar_plot, final_loss, final_losses, lm_run, log_growth, model_cfg, train_cfg, train_gpt
 from .plots import curves_plot, layer_profile_plot, pyplot, save_fig
 from .registry import register
-from .spec import (Verdict, by_name, combine_verdicts, compare, equivalent, experiment, fmt, mean, paired_by_seed,
-                   threshold)
+from .spec import (PerMode, Verdict, by_name, combine_verdicts, compare, equivalent, experiment, fmt, mean,
+                   paired_by_seed, threshold)
 from .stats import interval, judge_equivalence
 
 
@@ -50,7 +50,7 @@ def _any_of(parts: dict[str, Verdict]) -> Verdict:
 
 # ------------------------------------------------------------------------ C18
 C18_TOL = 0.02  # nats/char: under 1% of the final loss (Zhang & Sennrich's 26.8 vs 26.6 BLEU is 0.75%)
-C18_SEEDS = {"quick": 4, "full": 4}
+C18_SEEDS = PerMode({"quick": 4, "full": 4})
 
 
 def _c18_grid(mode):
@@ -94,8 +94,8 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C19
 C19_BOUND = 0.2  # |mean|/RMS below this: re-centering moves the normalized output by under 20% of its RMS
-C19_STEPS = {"quick": 200, "full": 300}
-C19_SEEDS = {"quick": 4, "full": 4}
+C19_STEPS = PerMode({"quick": 200, "full": 300})
+C19_SEEDS = PerMode({"quick": 4, "full": 4})
 
 
 def _c19_grid(mode):
@@ -151,9 +151,9 @@ register(experiment(
 
 
 # ----------------------------------------------------------------- C23 / C25
-C23_DEPTH = {"quick": 6, "full": 8}
-C23_STEPS = {"quick": 150, "full": 300}
-C23_SEEDS = {"quick": 4, "full": 4}
+C23_DEPTH = PerMode({"quick": 6, "full": 8})
+C23_STEPS = PerMode({"quick": 150, "full": 300})
+C23_SEEDS = PerMode({"quick": 4, "full": 4})
 
 
 def _stream_grid(mode, placements):
@@ -283,7 +283,7 @@ def outlier_run(config: dict, seed: int) -> dict:
     return {"kept": out}
 
 
-C20_SEEDS = {"quick": 4, "full": 4}
+C20_SEEDS = PerMode({"quick": 4, "full": 4})
 C20_COLLAPSE, C20_RESCUE = 0.2, 0.5  # share of the signal kept: below 0.2 crushed, above 0.5 rescued
 
 
@@ -345,9 +345,9 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C27
-C27_DEPTH = {"quick": 4, "full": 6}
-C27_STEPS = {"quick": 150, "full": 300}
-C27_SEEDS = {"quick": 4, "full": 4}
+C27_DEPTH = PerMode({"quick": 4, "full": 6})
+C27_STEPS = PerMode({"quick": 150, "full": 300})
+C27_SEEDS = PerMode({"quick": 4, "full": 4})
 C27_MIN = 0.01  # nats: the smallest loss penalty that counts
 
 
@@ -390,9 +390,9 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C32
-C32_WIDTHS = {"quick": [32, 64, 128], "full": [32, 64, 128, 256]}
-C32_STEPS = {"quick": 100, "full": 300}
-C32_SEEDS = {"quick": 4, "full": 4}
+C32_WIDTHS = PerMode({"quick": [32, 64, 128], "full": [32, 64, 128, 256], "paper": [64, 128, 256, 512, 1024]})
+C32_STEPS = PerMode({"quick": 100, "full": 300})
+C32_SEEDS = PerMode({"quick": 4, "full": 4})
 C32_FLAT = 0.25  # |slope| below this: the scale changes by less than 2**0.25 = 1.19x per doubling of width
 
 

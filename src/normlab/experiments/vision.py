@@ -8,13 +8,14 @@ from functools import partial
 
 from .plots import curves_plot, pyplot, save_fig, seed_lines
 from .registry import register
-from .spec import (Verdict, by_name, combine_verdicts, compare, equivalent, experiment, fmt, mean, paired_by_seed,
-                   threshold)
+from .spec import (PerMode, Verdict, by_name, combine_verdicts, compare, equivalent, experiment, fmt, mean,
+                   paired_by_seed, threshold)
 
-CNN = {  # model and budget per mode (MNIST-1D, 4000 train / 1000 test signals of length 40)
+CNN = PerMode({  # model and budget per mode (MNIST-1D, 4000 train / 1000 test signals of length 40)
     "quick": dict(widths=[16, 32], blocks_per_stage=1, steps=300, batch=32),
     "full": dict(widths=[16, 32, 64], blocks_per_stage=1, steps=800, batch=32),
-}
+    "paper": dict(widths=[64, 128, 256], blocks_per_stage=2, steps=3000, batch=32),
+})
 
 
 def model_cfg(mode: str, **overrides) -> dict:
@@ -59,8 +60,8 @@ def train_net(config: dict, seed: int, net=None, data=None):
     if "betas" in tcfg:
         tcfg["betas"] = tuple(tcfg["betas"])
     task = ClassificationTask(data, config.get("batch", 32), ghost_batch=config.get("ghost_batch"))
-    rec = train(net, task, TrainConfig(**tcfg, seed=seed, progress=False))
-    return net, data, rec
+    rec = train(net, task, TrainConfig(**tcfg, seed=seed, progress=False, device=config.get("device", "cpu")))
+    return net.cpu(), data, rec  # trained on the run's device; the analyses that follow run on the CPU
 
 
 def summary(rec: dict) -> dict:
@@ -106,8 +107,9 @@ def _final(r: dict, key: str) -> float:
 
 
 # ------------------------------------------------------------------- C01 / C02
-LANDSCAPE = {"quick": dict(steps=150, every=50, blocks_per_stage=1),
-             "full": dict(steps=400, every=100, blocks_per_stage=2)}
+LANDSCAPE = PerMode({"quick": dict(steps=150, every=50, blocks_per_stage=1),
+                     "full": dict(steps=400, every=100, blocks_per_stage=2),
+                     "paper": dict(steps=1500, every=150, blocks_per_stage=2)})
 ICS_LRS = (0.05, 0.2)  # C01: ICS at two learning rates, both of which train both nets
 LANDSCAPE_LR = 0.05  # C02
 STEP_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -405,9 +407,9 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C03
-C03_LRS = {"quick": [0.03, 0.1, 0.3, 1.0, 3.0], "full": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}
-C03_STEPS = {"quick": 150, "full": 300}  # quick: at 100 steps a plain net at lr 0.03 had not yet reached 30%
-C03_NORMS = {"quick": ("batchnorm", "none"), "full": ("batchnorm", "groupnorm", "layernorm", "none")}
+C03_LRS = PerMode({"quick": [0.03, 0.1, 0.3, 1.0, 3.0], "full": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]})
+C03_STEPS = PerMode({"quick": 150, "full": 300})  # quick: at 100 steps a plain net at lr 0.03 had not yet reached 30%
+C03_NORMS = PerMode({"quick": ("batchnorm", "none"), "full": ("batchnorm", "groupnorm", "layernorm", "none")})
 
 def _c03_grid(mode):
     steps = C03_STEPS[mode]
@@ -496,9 +498,10 @@ register(experiment(
 # worker); every batch size sees the same samples (Wu & He keep the epochs), so a batch of b takes 32/b times the
 # steps of a batch of 32, and the lr follows AdamW's square-root rule, lr(b) = C09_LR * sqrt(b / 32) (Wu & He scale
 # SGD's lr linearly).  C09_STEPS32 steps at 32 (4 epochs of the 4000 signals) bring GN within a few points of BN.
-C09 = {"quick": dict(batches=[32, 8], norms=("batchnorm", "groupnorm")),  # b=2 (16x the steps of 32): full only
-       "full": dict(batches=[32, 8, 2], norms=("batchnorm", "groupnorm", "layernorm"))}
-C09_STEPS32 = {"quick": 500, "full": 500}
+C09 = PerMode({"quick": dict(batches=[32, 8], norms=("batchnorm", "groupnorm")),  # b=2 (16x the steps): full only
+               "full": dict(batches=[32, 8, 2], norms=("batchnorm", "groupnorm", "layernorm")),
+               "paper": dict(batches=[32, 16, 8, 4, 2], norms=("batchnorm", "groupnorm", "layernorm"))})  # Wu & He
+C09_STEPS32 = PerMode({"quick": 500, "full": 500, "paper": 1000})
 C09_WIDTHS = [16, 32]  # both modes: the full widths would cost 1.5x per step, on top of 16x the steps at b=2
 C09_LR = 0.02
 C09_MIN_EFFECT = 0.02  # BN must lose at least 2 accuracy points more than GN (LN)
@@ -647,7 +650,7 @@ def _c13_target(records) -> float:
     return max([C13_TARGET] + [min(e["train_loss"] for e in r["result"]["evals"]) for r in records])
 
 
-C13_STEPS = {"quick": 500, "full": 600}  # constant lr: both reach the target loss well before the end
+C13_STEPS = PerMode({"quick": 500, "full": 600})  # constant lr: both reach the target loss well before the end
 
 
 def _c13_grid(mode):
@@ -731,7 +734,7 @@ register(experiment(
 
 # ------------------------------------------------------------------------ C30
 C30_VANISHED = 1e-3  # the first conv's gradient 'vanishes' below this fraction of gamma=1's
-C30_STEPS = {"quick": 100, "full": 300}
+C30_STEPS = PerMode({"quick": 100, "full": 300})
 
 
 def _c30_grid(mode):
@@ -806,7 +809,7 @@ register(experiment(
 
 
 # ------------------------------------------------------------------------ C33
-C33_STEPS = {"quick": 200, "full": 500}
+C33_STEPS = PerMode({"quick": 200, "full": 500})
 def _c33_grid(mode):
     steps = C33_STEPS[mode]
     norms = ("weightnorm", "batchnorm") if mode == "quick" else ("weightnorm", "batchnorm", "none")

@@ -35,6 +35,7 @@ class TrainConfig:
         distributed: data-parallel over the initialized process group (None: exactly when one of 2+
             processes is initialized, e.g. under torchrun; see :mod:`normlab.train.distributed`).
         sync_batchnorm: in data-parallel training, convert every BatchNorm to SyncBatchNorm.
+        device: where the model trains ("cpu", "cuda", "cuda:1"); the batches follow it.
     """
 
     steps: int = 1000
@@ -59,6 +60,7 @@ class TrainConfig:
     progress: bool | None = None
     distributed: bool | None = None
     sync_batchnorm: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +90,8 @@ class TrainConfig:
         check_bool(self, "progress", optional=True)
         check_bool(self, "distributed", optional=True)
         check_bool(self, "sync_batchnorm")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"TrainConfig.device must be 'cpu' or 'cuda[:n]', got {self.device!r}")
         if not isinstance(self.instruments, (tuple, list)):
             raise ValueError(f"TrainConfig.instruments must be a tuple of instrument names, got {self.instruments!r}")
         if self.optimizer not in ("adamw", "sgd"):

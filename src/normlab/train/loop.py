@@ -103,6 +103,11 @@ def train(model: nn.Module, task, cfg: TrainConfig, *, record_path=None, extra: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.device != "cpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"TrainConfig(device={cfg.device!r}) but CUDA is not available here")
+        model.to(cfg.device)
+    record["device"] = cfg.device
     gen = torch.Generator().manual_seed(cfg.seed)  # the same global batches on every rank
     step_model, step_task = model, task
     if world_size > 1:  # each rank trains on its shard of the global batch; DDP averages the gradients

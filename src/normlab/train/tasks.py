@@ -15,6 +15,16 @@ __all__ = ["LMTask", "ClassificationTask"]
 _BATCHERS = {"windows": random_windows, "padded": padded_batch, "packed": packed_batch}
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    """Batches are drawn on the CPU (one generator for every device); they follow the model."""
+    return t if t is None or t.device == device else t.to(device, non_blocking=True)
+
+
 def _eval_mode(model: nn.Module):
     class _Ctx:
         def __enter__(self):
@@ -55,7 +65,9 @@ class LMTask:
         return fn(self.corpus.train, self.batch_size, self.block_size, gen, **kwargs)
 
     def loss(self, model: nn.Module, batch: SeqBatch) -> Tensor:
-        _, loss = model(batch.x, targets=batch.y, mask=batch.mask, doc_ids=batch.doc_ids)
+        dev = _device_of(model)
+        _, loss = model(_to(batch.x, dev), targets=_to(batch.y, dev), mask=_to(batch.mask, dev),
+                        doc_ids=_to(batch.doc_ids, dev))
         return loss
 
     @torch.no_grad()
@@ -97,13 +109,15 @@ class ClassificationTask:
         return self.data.x_train[idx], self.data.y_train[idx]
 
     def forward(self, model: nn.Module, x: Tensor) -> Tensor:
+        x = _to(x, _device_of(model))
         if self.ghost_batch and model.training and len(x) > self.ghost_batch:
             return torch.cat([model(chunk) for chunk in x.split(self.ghost_batch)])
         return model(x)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
-        return F.cross_entropy(self.forward(model, x), y)
+        logits = self.forward(model, x)
+        return F.cross_entropy(logits, _to(y, logits.device))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, n_batches: int = 0) -> dict:
@@ -111,7 +125,7 @@ class ClassificationTask:
         with _eval_mode(model):
             for split, x, y in (("train", self.data.x_train, self.data.y_train),
                                 ("test", self.data.x_test, self.data.y_test)):
-                logits = torch.cat([model(c) for c in x.split(512)])
+                logits = torch.cat([model(_to(c, _device_of(model))) for c in x.split(512)]).cpu()
                 out[f"{split}_loss"] = F.cross_entropy(logits, y).item()
                 out[f"{split}_acc"] = (logits.argmax(-1) == y).float().mean().item()
         return out
