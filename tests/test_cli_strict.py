@@ -91,3 +91,21 @@ def test_claims_ship_with_the_package_and_list_prints_them(tmp_path, capsys):
     assert main(["list", "--out", str(tmp_path / "none-yet")]) == 0
     listing = capsys.readouterr().out
     assert "C22  " in listing and "claim: At initialization, post-LN's gradient norm" in listing
+
+
+def test_mode_device_and_backend_options_are_checked(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["run", "C04", "--quick", "--mode", "paper", "--out", out]) == 2
+    assert "--quick and --mode paper contradict each other" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["run", "C04", "--device", "cuda", "--out", out]) == 2
+        assert "CUDA is not available on this machine" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "C04", "--backend", "slurm", "--out", out])
+    assert "invalid choice: 'slurm'" in capsys.readouterr().err
+
+
+def test_paper_mode_prints_an_estimate_before_it_starts(tmp_path, capsys):
+    assert main(["run", "C05", "--mode", "paper", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "paper mode: sizes close to the papers'" in err and "C05: ~" in err and "of wall time" in err

@@ -123,3 +123,16 @@ def test_a_worker_killed_mid_run_loses_nothing(local_ray, tmp_path):
     assert len(recs) == 9 and all(r["status"] == "ok" for r in recs.values())
     name, seed = killed[0].split("-")[:2]
     assert len([m for m in marks.iterdir() if m.name.startswith(f"{name}-{seed}-")]) >= 2  # it ran again
+
+
+def test_the_cli_runs_a_report_on_ray(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NORMLAB_EXPERIMENTS": "fake_claims",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "normlab.cli", "report", "--quick", "--claims", "C99", "--backend", "ray",
+                        "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "C99 [supported]" in p.stdout
+    assert len(_records(tmp_path / "out", "C99")) == 6

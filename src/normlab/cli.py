@@ -64,12 +64,34 @@ def _writable_dir(path: str) -> str | None:
 
 
 def _context(args: argparse.Namespace) -> dict | None:
-    if not getattr(args, "text", None):
-        return None
-    from .data import text
+    """What every run's config gets: the text file, the device (when not the CPU: CPU records stay as they are)."""
+    ctx = {}
+    if getattr(args, "text", None):
+        from .data import text
 
-    text(args.text)  # validates: exists, UTF-8, long enough (raises with the reason)
-    return {"text": os.path.abspath(args.text)}
+        text(args.text)  # validates: exists, UTF-8, long enough (raises with the reason)
+        ctx["text"] = os.path.abspath(args.text)
+    device = _device(getattr(args, "device", "cpu"))
+    if device != "cpu":
+        ctx["device"] = device
+    return ctx or None
+
+
+def _device(name: str) -> str:
+    """--device: auto (CUDA when there is one), cpu, cuda."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    return name
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.quick and getattr(args, "mode", None) not in (None, "quick"):
+        raise ValueError(f"--quick and --mode {args.mode} contradict each other: give one")
+    return "quick" if args.quick else (getattr(args, "mode", None) or "full")
 
 
 def _line(summary: dict, done: int, total: int) -> str:
@@ -164,10 +186,25 @@ def _run_and_judge(args: argparse.Namespace, cmd: str):
     reason = _writable_dir(args.out)
     if reason:
         return _fail(cmd, reason), None
-    mode = "quick" if args.quick else "full"
+    try:
+        mode = _mode(args)
+    except ValueError as e:
+        return _fail(cmd, str(e)), None
+    if mode == "paper":
+        from .experiments.estimate import format_estimate
+        from .experiments.runner import plan_workers
+
+        print(f"paper mode: sizes close to the papers'; estimated time of the runs still missing in {args.out}:\n"
+              + format_estimate(exps, mode, args.out, plan_workers(args.workers, 1)[0]), file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with _Progress() as progress:
-        run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context, log=progress)
+    try:
+        with _Progress() as progress:
+            run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context, log=progress,
+                        backend=args.backend, address=args.address)
+    except RuntimeError as e:
+        if "needs Ray" in str(e):
+            return _fail(cmd, str(e)), None
+        raise
     plots = os.path.join(args.out, "plots")
     results = [judge(e, mode, args.out, seeds=args.seeds, plots_dir=plots, context=context) for e in exps]
     return 0, (results, mode, time.perf_counter() - start)
@@ -220,7 +257,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     rc = _readable_out("show", args.out)
     if rc:
         return rc
-    mode = "quick" if args.quick else "full"
+    try:
+        mode = _mode(args)
+    except ValueError as e:
+        return _fail("show", str(e))
     results = [judge(e, mode, args.out, seeds=args.seeds, context=context) for e in exps]
     _print_results([r for r in results if r["runs_finished"]], statement=True)
     empty = [r["claim"] for r in results if not r["runs_finished"]]
@@ -235,13 +275,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _rerun_flags(args: argparse.Namespace) -> list[str]:
     """The options of this ``show`` that ``run`` needs to make the same records."""
-    flags = ["--quick"] if args.quick else []
+    flags = ["--quick"] if args.quick else ([f"--mode {args.mode}"] if getattr(args, "mode", None) == "paper" else [])
     if args.out != "normlab-out":
         flags += ["--out", args.out]
     if args.seeds:
         flags += ["--seeds", str(args.seeds)]
     if args.text:
         flags += ["--text", args.text]
+    if getattr(args, "device", "cpu") != "cpu":
+        flags += ["--device", args.device]
     return flags
 
 
@@ -253,9 +295,20 @@ def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
     p.add_argument("--seeds", type=_positive_int, default=None, help="seeds per config (default: the mode's)")
     p.add_argument("--text", default=None, metavar="PATH", help="a UTF-8 text file to use instead of the "
                                                                "default corpus for the language-model claims")
+    p.add_argument("--mode", choices=("quick", "full", "paper"), default=None,
+                   help="quick, full (the default) or paper: sizes close to the papers', for a GPU or a cluster "
+                        "(an estimated wall time per claim is printed first; not for a laptop)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                   help="where the runs train (auto: CUDA when available); records say which device made them "
+                        "and verdicts never mix devices (default: cpu)")
     if run:
         p.add_argument("--workers", type=_positive_int, default=None,
-                       help="worker processes (default: fill the cores)")
+                       help="worker processes of the local backend (default: fill the cores)")
+        p.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local: a process pool on this machine; ray: every run a Ray task on the cluster at "
+                            "--address (pip install 'normlab[ray]')")
+        p.add_argument("--address", default=None,
+                       help="the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
 
 
 def build_parser() -> argparse.ArgumentParser:
