@@ -59,9 +59,9 @@ inline void st(c10::Half* p, int64_t i, float v) { p[i] = c10::Half(v); }
 constexpr int64_t kChunk = 1024;
 constexpr int64_t kLanes = 32;
 
-// sum of x[0..n)
-template <typename T>
-inline double sum1(const T* x, int64_t n) {
+// sum of f(x[i]) over x[0..n): kLanes partial sums per chunk, chunk sums in double
+template <typename T, typename F>
+inline double sum_of(const T* x, int64_t n, F f) {
   using A = acc_t<T>;
   double total = 0;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
@@ -70,14 +70,24 @@ inline double sum1(const T* x, int64_t n) {
     int64_t i = c0;
     for (; i + kLanes <= c1; i += kLanes) {
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) p[j] += ld(x, i + j);
+      for (int64_t j = 0; j < kLanes; ++j) p[j] += f(ld(x, i + j));
     }
     A s = 0;
-    for (; i < c1; ++i) s += ld(x, i);
+    for (; i < c1; ++i) s += f(ld(x, i));
     for (int64_t j = 0; j < kLanes; ++j) s += p[j];
     total += s;
   }
   return total;
+}
+
+template <typename T>
+inline double sum1(const T* x, int64_t n) {
+  return sum_of(x, n, [](acc_t<T> v) { return v; });
+}
+
+template <typename T>
+inline double sum_sq(const T* x, int64_t n) {
+  return sum_of(x, n, [](acc_t<T> v) { return v * v; });
 }
 
 // sum of (x - shift) and of (x - shift)^2 over x[0..n)
@@ -109,33 +119,6 @@ inline void sum_dev(const T* x, int64_t n, acc_t<T> shift, double& sd, double& s
     sd += a;
     sq += b;
   }
-}
-
-// sum of x^2 over x[0..n)
-template <typename T>
-inline double sum_sq(const T* x, int64_t n) {
-  using A = acc_t<T>;
-  double total = 0;
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t c1 = std::min(n, c0 + kChunk);
-    A p[kLanes] = {};
-    int64_t i = c0;
-    for (; i + kLanes <= c1; i += kLanes) {
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const A v = ld(x, i + j);
-        p[j] += v * v;
-      }
-    }
-    A s = 0;
-    for (; i < c1; ++i) {
-      const A v = ld(x, i);
-      s += v * v;
-    }
-    for (int64_t j = 0; j < kLanes; ++j) s += p[j];
-    total += s;
-  }
-  return total;
 }
 
 // Statistics of one contiguous run: shift (first-pass mean), corr (mean of x - shift) and the
