@@ -1,9 +1,13 @@
-r"""Swap ``torch.nn`` normalization layers for their normlab twins, in place, keeping every tensor."""
+r"""Swap ``torch.nn`` (and timm) normalization layers for their normlab twins, in place, keeping every tensor;
+and back: :func:`to_torch` turns normlab layers into ``torch.nn`` ones where torch has an exact equivalent."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -13,7 +17,7 @@ from .layernorm import LayerNorm
 from .norm import Norm
 from .rmsnorm import RMSNorm
 
-__all__ = ["convert", "BATCHNORM_TYPES", "CONVERTIBLE_TYPES"]
+__all__ = ["convert", "to_torch", "BATCHNORM_TYPES", "CONVERTIBLE_TYPES", "TIMM_CONVERTIBLE"]
 
 
 def _tensor_kwargs(m: nn.Module) -> dict:
@@ -61,6 +65,67 @@ _BUILDERS: dict[type, Callable[[nn.Module], Norm]] = {
 }
 
 CONVERTIBLE_TYPES: tuple[type, ...] = tuple(_BUILDERS)
+
+
+# ---------------------------------------------------------------- timm's layers (matched by name: timm is optional)
+def _timm_evonorm_b0(m):
+    from .evonorm import EvoNormB0
+
+    if getattr(m, "v", None) is None:  # timm's apply_act=False is an affine only: no normlab twin
+        return None
+    return EvoNormB0(m.weight.numel(), eps=m.eps, momentum=m.momentum, **_tensor_kwargs(m))
+
+
+def _timm_evonorm_s0(m):
+    from .evonorm import EvoNormS0
+
+    if getattr(m, "v", None) is None:
+        return None
+    return EvoNormS0(m.weight.numel(), groups=m.groups, eps=m.eps, **_tensor_kwargs(m))
+
+
+def _timm_frn(m):
+    from .frn import FilterResponseNorm
+
+    return FilterResponseNorm(m.weight.numel(), eps=m.eps, tlu=getattr(m, "tau", None) is not None,
+                              **_tensor_kwargs(m))
+
+
+def _timm_stdconv(m):
+    from .wsconv import WSConv2d
+
+    if m.padding_mode != "zeros":  # timm's forward ignores padding_mode; ours would not
+        return None
+    return WSConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                    m.bias is not None, **_tensor_kwargs(m), eps=m.eps)
+
+
+#: timm class name -> builder of the normlab twin (None: that instance has no exact twin and is left alone)
+_TIMM_BUILDERS: dict[str, Callable[[nn.Module], nn.Module | None]] = {
+    "EvoNorm2dB0": _timm_evonorm_b0,
+    "EvoNorm2dS0": _timm_evonorm_s0,
+    "FilterResponseNormTlu2d": _timm_frn,
+    "StdConv2d": _timm_stdconv,
+}
+TIMM_CONVERTIBLE: tuple[str, ...] = tuple(_TIMM_BUILDERS)
+
+
+def _timm_builder(t: type) -> Callable[[nn.Module], nn.Module | None] | None:
+    """The builder for a timm class (by its exact name, defined in a ``timm`` module), else None."""
+    if (getattr(t, "__module__", "") or "").split(".")[0] != "timm":
+        return None
+    return _TIMM_BUILDERS.get(t.__name__)
+
+
+def _share(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Give ``new`` the very parameter and buffer objects ``old`` has under the same names, and its mode."""
+    for name in list(new._parameters):
+        if name in old._parameters:
+            setattr(new, name, old._parameters[name])
+    for name in list(new._buffers):
+        if name in old._buffers and old._buffers[name] is not None:
+            new._buffers[name] = old._buffers[name]
+    return new.train(old.training)
 BATCHNORM_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -94,10 +159,15 @@ def _replace(module: nn.Module, fn: Callable[[nn.Module], nn.Module | None]) -> 
 
 
 def convert(module: nn.Module, *, types: Iterable[type] | None = None) -> nn.Module:
-    """Replace every ``torch.nn`` normalization layer in ``module`` by its normlab twin.
+    """Replace every ``torch.nn`` (and timm) normalization layer in ``module`` by its normlab twin.
 
     Converted: ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``InstanceNorm1d/2d/3d``,
-    ``LayerNorm``, ``GroupNorm``, ``RMSNorm``.  Only these exact types are
+    ``LayerNorm``, ``GroupNorm``, ``RMSNorm``; and, when the model holds them,
+    timm's ``EvoNorm2dB0`` / ``EvoNorm2dS0`` (with their activation) ->
+    :class:`EvoNormB0` / :class:`EvoNormS0`, ``FilterResponseNormTlu2d`` ->
+    :class:`FilterResponseNorm`, ``StdConv2d`` -> :class:`WSConv2d` (timm is
+    not needed to import normlab: its classes are recognised by name).  torch
+    and timm have no Batch Renormalization or Ghost BatchNorm layer.  Only these exact types are
     replaced: a subclass (timm's ``BatchNormAct2d``, a channels-first
     ``LayerNorm2d`` built on ``nn.LayerNorm``) may change ``forward`` and is
     left alone.  The twin takes over the *same* parameter and buffer objects
@@ -124,15 +194,290 @@ def convert(module: nn.Module, *, types: Iterable[type] | None = None) -> nn.Mod
         True
     """
     wanted = set(CONVERTIBLE_TYPES if types is None else types)
-    unknown = wanted - set(CONVERTIBLE_TYPES)
+    unknown = {t for t in wanted if t not in CONVERTIBLE_TYPES and _timm_builder(t) is None}
     if unknown:
-        names = ", ".join(sorted(t.__name__ for t in unknown))
+        names = ", ".join(sorted(getattr(t, "__name__", repr(t)) for t in unknown))
         raise TypeError(f"convert cannot convert {names}; it converts "
-                        f"{', '.join(t.__name__ for t in CONVERTIBLE_TYPES)}")
+                        f"{', '.join(t.__name__ for t in CONVERTIBLE_TYPES)} and timm's "
+                        f"{', '.join(TIMM_CONVERTIBLE)}")
 
     def to_twin(m: nn.Module) -> nn.Module | None:
-        if type(m) not in wanted:  # a lazy layer becomes its torch type at its first forward
+        if type(m) in _BUILDERS:
+            if type(m) not in wanted:  # a lazy layer becomes its torch type at its first forward
+                return None
+            return _swap(m, _BUILDERS[type(m)](m))
+        build = _timm_builder(type(m))
+        if build is None or (types is not None and type(m) not in wanted):
             return None
-        return _swap(m, _BUILDERS[type(m)](m))
+        new = build(m)
+        return None if new is None else _share(m, new)
 
     return _replace(module, to_twin)
+
+
+# ------------------------------------------------------------------------------------------------ to torch
+def _observe(module: nn.Module, example_inputs) -> dict[str, dict]:
+    """Per normlab layer (by qualified name): the input ranks it saw and whether it got a mask, from one
+    forward of a copy (the model itself, and its running statistics, stay untouched)."""
+    probe = copy.deepcopy(module)
+    info: dict[str, dict] = {}
+    hooks = []
+
+    def make(name):
+        def hook(m, args, kwargs):
+            x = args[0] if args else None
+            mask = args[1] if len(args) > 1 else kwargs.get("mask")
+            rec = info.setdefault(name, {"ranks": set(), "masked": False})
+            if isinstance(x, torch.Tensor):
+                rec["ranks"].add(x.ndim)
+            rec["masked"] = rec["masked"] or mask is not None
+        return hook
+
+    for name, m in probe.named_modules():
+        if _is_normlab(m):
+            hooks.append(m.register_forward_pre_hook(make(name), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            probe(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return info
+
+
+def _is_normlab(m: nn.Module) -> bool:
+    """A normlab layer (models built of torch and normlab layers, e.g. normlab.models.ConvNet, are not)."""
+    return type(m).__module__.startswith("normlab.layers")
+
+
+def _rank(info: dict | None) -> int | None:
+    ranks = (info or {}).get("ranks") or set()
+    return next(iter(ranks)) if len(ranks) == 1 else None
+
+
+def _torch_batchnorm(m, info: dict | None, inference: bool) -> nn.Module | str:
+    from .batchnorm import BatchNorm
+    from .ghost import GhostBatchNorm
+    from .renorm import BatchRenorm
+    from .sync import SyncBatchNorm
+
+    exact = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm, BatchRenorm, GhostBatchNorm)
+    if type(m) not in exact:
+        return f"a subclass of BatchNorm ({type(m).__name__}) whose forward may differ"
+    if type(m) in (BatchRenorm, GhostBatchNorm) and not inference:
+        what = "r, d corrections" if type(m) is BatchRenorm else "ghost-batch statistics"
+        return (f"{type(m).__name__} trains differently ({what}); its eval mode is BatchNorm: pass "
+                "inference=True to convert it for inference")
+    if (info or {}).get("masked"):
+        return "called with a mask (torch's BatchNorm has none)"
+    rank = _rank(info)
+    if m.channel_dim != 1 and not (m.channel_dim == -1 and rank == 2):
+        return f"channel_dim={m.channel_dim}: torch's BatchNorm normalizes dim 1 only"
+    if m.affine and m.bias is None:
+        return "affine without bias (torch's BatchNorm learns both or neither)"
+    if m.eps is None:
+        return "eps=None (torch's BatchNorm needs a number)"
+    if m.frozen and not inference:
+        return "frozen (torch's BatchNorm does not stay frozen through .train()): pass inference=True"
+    kw = dict(_tensor_kwargs(m))
+    args = (m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    if type(m) is SyncBatchNorm:
+        return _share(m, nn.SyncBatchNorm(*args, process_group=m.process_group, **kw))
+    cls = {BatchNorm1d: nn.BatchNorm1d, BatchNorm2d: nn.BatchNorm2d, BatchNorm3d: nn.BatchNorm3d}.get(type(m))
+    if cls is None:
+        cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank or 0)
+    if cls is None:
+        return ("the input rank is unknown (this BatchNorm accepts any rank; torch's are 1d/2d/3d): pass "
+                "example_inputs, or build with BatchNorm1d/2d/3d")
+    new = _share(m, cls(*args, **kw))
+    return new.eval() if m.frozen else new
+
+
+def _torch_instancenorm(m, info: dict | None, inference: bool) -> nn.Module | str:
+    from .instancenorm import InstanceNorm
+
+    if type(m) not in (InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d):
+        return f"a subclass of InstanceNorm ({type(m).__name__}) whose forward may differ"
+    if (info or {}).get("masked"):
+        return "called with a mask (torch's InstanceNorm has none)"
+    if m.track_running_stats and m.momentum is None:
+        return "momentum=None with running statistics (normlab: cumulative average; torch: statistics never move)"
+    if m.affine and m.bias is None:
+        return "affine without bias (torch's InstanceNorm learns both or neither)"
+    if m.frozen and not inference:
+        return "frozen (torch's InstanceNorm does not stay frozen through .train()): pass inference=True"
+    cls = {InstanceNorm1d: nn.InstanceNorm1d, InstanceNorm2d: nn.InstanceNorm2d,
+           InstanceNorm3d: nn.InstanceNorm3d}.get(type(m))
+    if cls is None:
+        cls = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}.get(_rank(info) or 0)
+    if cls is None:
+        return "the input rank is unknown: pass example_inputs, or build with InstanceNorm1d/2d/3d"
+    new = _share(m, cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, **_tensor_kwargs(m)))
+    return new.eval() if m.frozen else new
+
+
+def _gamma(m) -> nn.Parameter | None:
+    """m's weight as a plain gamma: the same Parameter, or a new one (1 + weight) if it is zero-centered."""
+    if m.weight is None or not m.zero_centered_gamma:
+        return m.weight
+    with torch.no_grad():
+        return nn.Parameter(m.weight + 1, requires_grad=m.weight.requires_grad)
+
+
+def _torch_rows(m, info: dict | None, inference: bool) -> nn.Module | str:
+    """LayerNorm / RMSNorm / GroupNorm."""
+    kw = _tensor_kwargs(m)
+    if type(m) is GroupNorm:
+        if (info or {}).get("masked"):
+            return "called with a mask (torch's GroupNorm has none)"
+        if m.affine and m.bias is None:
+            return "affine without bias (torch's GroupNorm learns both or neither)"
+        return _share(m, nn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine, **kw))
+    if m.eps is None and type(m) is LayerNorm:
+        return "eps=None (torch's LayerNorm needs a number)"
+    if type(m) is LayerNorm:
+        new: nn.Module = nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, m.bias is not None, **kw)
+    else:
+        new = nn.RMSNorm(m.normalized_shape, m.eps, m.elementwise_affine, **kw)
+    new = _share(m, new)
+    if m.weight is not None:
+        new.weight = _gamma(m)  # zero-centered gamma: torch stores the plain gamma, weight + 1
+    return new
+
+
+def _torch_wsconv(m, info: dict | None, inference: bool) -> nn.Module | str:
+    if not inference:
+        return ("weight standardization has no torch.nn layer; inference=True bakes the standardized weight into "
+                "a plain conv")
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)]
+    new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+              m.bias is not None, m.padding_mode, **_tensor_kwargs(m))
+    with torch.no_grad():
+        new.weight = nn.Parameter(m.standardized_weight().detach().clone(), requires_grad=m.weight.requires_grad)
+    if m.bias is not None:
+        new.bias = m.bias
+    return new.train(m.training)
+
+
+_NO_TWIN = {
+    "LayerNorm2d": "channels-first LayerNorm: torch has no such layer (nn.LayerNorm normalizes trailing dims)",
+    "FilterResponseNorm": "Filter Response Normalization has no torch.nn equivalent",
+    "TLU": "the thresholded linear unit has no torch.nn equivalent",
+    "EvoNormB0": "EvoNorm has no torch.nn equivalent",
+    "EvoNormS0": "EvoNorm has no torch.nn equivalent",
+    "DyT": "Dynamic Tanh has no torch.nn equivalent",
+    "ScaleNorm": "ScaleNorm has no torch.nn equivalent",
+}
+
+
+def _torch_twin(m: nn.Module, info: dict | None, inference: bool) -> nn.Module | str:
+    """The torch.nn layer computing exactly what normlab layer ``m`` computes, or why there is none."""
+    from .batchnorm import BatchNorm
+    from .instancenorm import InstanceNorm
+    from .weightnorm import WeightNorm
+    from .wsconv import WSConv1d, WSConv2d, WSConv3d
+
+    if isinstance(m, BatchNorm):
+        return _torch_batchnorm(m, info, inference)
+    if isinstance(m, InstanceNorm):
+        return _torch_instancenorm(m, info, inference)
+    if type(m) in (LayerNorm, RMSNorm, GroupNorm):
+        return _torch_rows(m, info, inference)
+    if type(m) in (WSConv1d, WSConv2d, WSConv3d):
+        return _torch_wsconv(m, info, inference)
+    if type(m) is WeightNorm:
+        return _torch_weight_norm(m, info, inference)
+    if type(m).__name__ in _NO_TWIN:
+        return _NO_TWIN[type(m).__name__]
+    if isinstance(m, Norm):
+        return f"{type(m).__name__}: no torch.nn layer computes this configuration (dims, affine dims, centering)"
+    return f"{type(m).__name__} has no torch.nn equivalent"
+
+
+def _torch_weight_norm(m, info: dict | None, inference: bool) -> nn.Module | str:
+    """normlab's weight-norm parametrization -> torch's own (``torch.nn.utils.parametrizations.weight_norm``'s)."""
+    try:
+        from torch.nn.utils.parametrizations import _WeightNorm
+    except ImportError:  # a private class of torch: if it moves, the layer stays
+        return "torch's weight-norm parametrization class was not found: use torch.nn.utils.parametrizations.weight_norm"
+    return _WeightNorm(m.dim)
+
+
+def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False, strict: bool = False) -> nn.Module:
+    """Replace normlab layers by the ``torch.nn`` layers that compute exactly the same, in place.
+
+    The way back from :func:`convert`, so that a model built with normlab
+    ships without it: the result's outputs equal the normlab model's (to
+    the kernels' float rounding), state-dict keys are torch's, and
+    parameters and buffers are the very same objects where their values
+    carry over.  Converted:
+
+    - ``BatchNorm1d/2d/3d`` -> ``nn.BatchNorm1d/2d/3d``; ``SyncBatchNorm`` ->
+      ``nn.SyncBatchNorm`` (same process group); a rank-generic ``BatchNorm``
+      by the input rank seen in ``example_inputs``;
+    - ``InstanceNorm1d/2d/3d`` -> ``nn.InstanceNorm1d/2d/3d`` (generic: by rank);
+    - ``LayerNorm`` -> ``nn.LayerNorm``, ``RMSNorm`` -> ``nn.RMSNorm``,
+      ``GroupNorm`` -> ``nn.GroupNorm``; a zero-centered gamma becomes torch's
+      plain one (``weight + 1``, a new parameter);
+    - normlab's weight-norm parametrization (:func:`weight_norm`) -> torch's
+      own (``torch.nn.utils.parametrizations.weight_norm``'s), same ``g``, ``v``.
+
+    Left in place, each with its reason (a ``UserWarning`` lists them; with
+    ``strict=True`` a ``ValueError``): what torch cannot compute -- channel-last
+    BatchNorm, an affine without bias, masked use (seen in ``example_inputs``),
+    InstanceNorm's ``momentum=None`` with running statistics (torch's
+    statistics never move then), LayerNorm2d, the general ``Norm``,
+    FilterResponseNorm, EvoNorm, DyT, ScaleNorm; and what torch computes only
+    at inference: :class:`BatchRenorm` and :class:`GhostBatchNorm` (their eval
+    mode is BatchNorm), frozen layers (torch's follow ``.train()``), weight
+    standardization (:class:`WSConv2d`: the standardized weight baked into
+    ``nn.Conv2d``) -- these convert with ``inference=True``, for a model that
+    will only be evaluated.
+
+    Args:
+        module: a model (changed in place) or a single normlab layer.
+        example_inputs: optional input (a tensor or a tuple of positional
+            arguments) run once through a copy of the model to learn each
+            layer's input rank and whether it gets a mask.
+        inference: also convert the layers that are exact in eval mode only.
+        strict: raise instead of warning when a normlab layer is left.
+
+    Returns:
+        The module, or its replacement if ``module`` itself is a normlab layer.
+
+    Example::
+
+        >>> import torch
+        >>> from normlab.layers import BatchNorm2d, LayerNorm, to_torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8), torch.nn.Flatten(), LayerNorm(8 * 4 * 4))
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> ref = net(x)
+        >>> net = to_torch(net)
+        >>> [type(m).__name__ for m in net]
+        ['Conv2d', 'BatchNorm2d', 'Flatten', 'LayerNorm']
+        >>> type(net[1]).__module__.startswith("torch.nn"), torch.allclose(net(x), ref, atol=1e-5)
+        (True, True)
+    """
+    info = _observe(module, example_inputs) if example_inputs is not None else {}
+    left: list[str] = []
+
+    def visit(m: nn.Module, name: str) -> nn.Module:
+        if _is_normlab(m):
+            twin = _torch_twin(m, info.get(name), inference)
+            if isinstance(twin, str):
+                left.append(f"{name or '(the module)'} ({type(m).__name__}): {twin}")
+            else:
+                return twin
+        for child_name, child in list(m.named_children()):
+            new = visit(child, f"{name}.{child_name}" if name else child_name)
+            if new is not child:
+                setattr(m, child_name, new)
+        return m
+
+    out = visit(module, "")
+    if left:
+        msg = f"to_torch left {len(left)} normlab layer(s) in place: " + "; ".join(left)
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return out

@@ -4,6 +4,10 @@ Sized for MNIST-1D signals (N, 1, 40) and scikit-learn's 8x8 digits
 (N, 1, 8, 8).  ``arch`` picks a residual net, the same net without skips
 ("plain"), or a VGG-like stack (for the loss-landscape study); ``norm``
 is a key of :data:`CONV_NORMS`; dropout can sit before or after each norm.
+The normalization-activation layers ("frn": FRN + TLU, "evonorm_b0",
+"evonorm_s0") replace the norm *and* its ReLU; where a unit has no
+activation (the last unit of a residual block) they are built without their
+nonlinearity.  "gn+ws" is GroupNorm after weight-standardized convs (BiT).
 
 Example::
 
@@ -23,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_float, check_int
-from ..layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, LayerNorm2d, Norm, weight_norm
+from ..layers import (BatchNorm, BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, GhostBatchNorm, GroupNorm,
+                      InstanceNorm, LayerNorm, LayerNorm2d, Norm, WSConv1d, WSConv2d, weight_norm)
 
-__all__ = ["ConvNet", "ConvNetConfig", "CONV_NORMS"]
+__all__ = ["ConvNet", "ConvNetConfig", "CONV_NORMS", "NORM_ACTS"]
 
 
 @dataclass
@@ -40,8 +45,12 @@ class ConvNetConfig:
         blocks_per_stage: residual blocks (or conv units for vgg) per stage.
         arch: "resnet", "plain" (resnet blocks without skips) or "vgg".
         norm: a key of :data:`CONV_NORMS`.
-        groups: GroupNorm's number of groups.
+        groups: GroupNorm's (and EvoNorm-S0's) number of groups.
+        virtual_batch_size: GhostBatchNorm's samples per ghost batch ("ghostbn").
+        renorm_rmax, renorm_dmax, renorm_warmup_steps: BatchRenorm's limits and the training steps
+            (forward calls in training) over which they relax from (1, 0) ("batchrenorm").
         norm_eps: eps of the normalizers (None: their defaults).
+        norm_momentum: running-statistics momentum of the norms that keep them (None: their defaults, 0.1).
         gamma_init: initial value of every norm's gamma (claim C30 sets 0).
         dropout: dropout probability; dropout_place: "none", "before_norm" or "after_norm".
     """
@@ -55,7 +64,12 @@ class ConvNetConfig:
     arch: str = "resnet"
     norm: str = "batchnorm"
     groups: int = 4
+    virtual_batch_size: int = 8
+    renorm_rmax: float = 3.0
+    renorm_dmax: float = 5.0
+    renorm_warmup_steps: int = 5000
     norm_eps: float | None = None
+    norm_momentum: float | None = None
     gamma_init: float = 1.0
     dropout: float = 0.0
     dropout_place: str = "none"
@@ -66,14 +80,18 @@ class ConvNetConfig:
     def validate(self) -> None:
         """Types and ranges of every field; the error names the field, the value and what is allowed."""
         check_int(self, "dim", lo=1, hi=2)
-        for k in ("in_channels", "input_size", "blocks_per_stage", "groups"):
+        for k in ("in_channels", "input_size", "blocks_per_stage", "groups", "virtual_batch_size"):
             check_int(self, k, lo=1)
+        check_int(self, "renorm_warmup_steps", lo=0)
+        check_float(self, "renorm_rmax", lo=1)
+        check_float(self, "renorm_dmax", lo=0)
         check_int(self, "num_classes", lo=2)
         if not isinstance(self.widths, (tuple, list)) or not self.widths or \
                 any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"ConvNetConfig.widths must be a non-empty tuple of ints >= 1 (one per stage), "
                              f"got {self.widths!r}")
         check_float(self, "norm_eps", lo=0, optional=True)
+        check_float(self, "norm_momentum", lo=0, hi=1, optional=True)
         check_float(self, "gamma_init")
         check_float(self, "dropout", lo=0, hi=1, hi_open=True)
         if self.dim not in (1, 2):
@@ -95,9 +113,13 @@ def _eps(cfg: ConvNetConfig, default: float) -> float:
     return default if cfg.norm_eps is None else cfg.norm_eps
 
 
+def _mom(cfg: ConvNetConfig) -> float:
+    return 0.1 if cfg.norm_momentum is None else cfg.norm_momentum
+
+
 #: norm name -> builder(cfg, channels, spatial shape); "weightnorm" reparametrizes the convs instead
 CONV_NORMS: dict[str, Callable[[ConvNetConfig, int, tuple[int, ...]], nn.Module]] = {
-    "batchnorm": lambda cfg, c, sp: BatchNorm(c, eps=_eps(cfg, 1e-5)),
+    "batchnorm": lambda cfg, c, sp: BatchNorm(c, eps=_eps(cfg, 1e-5), momentum=_mom(cfg)),
     "groupnorm": lambda cfg, c, sp: GroupNorm(cfg.groups, c, eps=_eps(cfg, 1e-5)),
     "layernorm": lambda cfg, c, sp: LayerNorm((c, *sp), eps=_eps(cfg, 1e-5)),  # per sample over C, *spatial
     "layernorm2d": lambda cfg, c, sp: LayerNorm2d(c, eps=_eps(cfg, 1e-6)),  # per position over C
@@ -106,21 +128,45 @@ CONV_NORMS: dict[str, Callable[[ConvNetConfig, int, tuple[int, ...]], nn.Module]
                                        eps=_eps(cfg, 1e-6), min_ndim=2),  # per position over C, no centering
     "weightnorm": lambda cfg, c, sp: nn.Identity(),
     "none": lambda cfg, c, sp: nn.Identity(),
+    "batchrenorm": lambda cfg, c, sp: BatchRenorm(c, eps=_eps(cfg, 1e-5), momentum=_mom(cfg), rmax=cfg.renorm_rmax,
+                                                  dmax=cfg.renorm_dmax, warmup_steps=cfg.renorm_warmup_steps),
+    "ghostbn": lambda cfg, c, sp: GhostBatchNorm(c, virtual_batch_size=cfg.virtual_batch_size, eps=_eps(cfg, 1e-5),
+                                                 momentum=_mom(cfg)),
+    "gn+ws": lambda cfg, c, sp: GroupNorm(cfg.groups, c, eps=_eps(cfg, 1e-5)),  # after weight-standardized convs
+    "frn": lambda cfg, c, sp: FilterResponseNorm(c, eps=_eps(cfg, 1e-6)),  # FRN + TLU: replaces norm + ReLU
+    "evonorm_b0": lambda cfg, c, sp: EvoNormB0(c, eps=_eps(cfg, 1e-5), momentum=_mom(cfg)),
+    "evonorm_s0": lambda cfg, c, sp: EvoNormS0(c, groups=cfg.groups, eps=_eps(cfg, 1e-5)),
 }
+
+#: normalization-activation layers: in a unit with an activation they replace norm + ReLU; in a unit without one
+#: (a residual block's last) they are built by these builders, without their nonlinearity
+NORM_ACTS: dict[str, Callable[[ConvNetConfig, int, tuple[int, ...]], nn.Module]] = {
+    "frn": lambda cfg, c, sp: FilterResponseNorm(c, eps=_eps(cfg, 1e-6), tlu=False),
+    "evonorm_b0": lambda cfg, c, sp: EvoNormB0(c, eps=_eps(cfg, 1e-5), momentum=_mom(cfg), nonlinearity=False),
+    "evonorm_s0": lambda cfg, c, sp: EvoNormS0(c, groups=cfg.groups, eps=_eps(cfg, 1e-5), nonlinearity=False),
+}
+
+#: the conv classes (1-D, 2-D) a norm is used with: weight-standardized for "gn+ws"
+_CONVS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {"gn+ws": (WSConv1d, WSConv2d)}
 
 
 class ConvUnit(nn.Module):
-    """conv -> [dropout] -> norm -> ReLU -> [dropout], the dropout where ``dropout_place`` says."""
+    """conv -> [dropout] -> norm -> ReLU -> [dropout], the dropout where ``dropout_place`` says.
+
+    A normalization-activation layer (:data:`NORM_ACTS`) is the norm and the activation at once: the ReLU is
+    left out, and without ``act`` the layer is built without its nonlinearity.
+    """
 
     def __init__(self, cfg: ConvNetConfig, c_in: int, c_out: int, spatial: tuple[int, ...], stride: int = 1,
                  act: bool = True):
         super().__init__()
-        conv = (nn.Conv1d, nn.Conv2d)[cfg.dim - 1]
+        conv = _CONVS.get(cfg.norm, (nn.Conv1d, nn.Conv2d))[cfg.dim - 1]
         self.conv = conv(c_in, c_out, 3, stride=stride, padding=1, bias=cfg.norm in ("none", "weightnorm"))
         if cfg.norm == "weightnorm":
             weight_norm(self.conv)
-        self.norm = CONV_NORMS[cfg.norm](cfg, c_out, spatial)
-        self.act = nn.ReLU() if act else nn.Identity()
+        norm_act = cfg.norm in NORM_ACTS
+        self.norm = (CONV_NORMS if act or not norm_act else NORM_ACTS)[cfg.norm](cfg, c_out, spatial)
+        self.act = nn.ReLU() if act and not norm_act else nn.Identity()
         self.drop_before = nn.Dropout(cfg.dropout) if cfg.dropout_place == "before_norm" else nn.Identity()
         self.drop_after = nn.Dropout(cfg.dropout) if cfg.dropout_place == "after_norm" else nn.Identity()
 
