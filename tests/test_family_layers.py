@@ -389,8 +389,8 @@ def test_frn_state_dict_round_trip_and_keys():
 
 
 def test_frn_and_tlu_bad_inputs():
-    with pytest.raises(ValueError, match=r"FilterResponseNorm expects size \(4,\) at dim\(s\) 1 .*got an input of shape "
-                                         r"\(2, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"FilterResponseNorm expects size \(4,\) at dim\(s\) 1 .*got an input "
+                                         r"of shape \(2, 3, 5\)"):
         FilterResponseNorm(4)(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="eps must be >= 0"):
         FilterResponseNorm(4, eps=-1.0)
@@ -580,15 +580,17 @@ def test_wsconv_gradcheck_bad_eps_and_compile():
     assert torch.autograd.gradcheck(lambda t: m(t), (x,))
     with pytest.raises(ValueError, match=r"eps must be a number >= 0, got -1"):
         WSConv2d(3, 4, 3, eps=-1)
-    with pytest.raises(RuntimeError, match=r"Given groups=1, weight of size \[4, 3, 3, 3\], expected input\[2, 2, 5, 5\]"):
+    with pytest.raises(RuntimeError, match=r"Given groups=1, weight of size \[4, 3, 3, 3\], expected "
+                                           r"input\[2, 2, 5, 5\]"):
         WSConv2d(3, 4, 3)(torch.randn(2, 2, 5, 5))
     _compiles(lambda: WSConv2d(3, 4, 3, padding=1), torch.randn(2, 3, 6, 6))
 
 
 # ------------------------------------------------------------------------------------------------- precision
-@pytest.mark.parametrize("make", [lambda: BatchRenorm(4, warmup_steps=0), lambda: GhostBatchNorm(4, virtual_batch_size=2),
-                                  lambda: FilterResponseNorm(4), lambda: EvoNormS0(4, groups=2),
-                                  lambda: EvoNormB0(4)], ids=["brn", "ghost", "frn", "s0", "b0"])
+@pytest.mark.parametrize("make", [lambda: BatchRenorm(4, warmup_steps=0),
+                                  lambda: GhostBatchNorm(4, virtual_batch_size=2), lambda: FilterResponseNorm(4),
+                                  lambda: EvoNormS0(4, groups=2), lambda: EvoNormB0(4)],
+                         ids=["brn", "ghost", "frn", "s0", "b0"])
 def test_half_precision_inputs_stay_half_and_match_float32(make):
     m = make()
     x = torch.randn(6, 4, 5, 5) * 2 + 1

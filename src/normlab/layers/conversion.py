@@ -399,7 +399,8 @@ def _torch_weight_norm(m, info: dict | None, inference: bool) -> nn.Module | str
     try:
         from torch.nn.utils.parametrizations import _WeightNorm
     except ImportError:  # a private class of torch: if it moves, the layer stays
-        return "torch's weight-norm parametrization class was not found: use torch.nn.utils.parametrizations.weight_norm"
+        return ("torch's weight-norm parametrization class was not found: use "
+                "torch.nn.utils.parametrizations.weight_norm")
     return _WeightNorm(m.dim)
 
 
@@ -449,7 +450,8 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
 
         >>> import torch
         >>> from normlab.layers import BatchNorm2d, LayerNorm, to_torch
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8), torch.nn.Flatten(), LayerNorm(8 * 4 * 4))
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8), torch.nn.Flatten(),
+        ...                           LayerNorm(8 * 4 * 4))
         >>> x = torch.randn(2, 3, 6, 6)
         >>> ref = net(x)
         >>> net = to_torch(net)

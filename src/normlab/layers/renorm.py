@@ -7,7 +7,6 @@ import operator
 import torch
 from torch import Tensor
 
-from .. import functional as NF
 from .batchnorm import BatchNorm
 
 __all__ = ["BatchRenorm"]
