@@ -49,7 +49,7 @@ def test_unknown_and_missing_spec_keys_are_rejected():
 
 
 CASE_MODULES = ("cases_axes", "cases_batchnorm", "cases_numerics", "cases_placement", "cases_stability",
-                "cases_transformer", "cases_vision")
+                "cases_transformer", "cases_vision", "cases_family")
 CLAIM_CASES = {}
 for _m in CASE_MODULES:
     CLAIM_CASES.update(importlib.import_module(_m).CASES)

@@ -18,7 +18,7 @@ __all__ = ["register", "get", "all_experiments", "parse_claims"]
 _REGISTRY: dict[str, Experiment] = {}
 _MODULES = ("normlab.experiments.transformer", "normlab.experiments.placement", "normlab.experiments.stability",
             "normlab.experiments.axes", "normlab.experiments.numerics",
-            "normlab.experiments.vision", "normlab.experiments.batchnorm")
+            "normlab.experiments.vision", "normlab.experiments.batchnorm", "normlab.experiments.family")
 _loaded = False
 
 

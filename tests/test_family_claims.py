@@ -1,0 +1,82 @@
+"""The setups of C35-C38 (normlab.experiments.family) beyond the three-outcome cases: what each grid runs, the
+folding run on a tiny net, and the rules' edges."""
+
+from __future__ import annotations
+
+import pytest
+
+from cases_family import GOOD, c35, c37
+from normlab.experiments import family, get
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_c35_simulates_small_per_process_batches_for_the_batch_dependent_arms(mode):
+    runs = dict(family._c35_grid(mode))
+    sizes = family.C35[mode]["per_process"]
+    assert min(sizes) <= 4 and max(sizes) >= 2
+    assert runs["BN at 32"].get("ghost_batch") is None
+    for b in sizes:
+        for name in (f"BN at {b}", f"Batch Renorm at {b}"):
+            assert runs[name]["ghost_batch"] == b and runs[name]["batch"] == 32  # b per process, 32 per step
+        ghost = runs[f"Ghost BN over {b}"]
+        assert ghost.get("ghost_batch") is None and ghost["model"]["virtual_batch_size"] == b  # one forward
+        brn = runs[f"Batch Renorm at {b}"]["model"]
+        calls = family.C35[mode]["steps"] * 32 // b
+        assert brn["renorm_warmup_steps"] == int(calls * family.C35_RENORM_WARMUP)
+    assert runs["GN+WS"]["model"]["norm"] == "gn+ws" and runs["FRN"]["model"]["norm"] == "frn"
+    steps = {c["train"]["steps"] for c in runs.values()}
+    assert steps == {family.C35[mode]["steps"]}  # every arm sees the same samples
+
+
+def test_c35_reports_the_recovered_fraction_and_needs_every_size():
+    v = get("C35").verdict(c35(GOOD, sizes=(2, 4)))
+    assert v.status == "supported"
+    parts = [t["what"] for t in v.tests]
+    assert sum("per-process batch" in w for w in parts) == 2  # one premise per size
+    assert "of BN's loss" in v.key_number and "Wu & He" in v.versus_paper
+    bad = get("C35").verdict(c35({**GOOD, "Batch Renorm": 0.85}, sizes=(2, 4)))
+    assert bad.status == "not supported"
+
+
+def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():
+    config = {"model": dict(dim=1, input_size=8, widths=[4, 8], blocks_per_stage=1, arch="resnet"), "batch": 4,
+              "nets": 2, "rounds": 3, "warmup_rounds": 1, "calls": 2, "mode": "quick"}
+    res = family.fold_run(config, 0)
+    assert max(res["errors"]["float64"]) < 1e-12 and max(res["errors"]["float32"]) < 1e-5
+    assert all(f == n and n > 0 for f, n in res["folded"])
+    assert len(res["times_ms"]["original"]) == len(res["times_ms"]["folded"]) == 3
+    v = get("C36").verdict([{"name": "tiny", "seed": 0, "config": config, "result": res}])
+    assert v.status in ("supported", "not supported", "inconclusive") and len(v.tests) == 3
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_c36_is_timed_alone_and_c37_c38_grids(mode):
+    assert get("C36").exclusive and get("C36").threads == 1
+    assert all(c["model"]["arch"] == "resnet" for _, c in family._c36_grid(mode))
+    arms = dict(family._c37_grid(mode))
+    assert set(arms) == set(family.C37_ARMS)
+    assert arms["lagging EMA (momentum 0.01)"]["model"]["norm_momentum"] == 0.01
+    assert arms["short (stopped early, constant lr)"]["train"]["schedule"] == "constant"
+    assert arms["short (stopped early, constant lr)"]["train"]["steps"] < arms[family.C37_REFERENCE]["train"]["steps"]
+    assert {n for n, _ in family._c38_grid(mode)} == {"frn", "evonorm_s0", "groupnorm", "batchnorm", "evonorm_b0"}
+
+
+def test_c37_matching_on_the_trained_net_is_judged_with_a_margin():
+    from cases_family import LAG, SHORT, TRAINED
+
+    v = get("C37").verdict(c37({TRAINED: [-0.002, -0.001, -0.003, -0.002], SHORT: [0.05, 0.04, 0.06, 0.05],
+                                LAG: [0.3, 0.35, 0.25, 0.3]}))
+    assert v.status == "supported"  # a small loss within the half-point margin still "matches"
+
+
+def test_c37_precise_run_recovers_a_lagging_ema():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runner runs it (two threads on a busy 2-core machine crawl)
+    try:
+        config = dict(family._c37_grid("quick"))["lagging EMA (momentum 0.01)"]
+        res = family.precise_run({**config, "mode": "quick"}, 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert res["acc_precise"] > res["acc_ema"] + 0.05
