@@ -30,6 +30,7 @@ from .layers import (
     freeze_batchnorm,
     weight_norm,
 )
+from .doctor import Diagnosis, Finding, doctor
 from .train.param_groups import param_groups
 
 __version__ = "0.1.0"
@@ -38,5 +39,5 @@ __all__ = [
     "functional", "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm",
     "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "kernels", "add_norm",
-    "use_reference", "param_groups", "__version__",
+    "use_reference", "doctor", "Diagnosis", "Finding", "param_groups", "__version__",
 ]

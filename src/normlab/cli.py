@@ -287,6 +287,130 @@ def _rerun_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _doctor_target(target: str):
+    """Import ``MODULE:CALLABLE`` (a dotted module or a .py file) and return the object it names."""
+    import importlib
+    import importlib.util
+
+    path, sep, attr = target.rpartition(":")
+    if not sep or not path or not attr:
+        raise ValueError(f"expected MODULE:CALLABLE (a module path or a .py file, then the function that builds the "
+                         f"model), got {target!r}")
+    added = os.path.dirname(os.path.abspath(path)) if path.endswith(".py") else os.getcwd()
+    sys.path.insert(0, added)  # the target's own imports of its neighbours
+    try:
+        if path.endswith(".py") or os.path.isfile(path):
+            if not os.path.isfile(path):
+                raise ValueError(f"no such file: {path}")
+            name = "_normlab_doctor_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ValueError(f"cannot import {path} as a Python file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(path)
+    finally:
+        sys.path.remove(added)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{path} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _doctor_inputs(args: argparse.Namespace, model):
+    """(inputs, kwargs, synthetic) from --input-shape / --inputs, or (None, None, False) if neither is given."""
+    import torch
+
+    if args.input_shape:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"--input-shape expects comma-separated positive integers such as 8,3,32,32, "
+                             f"got {args.input_shape!r}") from None
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"--input-shape expects comma-separated positive integers such as 8,3,32,32, "
+                             f"got {args.input_shape!r}")
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else None
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+        return (x,), None, True
+    if args.inputs:
+        if not os.path.isfile(args.inputs):
+            raise ValueError(f"--inputs {args.inputs}: no such file")
+        try:
+            data = torch.load(args.inputs, map_location="cpu")
+        except Exception as e:
+            raise ValueError(f"--inputs {args.inputs}: cannot load it with torch.load: {e}") from None
+        if isinstance(data, torch.Tensor):
+            return (data,), None, False
+        if isinstance(data, (tuple, list)):
+            return tuple(data), None, False
+        if isinstance(data, dict):
+            if set(data) <= {"args", "kwargs"}:
+                return tuple(data.get("args", ())), dict(data.get("kwargs", {})), False
+            return (), dict(data), False
+        raise ValueError(f"--inputs {args.inputs} holds a {type(data).__name__}; expected a tensor, a tuple of "
+                         "inputs, or a dict of keyword inputs ({'args': (...), 'kwargs': {...}} for both)")
+    return None, None, False
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from .doctor import DoctorInputError, doctor
+
+    if args.input_shape and args.inputs:
+        return _fail("doctor", "give --input-shape or --inputs, not both")
+    try:
+        obj = _doctor_target(args.target)
+    except Exception as e:  # the user's file: any error there is a bad argument to us
+        return _fail("doctor", f"cannot import {args.target}: {type(e).__name__}: {e}")
+    try:
+        built = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    except Exception as e:
+        return _fail("doctor", f"{args.target}() failed: {type(e).__name__}: {e}")
+    inputs = kwargs = optimizer = None
+    causal = args.causal
+    if isinstance(built, dict):  # {"model": ..., "inputs": ..., "kwargs": ..., "optimizer": ..., "causal": ...}
+        model = built.get("model")
+        inputs, kwargs = built.get("inputs", built.get("example_inputs")), \
+            built.get("kwargs", built.get("example_kwargs"))
+        optimizer, causal = built.get("optimizer"), bool(built.get("causal", causal))
+    elif isinstance(built, (tuple, list)) and built and isinstance(built[0], torch.nn.Module):
+        model, inputs = built[0], built[1] if len(built) > 1 else None
+        kwargs = built[2] if len(built) > 2 else None
+    else:
+        model = built
+    if not isinstance(model, torch.nn.Module):
+        return _fail("doctor", f"{args.target} gave a {type(model).__name__}; expected a torch.nn.Module (or a dict "
+                               "with 'model', 'inputs', 'kwargs', 'optimizer')")
+    try:
+        given, given_kw, synthetic = _doctor_inputs(args, model)
+    except ValueError as e:
+        return _fail("doctor", str(e))
+    if given is not None:
+        inputs, kwargs = given, given_kw
+    try:
+        diagnosis = doctor(model, inputs, kwargs, optimizer=optimizer, train_step=args.train_step, causal=causal,
+                           synthetic_inputs=synthetic)
+    except DoctorInputError as e:
+        return _fail("doctor", f"{e} (check --input-shape / --inputs)")
+    if args.json:
+        print(diagnosis.to_json())
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(diagnosis)
+    else:
+        print(diagnosis.render(color=False))
+    return 1 if diagnosis.errors else 0
+
+
 def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
     p.add_argument("--quick", action="store_true", help="the quick mode: small models, few steps, fewer seeds "
                                                         "(each claim's own quick count; full mode: drop --quick)")
@@ -360,6 +484,24 @@ def build_parser() -> argparse.ArgumentParser:
                                     "no records yet")
     _add_suite_args(show, run=False)
     show.set_defaults(func=_cmd_show)
+    doc = sub.add_parser("doctor", help="find the normalization bugs in your own model",
+                         description="Build a model by calling MODULE:CALLABLE (a module path or a .py file; the "
+                                     "callable returns the model, or a dict with 'model', 'inputs', 'kwargs', "
+                                     "'optimizer'), run normlab's checks on it and print the findings. Exits 1 if any "
+                                     "is an error, 0 otherwise, 2 on bad arguments.")
+    doc.add_argument("target", metavar="MODULE:CALLABLE", help="e.g. mypkg.models:build or path/to/model.py:make")
+    doc.add_argument("--input-shape", default=None, metavar="SHAPE",
+                     help="a random example input of this shape, e.g. 8,3,32,32 (checks that compare with the "
+                          "data's statistics stay silent on random inputs)")
+    doc.add_argument("--inputs", default=None, metavar="FILE.pt",
+                     help="example inputs saved with torch.save: a tensor, a tuple of inputs, or a dict of keyword "
+                          "inputs")
+    doc.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    doc.add_argument("--train-step", action="store_true", help="also run one forward + backward (on a copy)")
+    doc.add_argument("--causal", action="store_true",
+                     help="the model is a causal sequence model (dim 1 of the input is time): check for norms that "
+                          "leak the future")
+    doc.set_defaults(func=_cmd_doctor)
     return parser
 
 

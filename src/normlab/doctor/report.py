@@ -1,0 +1,191 @@
+"""What the doctor found: :class:`Finding`, :class:`Diagnosis`, and their table and JSON forms."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Finding", "Diagnosis", "SEVERITIES"]
+
+#: most serious first: "error" is wrong, "warning" is likely a problem, "info" is a note
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (or note) in one module.
+
+    Attributes:
+        check: the stable id of the check that found it (``bn-momentum-convention``, ...).
+        severity: ``"error"`` (wrong), ``"warning"`` (likely a problem) or ``"info"`` (a note).
+        module: the dotted name of the module, as ``model.named_modules()`` gives it
+            (``""`` is the model itself).
+        message: what was seen, with the number.
+        fix: what to do, concretely.
+        claim: the evidence-suite claim id that backs it (``"C09"``), or None.
+    """
+
+    check: str
+    severity: str
+    module: str
+    message: str
+    fix: str
+    claim: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"Finding.severity must be one of {', '.join(SEVERITIES)}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+@dataclass
+class Diagnosis:
+    """The doctor's result: ``findings`` (most serious first), what each check did, the norms it saw.
+
+    ``print(diagnosis)`` shows a table (rich colours on a terminal),
+    ``diagnosis.to_json()`` the same as JSON, ``diagnosis.errors`` the
+    findings of severity ``"error"``.
+    """
+
+    findings: list[Finding]
+    checks: dict[str, str] = field(default_factory=dict)  # check id -> "ran" / "skipped: why" / "failed: why"
+    norms: list[dict[str, Any]] = field(default_factory=list)  # the norm-like modules found, and how
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        order = {s: i for i, s in enumerate(SEVERITIES)}
+        self.findings = sorted(self.findings, key=lambda f: order[f.severity])  # stable: check order kept
+
+    # ------------------------------------------------------------ access
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def infos(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "info"]
+
+    @property
+    def ok(self) -> bool:
+        """No errors."""
+        return not self.errors
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
+
+    def by_check(self, check: str) -> list[Finding]:
+        return [f for f in self.findings if f.check == check]
+
+    def by_module(self, module: str) -> list[Finding]:
+        return [f for f in self.findings if f.module == module]
+
+    def __iter__(self):
+        return iter(self.findings)
+
+    def __len__(self) -> int:
+        return len(self.findings)
+
+    def summary(self) -> str:
+        c = self.counts()
+        ran = sum(v == "ran" for v in self.checks.values())
+        return (f"{_plural(c['error'], 'error')}, {_plural(c['warning'], 'warning')}, {_plural(c['info'], 'note')} "
+                f"({ran} of {len(self.checks)} checks ran; {_plural(len(self.norms), 'norm-like module')})")
+
+    def __repr__(self) -> str:
+        return f"Diagnosis({self.summary()})"
+
+    # ------------------------------------------------------------ output
+    def to_dict(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {"normlab": __version__, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
+                "checks": dict(self.checks), "norms": list(self.norms), "notes": list(self.notes)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def _not_run(self) -> list[str]:
+        return [f"{k} ({v})" for k, v in self.checks.items() if v != "ran"]
+
+    def render(self, color: bool | None = None, width: int | None = None) -> str:
+        """The table as text: with rich's colours if ``color`` (default: when stdout is a terminal)."""
+        if color is None:
+            color = sys.stdout.isatty()
+        if color:
+            from rich.console import Console
+
+            console = Console(width=width, force_terminal=True, record=True, file=_Null())
+            console.print(self.__rich__())
+            return console.export_text(styles=True).rstrip("\n")
+        return self._plain(width or 100)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def _plain(self, width: int) -> str:
+        lines = [f"normlab doctor: {self.summary()}"]
+        for f in self.findings:
+            claim = f"  [{f.claim}]" if f.claim else ""
+            lines.append("")
+            lines.append(f"{f.severity.upper():<8}{f.check}  {f.module or '(model)'}{claim}")
+            lines += textwrap.wrap(f.message, width, initial_indent="  ", subsequent_indent="  ")
+            lines += textwrap.wrap(f"fix: {f.fix}", width, initial_indent="  ", subsequent_indent="       ")
+        if not self.findings:
+            lines.append("no findings")
+        rest = self._not_run()
+        if rest:
+            lines.append("")
+            lines += textwrap.wrap("not run: " + "; ".join(rest), width, subsequent_indent="  ")
+        for note in self.notes:
+            lines += textwrap.wrap(f"note: {note}", width, subsequent_indent="  ")
+        return "\n".join(lines)
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        styles = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+        title = Text(f"normlab doctor: {self.summary()}", style="bold")
+        if not self.findings:
+            parts: list[Any] = [title, Text("no findings", style="green")]
+        else:
+            table = Table(show_lines=True, expand=True)
+            table.add_column("severity", no_wrap=True)
+            table.add_column("check", no_wrap=True)
+            table.add_column("module", overflow="fold")
+            table.add_column("finding and fix", ratio=1)
+            table.add_column("claim", no_wrap=True)
+            for f in self.findings:
+                body = Text(f.message)
+                body.append("\nfix: ", style="bold")
+                body.append(f.fix)
+                table.add_row(Text(f.severity, style=styles[f.severity]), f.check, f.module or "(model)", body,
+                              f.claim or "")
+            parts = [title, table]
+        rest = self._not_run()
+        if rest:
+            parts.append(Text("not run: " + "; ".join(rest), style="dim"))
+        parts += [Text(f"note: {n}", style="dim") for n in self.notes]
+        return Group(*parts)
+
+
+class _Null:
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
