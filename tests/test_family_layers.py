@@ -445,6 +445,7 @@ def test_evonorm_s0_matches_its_float64_reference(shape, groups, nonlinearity):
 def test_evonorm_s0_special_cases():
     x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
     m = EvoNormS0(8, groups=2).double()
+    assert EvoNormS0(8, num_groups=2).groups == 2  # GroupNorm's name is accepted too
     # v = 0: sigmoid(0) = 1/2, so half of x over the group std
     with torch.no_grad():
         m.v.zero_()

@@ -274,6 +274,21 @@ def test_to_torch_gives_torch_layers_with_the_same_outputs(train):
     torch.testing.assert_close(out.head[5].weight, ref.head[5].weight + 1)  # plain gamma
 
 
+@pytest.mark.parametrize("dim,size", [(1, 40), (2, 8)])
+def test_to_torch_converts_the_convnet_without_example_inputs(dim, size):
+    import warnings
+
+    net = _randomize_bn(ConvNet(ConvNetConfig(dim=dim, input_size=size, arch="resnet", widths=(8, 16)))).eval()
+    x = torch.randn(3, 1, *(size,) * dim)
+    ref = net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left
+        out = to_torch(net)
+    bn_types = {type(m) for m in out.modules() if "BatchNorm" in type(m).__name__}
+    assert bn_types == {(nn.BatchNorm1d, nn.BatchNorm2d)[dim - 1]}
+    torch.testing.assert_close(out(x), ref)
+
+
 def test_to_torch_round_trips_with_convert_and_shares_tensors():
     torch_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.Flatten(),
                               nn.LayerNorm(16), nn.RMSNorm(16))
@@ -287,18 +302,19 @@ def test_to_torch_round_trips_with_convert_and_shares_tensors():
 
 
 def test_to_torch_lists_what_it_leaves_and_why():
-    net = nn.Sequential(nn.Conv2d(3, 4, 1), BatchNorm(4), LayerNorm2d(4), FilterResponseNorm(4), EvoNormS0(4, groups=2),
-                        BatchRenorm(4), GhostBatchNorm(4, virtual_batch_size=2), BatchNorm(4, channel_dim=-1),
-                        WSConv2d(4, 4, 1))
+    net = nn.Sequential(BatchNorm(3), nn.Conv2d(3, 4, 1), BatchNorm(4), LayerNorm2d(4), FilterResponseNorm(4),
+                        EvoNormS0(4, groups=2), BatchRenorm(4), GhostBatchNorm(4, virtual_batch_size=2),
+                        BatchNorm(4, channel_dim=-1), WSConv2d(4, 4, 1))
     with pytest.warns(UserWarning, match=r"to_torch left 8 normlab layer\(s\) in place") as w:
         out = to_torch(net)
     msg = str(w[0].message)
-    for expected in ("1 (BatchNorm): the input rank is unknown", "2 (LayerNorm2d): channels-first LayerNorm",
-                     "3 (FilterResponseNorm): Filter Response Normalization has no torch.nn equivalent",
-                     "5 (BatchRenorm): BatchRenorm trains differently", "6 (GhostBatchNorm): GhostBatchNorm trains",
-                     "7 (BatchNorm): channel_dim=-1", "8 (WSConv2d): weight standardization has no torch.nn layer"):
+    assert type(out[2]) is nn.BatchNorm2d  # rank-generic, but fed by a Conv2d in the traced forward
+    for expected in ("0 (BatchNorm): the input rank is unknown", "3 (LayerNorm2d): channels-first LayerNorm",
+                     "4 (FilterResponseNorm): Filter Response Normalization has no torch.nn equivalent",
+                     "6 (BatchRenorm): BatchRenorm trains differently", "7 (GhostBatchNorm): GhostBatchNorm trains",
+                     "8 (BatchNorm): channel_dim=-1", "9 (WSConv2d): weight standardization has no torch.nn layer"):
         assert expected in msg, expected
-    assert isinstance(out[3], FilterResponseNorm)
+    assert isinstance(out[4], FilterResponseNorm)
     with pytest.raises(ValueError, match=r"to_torch left 1 normlab layer\(s\) in place: \(the module\) "
                                          r"\(FilterResponseNorm\)"):
         to_torch(FilterResponseNorm(4), strict=True)

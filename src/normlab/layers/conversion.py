@@ -245,6 +245,32 @@ def _observe(module: nn.Module, example_inputs) -> dict[str, dict]:
     return info
 
 
+def _ranks_from_producers(module: nn.Module, info: dict[str, dict]) -> None:
+    """Where no input was seen, the input rank of a rank-generic BatchNorm/InstanceNorm from the layer that feeds it
+    in a torch.fx trace: a ConvNd's output has N + 2 dims; a Linear's output suits ``nn.BatchNorm1d`` (2-D or 3-D:
+    it normalizes dim 1, as the normlab layer does)."""
+    from .batchnorm import BatchNorm
+    from .folding import producers
+    from .instancenorm import InstanceNorm
+
+    generic = [n for n, m in module.named_modules()
+               if type(m).__name__ in ("BatchNorm", "BatchRenorm", "GhostBatchNorm", "InstanceNorm")
+               and isinstance(m, (BatchNorm, InstanceNorm)) and not (info.get(n) or {}).get("ranks")]
+    if not generic:
+        return
+    try:
+        feeds = producers(module)
+    except Exception:  # tracing is best effort here; the layer then says its rank is unknown
+        return
+    for name in generic:
+        src = feeds.get(name)
+        rank = next((r for t, r in ((nn.Conv1d, 3), (nn.Conv2d, 4), (nn.Conv3d, 5)) if isinstance(src, t)), None)
+        if rank is None and isinstance(src, nn.Linear) and isinstance(module.get_submodule(name), BatchNorm):
+            rank = 2
+        if rank is not None:
+            info.setdefault(name, {"ranks": set(), "masked": False})["ranks"] = {rank}
+
+
 def _is_normlab(m: nn.Module) -> bool:
     """A normlab layer (models built of torch and normlab layers, e.g. normlab.models.ConvNet, are not)."""
     return type(m).__module__.startswith("normlab.layers")
@@ -287,8 +313,8 @@ def _torch_batchnorm(m, info: dict | None, inference: bool) -> nn.Module | str:
     if cls is None:
         cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank or 0)
     if cls is None:
-        return ("the input rank is unknown (this BatchNorm accepts any rank; torch's are 1d/2d/3d): pass "
-                "example_inputs, or build with BatchNorm1d/2d/3d")
+        return ("the input rank is unknown (this BatchNorm accepts any rank; torch's are 1d/2d/3d, and no conv or "
+                "linear layer feeds it in a torch.fx trace): pass example_inputs, or build with BatchNorm1d/2d/3d")
     new = _share(m, cls(*args, **kw))
     return new.eval() if m.frozen else new
 
@@ -415,7 +441,10 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
 
     - ``BatchNorm1d/2d/3d`` -> ``nn.BatchNorm1d/2d/3d``; ``SyncBatchNorm`` ->
       ``nn.SyncBatchNorm`` (same process group); a rank-generic ``BatchNorm``
-      by the input rank seen in ``example_inputs``;
+      by the input rank seen in ``example_inputs``, else by the layer feeding
+      it in a ``torch.fx`` trace (a ``ConvNd``: N + 2 dims; a ``Linear``:
+      ``nn.BatchNorm1d``, which normalizes dim 1 of a 2-D or 3-D input as the
+      normlab layer does);
     - ``InstanceNorm1d/2d/3d`` -> ``nn.InstanceNorm1d/2d/3d`` (generic: by rank);
     - ``LayerNorm`` -> ``nn.LayerNorm``, ``RMSNorm`` -> ``nn.RMSNorm``,
       ``GroupNorm`` -> ``nn.GroupNorm``; a zero-centered gamma becomes torch's
@@ -461,6 +490,7 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
         (True, True)
     """
     info = _observe(module, example_inputs) if example_inputs is not None else {}
+    _ranks_from_producers(module, info)
     left: list[str] = []
 
     def visit(m: nn.Module, name: str) -> nn.Module:

@@ -39,7 +39,7 @@ class EvoNormS0(Norm):
 
     Args:
         num_features: C (dim 1).
-        groups: G, must divide C (default 32, the paper's).
+        groups: G, must divide C (default 32, the paper's); ``num_groups`` is accepted as its alias.
         eps: added to the group variance (default 1e-5).
         affine: learn ``weight`` (1) and ``bias`` (0).
         nonlinearity: the sigmoid gate with learned ``v`` (default True).
@@ -67,8 +67,11 @@ class EvoNormS0(Norm):
     _shape_arg = "num_features"
 
     def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5, affine: bool = True,
-                 nonlinearity: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
+                 nonlinearity: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 num_groups: int | None = None) -> None:
         num_features = _as_shape(num_features, "num_features", "EvoNormS0")[0]
+        if num_groups is not None:  # GroupNorm's name for it
+            groups = num_groups
         groups = _as_int(groups, "groups", "EvoNormS0")
         if groups < 1 or num_features % groups:
             raise ValueError("EvoNormS0: " + _group_error(groups, num_features).replace("GroupNorm needs", "needs"))

@@ -53,6 +53,34 @@ def _graphs(module: nn.Module, prefix: str, out: list, failures: dict[str, str],
     out.append((prefix, module, graph))
 
 
+def _trace(model: nn.Module) -> tuple[list, dict[str, str]]:
+    """``([(prefix, submodule, graph), ...], {prefix: why fx failed})`` for ``model`` (see :func:`_graphs`)."""
+    graphs: list = []
+    failures: dict[str, str] = {}
+    leaf = _Tracer().is_leaf_module
+    if not leaf(model, ""):
+        _graphs(model, "", graphs, failures, leaf)
+    return graphs, failures
+
+
+def producers(model: nn.Module) -> dict[str, nn.Module]:
+    """For each module called in ``model``'s traced forward, by qualified name: the module whose output it takes
+    (through ``nn.Identity`` and eval-mode dropout), where that is a module call."""
+    out: dict[str, nn.Module] = {}
+    names: dict[int, str] = {}
+    for n, m in model.named_modules():
+        names.setdefault(id(m), n)
+    for _, root, graph in _trace(model)[0]:
+        for node in graph.nodes:
+            if node.op != "call_module":
+                continue
+            src = _source(node, root, [])
+            name = names.get(id(root.get_submodule(str(node.target))))
+            if name is not None and src is not None and src.op == "call_module":
+                out[name] = root.get_submodule(str(src.target))
+    return out
+
+
 def _source(node: torch.fx.Node, root: nn.Module, through: list[torch.fx.Node]) -> torch.fx.Node | None:
     """The node feeding ``node``'s first input, walking back through pass-through modules."""
     if not node.args or not isinstance(node.args[0], torch.fx.Node):
@@ -183,11 +211,7 @@ def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = Fal
         raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
     target = model if inplace else copy.deepcopy(model)
     bns = batchnorm_layers(target)
-    graphs: list = []
-    failures: dict[str, str] = {}
-    leaf = _Tracer().is_leaf_module
-    if not leaf(target, ""):
-        _graphs(target, "", graphs, failures, leaf)
+    graphs, failures = _trace(target)
     calls: dict[int, int] = {}
     for prefix, root, graph in graphs:
         for node in graph.nodes:
