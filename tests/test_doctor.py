@@ -48,7 +48,8 @@ def test_the_same_model_fixed_raises_no_warning_or_error(name):
 
 
 def test_every_check_id_has_a_zoo_case_or_its_own_test():
-    covered = {zoo.BUGS[n](fixed=False).expect[0] for n in zoo.BUGS} | {"ddp-without-syncbn", "norm-unused"}
+    covered = {zoo.BUGS[n](fixed=False).expect[0] for n in zoo.BUGS} | {"ddp-without-syncbn", "norm-unused",
+                                                                       "nonfinite-input"}
     assert set(CHECKS) <= covered, set(CHECKS) - covered
 
 
@@ -546,3 +547,78 @@ def test_torch_transformer_encoder_placement_and_attention_logits():
     d = nl.doctor(enc, x)
     assert _triples(d) == [("attn-logit-growth", "layers.1.self_attn", "warning")]
     assert "largest attention logit" in d.findings[0].message
+
+
+class BN1dSeq(nn.Module):
+    """BatchNorm1d over (B, D, T) token embeddings: the usual way a BatchNorm meets padded sequences."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.bn, self.out = nn.Embedding(50, 16, padding_idx=0), nn.BatchNorm1d(16), nn.Linear(16, 50)
+
+    def forward(self, ids, mask=None):
+        return self.out(self.bn(self.emb(ids).transpose(1, 2)).transpose(1, 2))
+
+
+def test_padding_through_a_positional_mask_and_a_transposed_batchnorm1d():
+    case = zoo.bn_padding(fixed=False)
+    ids, mask = case.inputs[0], case.kwargs["attention_mask"].bool()
+    assert ("bn-padding", "bn", "error") in _triples(nl.doctor(BN1dSeq(), (ids, mask)))
+    assert ("bn-padding", "bn", "error") in _triples(nl.doctor(BN1dSeq(), ids, {"mask": mask}))
+    x = torch.randn(8, 12, 8)  # float sequences, zero-padded at the end, no mask
+    for b, n in ((1, 6), (3, 9), (5, 4)):
+        x[b, n:] = 0
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.bn = nn.Linear(8, 16, bias=False), nl.BatchNorm(16, channel_dim=-1)
+
+        def forward(self, x):
+            return self.bn(self.inp(x))
+    assert ("bn-padding", "bn", "warning") in _triples(nl.doctor(Seq(), x))
+
+
+def test_dataparallel_on_cpu_is_looked_through():
+    d = nl.doctor(nn.DataParallel(zoo.DDPNet(sync=False)), torch.randn(4, 3, 6, 6))
+    assert _triples(d) == [("ddp-without-syncbn", "module.bn", "warning")]
+    assert "DataParallel" in d.findings[0].message
+
+
+def test_fp16_statistics_that_overflow_to_zero():
+    class F16RMS(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):  # x ** 2 overflows fp16 above 256: rsqrt(inf) = 0, the output silently 0
+            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    model = zoo.RMSModel(F16RMS(64)).half()
+    with torch.no_grad():
+        model.inp.weight.mul_(30)
+    d = nl.doctor(model, torch.randn(8, 16).half() * 4)
+    assert {("lowprec-overflow", "norm", "error"), ("lowprec-stats", "norm", "error")} <= set(_triples(d))
+    assert "pow on float16" in d.by_check("lowprec-overflow")[0].message
+
+
+def test_zero_gamma_on_the_trunk_of_real_models():
+    resnet = zoo.resnet18()
+    with torch.no_grad():
+        resnet.bn1.weight.zero_()  # followed by ReLU(inplace=True): the doctor's taps must survive it
+    assert _triples(nl.doctor(resnet, torch.randn(16, 3, 32, 32)), "error") == [("zero-gamma", "bn1", "error")]
+    gpt = zoo._gpt()
+    with torch.no_grad():
+        gpt.blocks[1].norms["ln_1"].weight.zero_()  # a branch: the skip carries the signal
+    assert _triples(nl.doctor(gpt, zoo._ids())) == [("zero-gamma", "blocks.1.norms.ln_1", "info")]
+    with torch.no_grad():
+        gpt.ln_f.weight.zero_()  # the trunk: nothing reaches the logits
+    assert ("zero-gamma", "ln_f", "error") in _triples(nl.doctor(gpt, zoo._ids()))
+
+
+def test_the_first_norm_where_float32_activations_stop_being_finite():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8))
+    x = torch.randn(3, 4)
+    x[0, 1] = float("nan")
+    d = nl.doctor(model, x)
+    assert _triples(d) == [("nonfinite-input", "1", "error")]  # the first one only, not every norm after it
+    assert "input holds 8 inf/NaN" in d.errors[0].message

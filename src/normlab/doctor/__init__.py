@@ -64,7 +64,9 @@ def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | 
     The forward runs on a deep copy of the model (the model itself, its
     parameters, gradients, buffers, running statistics, training flags and
     hooks are left exactly as they were), with the global RNG restored
-    afterwards.  A forward that fails on the example raises
+    afterwards.  The copy keeps the model's own forward hooks, so hooks
+    that compute something (spectral norm, device placement) still do;
+    hooks that log will see the doctor's forwards.  A forward that fails on the example raises
     :class:`DoctorInputError`.
 
     Returns:

@@ -470,7 +470,7 @@ def bn_small_batch(ctx: Context) -> list[Finding]:
     out = []
     for n in ctx.norms.values():
         call = next((c for c in n.calls if n.uses_batch_stats(c) and c.x_shape), None)
-        if call is None or n.name in {f.module for f in ctx.findings}:
+        if call is None or ctx.full(n.name) in {f.module for f in ctx.findings}:
             continue
         batch = call.x_shape[0]
         per = math.prod(call.x_shape[d] for d in n.pooled) if n.pooled else batch
@@ -800,7 +800,6 @@ def lowprec_stats(ctx: Context) -> list[Finding]:
 def lowprec_overflow(ctx: Context) -> list[Finding]:
     ev = _lowprec_evidence(ctx)
     out: list[Finding] = []
-    first_bad_full = True
     for n in sorted(ctx.norms.values(), key=lambda n: n.calls[0].index if n.calls else 1 << 30):
         c = next((c for c in n.calls if c.x is not None), None)
         if c is None or c.x is None or c.y is None:
@@ -828,14 +827,6 @@ def lowprec_overflow(ctx: Context) -> list[Finding]:
             out.append(_f(ctx, "lowprec-overflow", "warning", n.name,
                           f"{_desc(n.module)}'s fp16 input reaches {_g(float(x.abs().max()))}, within 16x of fp16's "
                           f"max {_g(float(torch.finfo(x.dtype).max))}: squares and sums of such values overflow", fix))
-        elif not low and (bad_in or bad_out) and first_bad_full:
-            first_bad_full = False
-            where = "input" if bad_in else "output"
-            out.append(_f(ctx, "lowprec-overflow", "error", n.name,
-                          f"{_desc(n.module)}'s {dt} {where} holds {bad_in or bad_out} inf/NaN values: the first norm "
-                          "on the way where the forward stops being finite",
-                          "find the layer that produces the first inf/NaN (torch.autograd.detect_anomaly, or hooks "
-                          "on the layers before this one); check eps and the learning rate", claim=None))
     if ctx.grads is not None:
         for n in ctx.norms.values():
             for pname, _ in n.module.named_parameters(recurse=False):
@@ -847,6 +838,24 @@ def lowprec_overflow(ctx: Context) -> list[Finding]:
                                   f"({gr.dtype}): the backward overflows",
                                   "scale the loss (torch.amp.GradScaler) for fp16, or train in bf16"))
     return out
+
+
+@_register("nonfinite-input", "the first norm whose float32/float64 input or output holds inf/NaN", needs="inputs")
+def nonfinite_input(ctx: Context) -> list[Finding]:
+    for n in sorted(ctx.norms.values(), key=lambda n: n.calls[0].index if n.calls else 1 << 30):
+        c = next((c for c in n.calls if c.x is not None), None)
+        if c is None or c.x is None or c.x.dtype in LOW_PRECISION:
+            continue
+        bad_in = int((~torch.isfinite(c.x)).sum())
+        bad_out = int((~torch.isfinite(c.y)).sum()) if c.y is not None and c.y.is_floating_point() else 0
+        if bad_in or bad_out:
+            where = f"input holds {bad_in}" if bad_in else f"output holds {bad_out} (from a finite input)"
+            return [_f(ctx, "nonfinite-input", "error", n.name,
+                       f"{_desc(n.module)}'s {str(c.x.dtype)[6:]} {where} inf/NaN values: the first norm, in the "
+                       "order of the forward, where the activations stop being finite",
+                       "find the layer that makes the first inf/NaN (hooks on the layers before this one, or "
+                       "torch.autograd.detect_anomaly); check eps, the init scale and the learning rate")]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- gamma

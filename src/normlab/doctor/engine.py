@@ -199,8 +199,10 @@ class Context:
 
     def _batch_of_one(self, e: Exception) -> None:
         """A BatchNorm refused a batch of one in training: find which (the innermost call left open)."""
-        names = [n for n, m in self.user_modules.items() if class_kind(m) == "batch" and m.training]
-        name = names[0] if names else ""
+        open_calls = [n for n in getattr(e, "doctor_open", []) if n in self.user_modules]
+        names = [n for n in reversed(open_calls) if class_kind(self.user_modules[n]) == "batch"] or \
+            [n for n, m in self.user_modules.items() if class_kind(m) == "batch" and m.training]
+        name = names[0] if names else (open_calls[-1] if open_calls else "")
         self.findings.append(Finding(
             "bn-small-batch", "error", self.full(name),
             f"the training-mode forward fails: {str(e).splitlines()[0]} -- with one value per channel the batch "
@@ -303,7 +305,8 @@ class Context:
         with torch.no_grad():
             g.fill_(0.0 if getattr(m, "zero_centered_gamma", False) else 1.0)
         assert c.x_key is not None and c.x_dtype is not None
-        p = probe_module(m, c.x_shape, c.x_dtype, args=c.args, kwargs=c.kwargs, x_key=c.x_key)
+        p = probe_module(m, c.x_shape, c.x_dtype, args=c.args, kwargs=c.kwargs, x_key=c.x_key,
+                         device=c.x.device if c.x is not None else None)
         return p if p.normalizer else None
 
     def _static_probe(self, name: str, m: nn.Module) -> NormInfo | None:
@@ -312,16 +315,16 @@ class Context:
         if found is None or found[1].ndim != 1:
             return None
         d = found[1].numel()
-        dtype = found[1].dtype
+        dtype, device = found[1].dtype, found[1].device
         for shape in ((4, 5, d), (4, d, 3, 3)):
-            p = probe_module(m, shape, dtype)
+            p = probe_module(m, shape, dtype, device=device)
             if p.normalizer:
                 return NormInfo(name, m, self._work_or(name, m), _kind_from_probe(p), p, how="probe (synthetic)")
             if p.dead:
                 mm = copy.deepcopy(m)
                 with torch.no_grad():
                     dict(mm.named_parameters(recurse=False))[found[0]].fill_(1.0)
-                q = probe_module(mm, shape, dtype)
+                q = probe_module(mm, shape, dtype, device=device)
                 if q.normalizer:
                     return NormInfo(name, m, self._work_or(name, m), _kind_from_probe(q), q, zeroed=True,
                                     how="probe (synthetic, gamma 0)")
@@ -390,9 +393,9 @@ class Context:
         if kind == "input":
             t = (inputs[where] if isinstance(where, int) else kwargs[where]).detach().clone().requires_grad_(True)
             if isinstance(where, int):
-                inputs[where] = t
+                inputs[where] = t.clone()  # a copy goes in: the model may change its input in place
             else:
-                kwargs[where] = t
+                kwargs[where] = t.clone()
             entry.append(t)
 
         def tap(name: str, is_entry: bool = False):
@@ -406,7 +409,7 @@ class Context:
                     entry.append(leaf)
                 else:
                     leaves[name] = leaf
-                return leaf
+                return leaf.clone()  # what follows may work in place (ReLU(inplace=True)); the leaf stays intact
             return hook
 
         hooks = {n: tap(n) for n in taps}

@@ -366,6 +366,9 @@ def record(model: nn.Module, inputs: tuple, kwargs: dict, *, keep: Callable[[str
                     output = model(*inputs, **kwargs)
             else:
                 output = model(*inputs, **kwargs)
+    except Exception as e:
+        e.doctor_open = [calls[i].name for i in stack]  # type: ignore[attr-defined]  # the calls it broke out of
+        raise
     finally:
         for h in handles:
             h.remove()
