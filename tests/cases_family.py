@@ -11,8 +11,9 @@ def _acc_rec(name, seed, acc, **config):
     return {**rec(name, seed, train_result({"test_acc": acc})), "config": config}
 
 
-def c35(remedies: dict[str, float], bn32=0.94, bn_small=0.84, sizes=(2,), seeds=4):
-    """remedies: label -> accuracy at every per-process batch ('Batch Renorm', 'Ghost BN', 'GN+WS', 'FRN')."""
+def c35(remedies: dict[str, float], bn32=0.94, bn_small: float | dict = 0.84, sizes=(2,), seeds=4):
+    """remedies: label -> accuracy at every per-process batch ('Batch Renorm', 'Ghost BN', 'GN+WS', 'FRN');
+    bn_small: BN's accuracy at the small batches (one value, or per size)."""
     out = []
     for s in range(seeds):
         j = JIT[s % len(JIT)]
@@ -20,7 +21,8 @@ def c35(remedies: dict[str, float], bn32=0.94, bn_small=0.84, sizes=(2,), seeds=
         for label in ("GN+WS", "FRN"):
             out.append(_acc_rec(label, s, remedies[label] + j))
         for b in sizes:
-            out.append(_acc_rec(f"BN at {b}", s, bn_small - 2 * j, per_process=b))
+            small = bn_small[b] if isinstance(bn_small, dict) else bn_small
+            out.append(_acc_rec(f"BN at {b}", s, small - 2 * j, per_process=b))
             out.append(_acc_rec(f"Batch Renorm at {b}", s, remedies["Batch Renorm"] + j, per_process=b))
             out.append(_acc_rec(f"Ghost BN over {b}", s, remedies["Ghost BN"] - j, per_process=b))
     return out
@@ -44,7 +46,7 @@ def c37(gains: dict[str, list[float]]):
 
 
 TRAINED, SHORT, LAG = ("trained, EMA momentum 0.1", "short (stopped early, constant lr)",
-                       "lagging EMA (momentum 0.01)")
+                       "lagging EMA (momentum 0.01, constant lr)")
 
 
 def c38(free=(1e-7, 2e-7, 1.5e-7, 1e-7), dependent=(0.2, 0.25, 0.18, 0.22), b0_comp=None):

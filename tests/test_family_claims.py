@@ -38,6 +38,17 @@ def test_c35_reports_the_recovered_fraction_and_needs_every_size():
     assert bad.status == "not supported"
 
 
+def test_c35_judges_each_size_on_its_own_premise():
+    # BN lost nothing at 4: that size is left out, the claim stands on 2
+    v = get("C35").verdict(c35(GOOD, sizes=(2, 4), bn_small={2: 0.84, 4: 0.95}))
+    assert v.status == "supported" and "at 4: BN lost less than" in v.summary
+    # BN's loss at 4 is undecided, but at 2 a remedy is wholly below the midpoint: refuted
+    jittery = c35({**GOOD, "FRN": 0.70}, sizes=(2, 4), bn_small={2: 0.84, 4: 0.92})
+    assert get("C35").verdict(jittery).status == "not supported"
+    # no size with a loss: nothing is judged
+    assert get("C35").verdict(c35(GOOD, sizes=(2, 4), bn_small=0.94)).status == "inconclusive"
+
+
 def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():
     config = {"model": dict(dim=1, input_size=8, widths=[4, 8], blocks_per_stage=1, arch="resnet"), "batch": 4,
               "nets": 2, "rounds": 3, "warmup_rounds": 1, "calls": 2, "mode": "quick"}
@@ -55,7 +66,7 @@ def test_c36_is_timed_alone_and_c37_c38_grids(mode):
     assert all(c["model"]["arch"] == "resnet" for _, c in family._c36_grid(mode))
     arms = dict(family._c37_grid(mode))
     assert set(arms) == set(family.C37_ARMS)
-    assert arms["lagging EMA (momentum 0.01)"]["model"]["norm_momentum"] == 0.01
+    assert arms["lagging EMA (momentum 0.01, constant lr)"]["model"]["norm_momentum"] == 0.01
     assert arms["short (stopped early, constant lr)"]["train"]["schedule"] == "constant"
     assert arms["short (stopped early, constant lr)"]["train"]["steps"] < arms[family.C37_REFERENCE]["train"]["steps"]
     assert {n for n, _ in family._c38_grid(mode)} == {"frn", "evonorm_s0", "groupnorm", "batchnorm", "evonorm_b0"}
@@ -75,7 +86,7 @@ def test_c37_precise_run_recovers_a_lagging_ema():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runner runs it (two threads on a busy 2-core machine crawl)
     try:
-        config = dict(family._c37_grid("quick"))["lagging EMA (momentum 0.01)"]
+        config = dict(family._c37_grid("quick"))["lagging EMA (momentum 0.01, constant lr)"]
         res = family.precise_run({**config, "mode": "quick"}, 0)
     finally:
         torch.set_num_threads(threads)
