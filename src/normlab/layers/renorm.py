@@ -53,7 +53,10 @@ class BatchRenorm(BatchNorm):
     (3, 5); Keras exposes the same limits as ``renorm_clipping`` (fixed
     values that a user schedules).  A ramp over roughly the first fifth of
     training is a reasonable start; :meth:`current_limits` reads the limits
-    in force.
+    in force.  Keras also keeps a second pair of moving averages for ``r``
+    and ``d`` (``renorm_momentum``, 0.99 by default, i.e. torch's 0.01);
+    here one pair serves both ``r, d`` and eval, so with small batches a
+    smaller ``momentum`` (0.01) smooths ``r`` and ``d`` the same way.
 
     Args:
         num_features: C, the size of the channel dim.
