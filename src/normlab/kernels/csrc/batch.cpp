@@ -252,14 +252,14 @@ template <typename T>
 void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t M,
                 int64_t C) {
   using A = acc_t<T>;
-  // per channel: y = ((x - shift) - corr) * (rstd * w) + b; x - shift keeps the digits a large mean costs
+  // per channel: y = ((x - shift) - corr) * (rstd * w) + b = (x - shift) * k + (b - corr * k); x - shift keeps
+  // the digits a large mean costs
   std::vector<A> k(C), bv(C, A(0));
   for (int64_t c = 0; c < C; ++c) {
     k[c] = cs.rstd[c] * (w ? w[c] : A(1));
-    if (b) bv[c] = b[c];
+    bv[c] = (b ? b[c] : A(0)) - cs.corr[c] * k[c];
   }
   const A* sh = cs.shift.data();
-  const A* co = cs.corr.data();
   const A* kv = k.data();
   const A* bp = bv.data();
   at::parallel_for(0, M, grain_for(C), [&](int64_t r0, int64_t r1) {
@@ -267,7 +267,7 @@ void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<
       const T* xr = x + r * C;
       T* yr = y + r * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) st(yr, c, ((ld(xr, c) - sh[c]) - co[c]) * kv[c] + bp[c]);
+      for (int64_t c = 0; c < C; ++c) st(yr, c, (ld(xr, c) - sh[c]) * kv[c] + bp[c]);
     }
   });
 }
@@ -295,11 +295,12 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
       for (int64_t r = bl * RB; r < std::min(M, (bl + 1) * RB); ++r) {
         const T* xr = x + r * C;
         const T* gr = dy + r * C;
+        // sums of dy and of dy * (x - shift); corr and rstd are applied per column afterwards
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const A g = ld(gr, c);
           a[c] += g;
-          b[c] += g * (((ld(xr, c) - sh[c]) - co[c]) * rs[c]);
+          b[c] += g * (ld(xr, c) - sh[c]);
         }
       }
       for (int64_t c = 0; c < C; ++c) {
@@ -308,22 +309,26 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
       }
     }
   });
-  std::vector<A> k(C), m1(C), m2(C);
+  // dx = k (dy - m1 - xhat m2), xhat = ((x - shift) - corr) rstd, k = w rstd, folded per column into
+  // dx = k dy - s2 (x - shift) + c0 with s2 = k m2 rstd, c0 = s2 corr - k m1 (x - shift stays exact)
+  std::vector<A> k(C), s2(C), c0(C);
   for (int64_t c = 0; c < C; ++c) {
-    double sdy = 0, sdyx = 0;
+    double sdy = 0, sdd = 0;
     for (int64_t t = 0; t < parts; ++t) {
       sdy += tot[t * C + c];
-      sdyx += tot2[t * C + c];
+      sdd += tot2[t * C + c];
     }
+    const double sdyx = (sdd - double(co[c]) * sdy) * double(rs[c]);  // sum of dy * xhat
     if (dw) dw[c] = A(sdyx);
     if (db) db[c] = A(sdy);
     k[c] = (w ? w[c] : A(1)) * rs[c];
-    m1[c] = batch_stats ? A(sdy) * inv : A(0);
-    m2[c] = batch_stats ? A(sdyx) * inv : A(0);
+    const A m1 = batch_stats ? A(sdy) * inv : A(0), m2 = batch_stats ? A(sdyx) * inv : A(0);
+    s2[c] = k[c] * m2 * rs[c];
+    c0[c] = s2[c] * co[c] - k[c] * m1;
   }
   const A* kv = k.data();
-  const A* a1 = m1.data();
-  const A* a2 = m2.data();
+  const A* sv = s2.data();
+  const A* cv = c0.data();
   at::parallel_for(0, M, grain_for(C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * C;
@@ -335,10 +340,7 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
         continue;
       }
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const A xh = ((ld(xr, c) - sh[c]) - co[c]) * rs[c];
-        st(dr, c, kv[c] * (ld(gr, c) - a1[c] - xh * a2[c]));
-      }
+      for (int64_t c = 0; c < C; ++c) st(dr, c, kv[c] * ld(gr, c) - sv[c] * (ld(xr, c) - sh[c]) + cv[c]);
     }
   });
 }
