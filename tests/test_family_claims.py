@@ -51,11 +51,12 @@ def test_c35_judges_each_size_on_its_own_premise():
 
 def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():
     config = {"model": dict(dim=1, input_size=8, widths=[4, 8], blocks_per_stage=1, arch="resnet"), "batch": 4,
-              "nets": 2, "rounds": 3, "warmup_rounds": 1, "calls": 2, "mode": "quick"}
+              "nets": 2, "processes": 2, "rounds": 3, "warmup_rounds": 1, "calls": 2, "mode": "quick"}
     res = family.fold_run(config, 0)
     assert max(res["errors"]["float64"]) < 1e-12 and max(res["errors"]["float32"]) < 1e-5
     assert all(f == n and n > 0 for f, n in res["folded"])
-    assert len(res["times_ms"]["original"]) == len(res["times_ms"]["folded"]) == 3
+    assert len(res["processes"]) == 2 and all(len(p["original"]) == len(p["folded"]) == 3 for p in res["processes"])
+    assert res["processes"][0]["steady_allocator"] in (True, False) and not res["fresh_pages"]["steady_allocator"]
     v = get("C36").verdict([{"name": "tiny", "seed": 0, "config": config, "result": res}])
     assert v.status in ("supported", "not supported", "inconclusive") and len(v.tests) == 3
 

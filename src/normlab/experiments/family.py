@@ -11,7 +11,7 @@ from .batchnorm import train_eval_run
 from .plots import pyplot, save_fig
 from .registry import register
 from .spec import Verdict, by_name, combine_verdicts, compare, exact, experiment, fmt, mean, paired_by_seed, threshold
-from .stats import combine
+from .stats import combine, interval
 from .vision import bars, build_net, cnn_run, model_cfg, summary, test_accuracy, train_cfg, train_net
 
 
@@ -169,9 +169,12 @@ C36_MODELS = {
              ("ResNet-style 1-D, MNIST-1D, widths 16/32/64", dict(dim=1, input_size=40, widths=[16, 32, 64],
                                                                  blocks_per_stage=1, arch="resnet"), 256)],
 }
-C36_ROUNDS = {"quick": 30, "full": 40}
+#: fresh processes per model (the replicates: a process's memory layout moves a conv's speed by more than the
+#: folding saves, so the interval is over processes), judged rounds per process, calls per round
+C36_PROCESSES = {"quick": 5, "full": 7}  # odd: a median is one process
+C36_ROUNDS = {"quick": 10, "full": 15}
 C36_WARMUP_ROUNDS = 2
-C36_CALLS = 7  # calls per timing; a round's time is their median
+C36_CALLS = 5  # calls per timing; a round's time is their median
 C36_NETS = 4  # nets (random statistics and affine) checked for exactness per dtype
 C36_EXACT = {"float64": 1e-12, "float32": 1e-5}  # max |folded - original| / max |original|
 
@@ -207,14 +210,71 @@ def _c36_input(model: dict, batch: int, seed: int, dtype):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
 
 
-def fold_run(config: dict, seed: int) -> dict:
-    """Exactness of fold_batchnorm in float64 and float32 on several nets, then CPU inference timing of one net
-    before and after folding, in interleaved rounds."""
+def _steady_allocator() -> bool:
+    """glibc: keep freed memory in the process (no mmap, no trimming), so a timed call reuses its pages.
+
+    Otherwise every activation can be a fresh mmap whose page faults (slow on a VM) dominate the time, and
+    folding, which allocates one output less per BatchNorm, looks far faster than its compute saving.  Set
+    only in the child process that times (a worker's allocator stays as it is for the runs after it).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2 ** 31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def _time_fold(config: dict, seed: int, threads: int, steady: bool) -> dict:
+    """In a fresh process: interleaved rounds of the original and the folded net (float32, no grad)."""
     import torch
 
     from ..layers import fold_batchnorm
 
+    torch.set_num_threads(threads)
+    steady = _steady_allocator() if steady else False
     model, batch = config["model"], config["batch"]
+    net = _c36_net(model, seed, torch.float32)
+    folded, _ = fold_batchnorm(net)
+    x = _c36_input(model, batch, seed, torch.float32)
+    fns = {"original": net, "folded": folded}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for f in fns.values():
+            for _ in range(2):
+                f(x)
+        for r in range(config["warmup_rounds"] + config["rounds"]):
+            order = ("original", "folded") if r % 2 == 0 else ("folded", "original")
+            per: dict[str, list[float]] = {k: [] for k in fns}
+            for _ in range(config["calls"]):  # alternate within the round too: a disturbance hits both
+                for k in order:
+                    t0 = time.perf_counter()
+                    fns[k](x)
+                    per[k].append((time.perf_counter() - t0) * 1e3)
+            if r >= config["warmup_rounds"]:
+                for k in fns:
+                    times[k].append(statistics.median(per[k]))
+    return {**times, "steady_allocator": steady}
+
+
+def fold_run(config: dict, seed: int) -> dict:
+    """Exactness of fold_batchnorm in float64 and float32 on several nets, then CPU inference timing of one net
+    before and after folding: interleaved rounds in each of several fresh processes with freed memory reused
+    (judged), and in one with the allocator as it is (fresh pages' faults included, reported)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from ..layers import fold_batchnorm
+
+    model = config["model"]
     errors: dict[str, list[float]] = {}
     folded_count = []
     for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
@@ -226,35 +286,29 @@ def fold_run(config: dict, seed: int) -> dict:
                 a, b = net(x), folded(x)
             errors.setdefault(name, []).append(((a - b).abs().max() / a.abs().max()).item())
             folded_count.append([sum(e.folded for e in report), len(report)])
-    net = _c36_net(model, seed, torch.float32)
-    folded, _ = fold_batchnorm(net)
-    x = _c36_input(model, batch, seed, torch.float32)
-    fns = {"original": net, "folded": folded}
-    with torch.no_grad():
-        for f in fns.values():
-            for _ in range(2):
-                f(x)
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        warm: dict[str, list[float]] = {k: [] for k in fns}
-        for r in range(config["warmup_rounds"] + config["rounds"]):
-            keep = times if r >= config["warmup_rounds"] else warm
-            order = ("original", "folded") if r % 2 == 0 else ("folded", "original")
-            per: dict[str, list[float]] = {k: [] for k in fns}
-            for _ in range(config["calls"]):  # alternate within the round too: a disturbance hits both
-                for k in order:
-                    t0 = time.perf_counter()
-                    fns[k](x)
-                    per[k].append((time.perf_counter() - t0) * 1e3)
-            for k in fns:
-                keep[k].append(statistics.median(per[k]))
-    return {"errors": errors, "folded": folded_count, "times_ms": times, "warmup_times_ms": warm,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    threads = torch.get_num_threads()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+        processes = [pool.submit(_time_fold, config, seed, threads, True).result()
+                     for _ in range(config["processes"])]
+        fresh = pool.submit(_time_fold, config, seed, threads, False).result()
+    return {"errors": errors, "folded": folded_count, "processes": processes, "fresh_pages": fresh,
+            "threads": threads, "torch": torch.__version__}
 
 
 def _c36_grid(mode):
-    return [(label, {"model": model, "batch": batch, "nets": C36_NETS, "rounds": C36_ROUNDS[mode],
-                     "warmup_rounds": C36_WARMUP_ROUNDS, "calls": C36_CALLS})
+    return [(label, {"model": model, "batch": batch, "nets": C36_NETS, "processes": C36_PROCESSES[mode],
+                     "rounds": C36_ROUNDS[mode], "warmup_rounds": C36_WARMUP_ROUNDS, "calls": C36_CALLS})
             for label, model, batch in C36_MODELS[mode]]
+
+
+def _log_mean(xs) -> float:
+    return mean(math.log(x) for x in xs)
+
+
+def _ratio_ci(iv: dict) -> str:
+    if not (math.isfinite(iv["lo"]) and math.isfinite(iv["hi"])):
+        return f"{math.exp(iv['estimate']):.3f} (no CI)"
+    return f"{math.exp(iv['estimate']):.3f} [{math.exp(iv['lo']):.3f}, {math.exp(iv['hi']):.3f}]"
 
 
 def _c36_verdict(records) -> Verdict:
@@ -278,25 +332,40 @@ def _c36_verdict(records) -> Verdict:
                                                           n=len(records) * C36_NETS)])
     ratios = []
     for r in records:
-        t = r["result"]["times_ms"]
-        v = compare([math.log(x) for x in t["folded"]], [math.log(x) for x in t["original"]], expect="less",
-                    paired=True, what=f"{r['name']}, per round", label_a="log t_folded", label_b="log t_original")
+        procs = r["result"]["processes"]
+        logs = [_log_mean(p["folded"]) - _log_mean(p["original"]) for p in procs]  # per process
+        v = compare([_log_mean(p["folded"]) for p in procs], [_log_mean(p["original"]) for p in procs],
+                    expect="less", paired=True, what=f"{r['name']}, per fresh process (mean over its rounds)",
+                    label_a="log t_folded", label_b="log t_original")
         iv = v.tests[0]
-        text = (f"{math.exp(iv['estimate']):.3f} [{math.exp(iv['lo']):.3f}, {math.exp(iv['hi']):.3f}]"
-                if math.isfinite(iv["lo"]) else f"{math.exp(iv['estimate']):.3f} (no CI)")
+        est = iv["estimate"]
+        text = _ratio_ci(iv)
+        slower = sum(x > 0 for x in logs)
+        orig = statistics.median(t for p in procs for t in p["original"])
+        fold = statistics.median(t for p in procs for t in p["folded"])
+        line = (f"{r['name']} (batch {r['config']['batch']}): {text}, i.e. {1 / math.exp(est):.2f}x faster "
+                f"(median {fmt(orig)} -> {fmt(fold)} ms; {slower} of {len(logs)} processes slower)")
+        fresh = r["result"].get("fresh_pages")
+        if fresh:
+            fp = interval("", [math.log(x) for x in fresh["folded"]], [math.log(x) for x in fresh["original"]],
+                          paired=True).to_dict()
+            line += (f"; with fresh pages (allocator as it is, page faults included; reported, one process, per "
+                     f"round): {_ratio_ci(fp)} ({fmt(statistics.median(fresh['original']))} -> "
+                     f"{fmt(statistics.median(fresh['folded']))} ms)")
+        ratios.append(line)
         v.key_number = f"t_folded / t_original {text}"
-        ratios.append(f"{r['name']} (batch {r['config']['batch']}): {text}, i.e. {1 / math.exp(iv['estimate']):.2f}x "
-                      f"faster (median {fmt(statistics.median(t['original']))} -> "
-                      f"{fmt(statistics.median(t['folded']))} ms)")
+        v.numbers["per_process_log_ratio"] = logs
         parts[f"faster: {r['name']}"] = v
     v = combine_verdicts(parts)
-    v.summary = ("folded / original CPU inference time per round (geometric mean, 95% CI, paired by round): "
-                 + "; ".join(ratios) + ". Exactness: " + "; ".join(p.summary for k, p in parts.items()
-                                                                     if k.startswith("exact")))
-    v.rule = ("exactness, per dtype (deterministic, zero-width intervals); speed, per timed model: the 95% t "
-              "interval of mean log(t_folded / t_original) over rounds (the two called alternately within a round, "
-              "which goes first alternating by round) wholly below 0: supported; wholly above: not supported; "
-              "otherwise inconclusive. " + v.rule)
+    v.summary = ("folded / original CPU inference time (geometric mean over fresh processes of each one's "
+                 "geometric-mean ratio over its rounds, 95% t interval, paired by process): " + "; ".join(ratios)
+                 + ". Exactness: " + "; ".join(p.summary for k, p in parts.items() if k.startswith("exact")))
+    v.rule = ("exactness, per dtype (deterministic, zero-width intervals); speed, per timed model: each fresh "
+              "process's mean log(t_folded / t_original) over its rounds (the two called alternately within a "
+              "round, which goes first alternating by round; freed memory reused, so page faults do not count); the "
+              "95% t interval over processes (the replicates: now and then a process runs one of the two nets "
+              "20-30% slower throughout, a layout effect the rounds within it cannot average out) wholly below 0: "
+              "supported; wholly above: not supported; otherwise inconclusive. " + v.rule)
     v.key_number = "; ".join(ratios[:1]) + "; " + "; ".join(p.key_number for k, p in parts.items()
                                                           if k.startswith("exact"))
     v.versus_paper = ("paper: none gives a number for this; folding is standard in inference toolchains (torch.ao's "
@@ -309,12 +378,13 @@ def _c36_plot(records, verdict, prefix):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, r in enumerate(records):
-        t = r["result"]["times_ms"]
-        ax.plot([a / b for a, b in zip(t["folded"], t["original"])], marker="o", color=f"C{i}", label=r["name"])
+        for j, p in enumerate(r["result"]["processes"]):
+            ax.plot([a / b for a, b in zip(p["folded"], p["original"])], marker=".", color=f"C{i}", alpha=0.7,
+                    label=r["name"] if j == 0 else None)
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("round")
+    ax.set_xlabel("round (one line per fresh process)")
     ax.set_ylabel("t_folded / t_original (< 1: folding is faster)")
-    ax.set_title("CPU inference time after folding BatchNorm into the convs (per round)", fontsize=9)
+    ax.set_title("CPU inference time after folding BatchNorm into the convs", fontsize=9)
     ax.legend(fontsize=7)
     return [save_fig(fig, prefix + "-timing.png")]
 
@@ -328,11 +398,14 @@ register(experiment(
           f"configuration and dtype, max |folded - original| / max |original| <= {C36_EXACT['float64']:g} (float64), "
           f"{C36_EXACT['float32']:g} (float32), every BN folded. Timing (run alone, one thread, float32, no grad): "
           "quick, a 2-D ResNet-style net on 32x32 inputs (widths 16/32/64), batch 16; full adds widths 32/64/128 "
-          "with 2 blocks per stage and the suite's 1-D MNIST-1D net at batch 256; each model called twice, "
-          f"{C36_WARMUP_ROUNDS} warm-up rounds discarded, then {C36_ROUNDS['quick']} (quick) / {C36_ROUNDS['full']} "
-          f"(full) rounds of {C36_CALLS} calls each, original and folded alternating (which goes first alternates "
-          "by round), median per round. Judged per model on the 95% t interval of mean log(t_folded / t_original) "
-          "over rounds. One seed (the rounds are the replicates).",
+          "with 2 blocks per stage and the suite's 1-D MNIST-1D net at batch 256; each model is timed in "
+          f"{C36_PROCESSES['quick']} (quick) / {C36_PROCESSES['full']} (full) fresh processes with freed memory "
+          "reused (glibc: no mmap, no trimming): called twice, "
+          f"{C36_WARMUP_ROUNDS} warm-up rounds discarded, then {C36_ROUNDS['quick']} / {C36_ROUNDS['full']} rounds "
+          f"of {C36_CALLS} calls each, original and folded alternating (which goes first alternates by round), "
+          "median per round; once more in one process with the allocator as it is (fresh pages' faults included; "
+          "reported). Judged per model on the 95% t interval over processes of the mean log(t_folded / "
+          "t_original). One seed (the processes are the replicates).",
     grid=_c36_grid, seeds={"quick": 1, "full": 1}, run=fold_run, verdict=_c36_verdict, plot=_c36_plot,
     exclusive=True,
     paper="No paper number; the folding identity W' = W gamma / sqrt(var + eps), b' = (b - mean) gamma / sqrt(var + "
