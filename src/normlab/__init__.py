@@ -10,11 +10,18 @@ formula, :class:`normlab.Norm` the general module, and the named layers
 from . import functional, kernels
 from .kernels import add_norm, use_reference
 from .layers import (
+    TLU,
     BatchNorm,
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
+    BatchRenorm,
     DyT,
+    EvoNormB0,
+    EvoNormS0,
+    FilterResponseNorm,
+    FoldEntry,
+    GhostBatchNorm,
     GroupNorm,
     InstanceNorm,
     InstanceNorm1d,
@@ -26,8 +33,14 @@ from .layers import (
     RMSNorm,
     ScaleNorm,
     SyncBatchNorm,
+    WSConv1d,
+    WSConv2d,
+    WSConv3d,
     convert,
+    fold_batchnorm,
     freeze_batchnorm,
+    recompute_batchnorm_stats,
+    to_torch,
     weight_norm,
 )
 from .doctor import Diagnosis, Finding, doctor
@@ -39,5 +52,7 @@ __all__ = [
     "functional", "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm",
     "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "kernels", "add_norm",
-    "use_reference", "doctor", "Diagnosis", "Finding", "param_groups", "__version__",
+    "use_reference", "doctor", "Diagnosis", "Finding", "param_groups", "BatchRenorm", "GhostBatchNorm",
+    "FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0", "WSConv1d", "WSConv2d", "WSConv3d",
+    "recompute_batchnorm_stats", "fold_batchnorm", "FoldEntry", "to_torch", "__version__",
 ]

@@ -24,7 +24,7 @@ _loaded = False
 
 def register(exp: Experiment) -> Experiment:
     if not re.fullmatch(r"C\d\d", exp.claim):
-        raise ValueError(f"claim ids look like C01..C34, got {exp.claim!r}")
+        raise ValueError(f"claim ids look like C01..C38 (a C and two digits), got {exp.claim!r}")
     if exp.claim in _REGISTRY:
         raise ValueError(f"claim {exp.claim} is registered twice")
     _REGISTRY[exp.claim] = exp

@@ -1,6 +1,6 @@
 """Experiments as small declarative specs, and verdicts computed from their records.
 
-An :class:`Experiment` names a claim of ``shared/claims.md`` (C01..C34), says
+An :class:`Experiment` names a claim of ``shared/claims.md`` (C01..C38), says
 what to run in each mode (a list of named configs, and a number of seeds),
 points at a module-level function that performs one run, and at a function
 that turns the run records into a :class:`Verdict`.  The engine
