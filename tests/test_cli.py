@@ -41,3 +41,32 @@ def test_bench_with_compile_anchor(capsys):
     text = capsys.readouterr().out
     row = next(line for line in text.splitlines() if line.startswith("RMSNorm") and "fwd+bwd" in line)
     assert row.split()[5] != "-"  # the compiled column holds a time
+
+
+def _fake_result(ratios: list[float]) -> dict:
+    rows = [{"case": "LayerNorm", "shape": [2, 3], "dtype": "float32", "passes": "fwd", "path": "cpp:rows",
+             "copy_ms": 1.0, "torch_ms": 2.0, "compiled_ms": None, "normlab_ms": 2.0 * r, "spread": {},
+             "vs_torch": r, "vs_compiled": None, "vs_copy": 2.0 * r} for r in ratios]
+    return {"env": {"torch": "x", "threads": 2, "repeats": 3, "quick": True, "dtypes": ["float32"]}, "rows": rows}
+
+
+def test_combine_takes_medians_over_processes_and_keeps_the_range():
+    from normlab import bench
+
+    combined = bench.combine([_fake_result([r]) for r in (0.9, 1.3, 1.0)])
+    (row,) = combined["rows"]
+    assert row["vs_torch"] == pytest.approx(1.0)  # the median ratio, not the mean (1.067) nor the first
+    assert row["vs_torch_range"] == [0.9, 1.3] and row["per_process"] == [0.9, 1.3, 1.0]
+    assert row["normlab_ms"] == pytest.approx(2.0) and combined["env"]["processes"] == 3
+    assert "medians over 3 fresh processes" in bench.format_table(combined)
+    assert "0.90-1.30" in bench.format_table(combined)
+
+
+def test_bench_in_fresh_processes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--no-compile", "--repeats", "1", "--cases", "LayerNorm", "--dtypes", "float32",
+                 "--processes", "2", "--threads", "1", "--silent", "--json", str(out)]) == 0
+    assert "/torch range" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["env"]["processes"] == 2 and result["env"]["threads"] == 1
+    assert all(len(r["per_process"]) == 2 for r in result["rows"])

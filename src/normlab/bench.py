@@ -14,6 +14,14 @@ interleaved rounds (each round times every variant once, in a rotating
 order), so a slow spell of the machine hits them all; a row reports medians
 and ratios normlab / anchor, and the path normlab took
 (:func:`normlab.kernels.implementation`).
+
+A process's memory layout (where its inputs and outputs land relative to
+each other, and to the caches' sets) can shift one variant's time by 10-20%
+for that process's whole life, on this kind of machine; repeating rounds in
+one process does not average it out.  :func:`run_bench_processes` therefore
+runs the whole bench in several fresh processes and reports, per row, the
+median over processes of the times and of the per-process ratios, with the
+ratios' range.
 """
 
 from __future__ import annotations
@@ -202,12 +210,8 @@ def _normlab_path(layer: nn.Module, x: Tensor) -> str:
         return "-"
 
 
-def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None = None,
-              cases: list[str] | None = None, dtypes: Sequence[str] = ("float32", "bfloat16"),
-              fresh_pages: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Run the benchmark; return a JSON-ready dict with the environment and one row per (case, dtype, pass)."""
-    repeats = repeats or (5 if quick else 25)
-    warmup = 2 if quick else 5
+def _check_selection(cases: list[str] | None, dtypes: Sequence[str]) -> list[Case]:
+    """The selected cases; a clear error for an unknown case or dtype."""
     selected = [c for c in CASES if cases is None or c.name in cases]
     if cases is not None and len(selected) != len(cases):
         known = ", ".join(c.name for c in CASES)
@@ -216,6 +220,16 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise ValueError(f"unknown dtype(s) {bad or list(dtypes)}; known: {', '.join(DTYPES)}")
+    return selected
+
+
+def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None = None,
+              cases: list[str] | None = None, dtypes: Sequence[str] = ("float32", "bfloat16"),
+              fresh_pages: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Run the benchmark; return a JSON-ready dict with the environment and one row per (case, dtype, pass)."""
+    repeats = repeats or (5 if quick else 25)
+    warmup = 2 if quick else 5
+    selected = _check_selection(cases, dtypes)
     nl.kernels.cpp_available()  # build the kernels (once per machine) before anything is timed
     steady = _steady_allocator() if not fresh_pages else False
     rows = []
@@ -227,6 +241,8 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
             xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
             theirs = case.torch_layer(shape).to(dtype).train(case.train)
             ours = case.normlab_layer(shape).to(dtype).train(case.train)
+            if compile:  # a fresh dynamo cache per case: compiled modules share one code object, and past
+                torch._dynamo.reset()  # its recompile limit (8) dynamo silently runs the rest eagerly
             compiled = torch.compile(case.torch_layer(shape).to(dtype).train(case.train)) if compile else None
             path = _normlab_path(ours, xs[0])
             for backward in (False, True):
@@ -252,21 +268,96 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     }
 
 
+def _child_main() -> None:
+    """Entry point of one bench process: the arguments as JSON on stdin, the result as JSON on stdout."""
+    import sys
+
+    args = json.load(sys.stdin)
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    result = run_bench(**args["kwargs"])
+    sys.stdout.write("\n" + _RESULT_MARK + json.dumps(result) + "\n")
+
+
+_RESULT_MARK = "normlab-bench-result:"
+
+
+def run_bench_processes(processes: int, *, threads: int | None = None,
+                        log: Callable[[str], None] | None = None, **kwargs) -> dict:
+    """:func:`run_bench` in ``processes`` fresh Python processes, one after another; the rows combined.
+
+    Each row's times are the medians over processes of the per-process medians; ``vs_*`` are the medians
+    of the per-process ratios, ``vs_torch_range`` their min and max, ``per_process`` every process's
+    ratio to torch.  ``processes=1`` runs in this process.
+    """
+    import subprocess
+    import sys
+
+    if processes < 1:
+        raise ValueError(f"processes must be a positive integer, got {processes}")
+    if processes == 1:
+        if threads:
+            torch.set_num_threads(threads)
+        return run_bench(log=log, **kwargs)
+    _check_selection(kwargs.get("cases"), kwargs.get("dtypes", ("float32", "bfloat16")))
+    nl.kernels.cpp_available()  # build the kernels once, here, before the processes load them
+    payload = json.dumps({"threads": threads, "kwargs": {k: (list(v) if isinstance(v, tuple) else v)
+                                                         for k, v in kwargs.items()}})
+    results = []
+    for i in range(processes):
+        if log:
+            log(f"process {i + 1} of {processes}")
+        done = subprocess.run([sys.executable, "-c", "from normlab.bench import _child_main; _child_main()"],
+                              input=payload, capture_output=True, text=True, check=False)
+        marked = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
+        if done.returncode != 0 or not marked:
+            raise RuntimeError(f"bench process {i + 1} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        results.append(json.loads(marked[-1][len(_RESULT_MARK):]))
+    return combine(results)
+
+
+def combine(results: Sequence[dict]) -> dict:
+    """One result from several :func:`run_bench` results of the same cases (medians over them, see above)."""
+    med = statistics.median
+    keys = [(r["case"], r["dtype"], r["passes"]) for r in results[0]["rows"]]
+    by = [{(r["case"], r["dtype"], r["passes"]): r for r in res["rows"]} for res in results]
+    rows = []
+    for k in keys:
+        rs = [b[k] for b in by if k in b]
+        row = dict(rs[0])
+        for f in ("copy_ms", "torch_ms", "normlab_ms"):
+            row[f] = med([r[f] for r in rs])
+        comp = [r["compiled_ms"] for r in rs if r["compiled_ms"] is not None]
+        row["compiled_ms"] = med(comp) if comp else None
+        row["vs_torch"] = med([r["vs_torch"] for r in rs])
+        row["vs_copy"] = med([r["vs_copy"] for r in rs])
+        vc = [r["vs_compiled"] for r in rs if r["vs_compiled"] is not None]
+        row["vs_compiled"] = med(vc) if vc else None
+        row["per_process"] = [r["vs_torch"] for r in rs]
+        row["vs_torch_range"] = [min(row["per_process"]), max(row["per_process"])]
+        rows.append(row)
+    env = dict(results[0]["env"], processes=len(results))
+    return {"env": env, "rows": rows}
+
+
 def format_table(result: dict) -> str:
     env = result["env"]
+    procs = env.get("processes", 1)
+    over = f" per process, medians over {procs} fresh processes" if procs > 1 else ""
     head = (f"normlab bench: torch {env['torch']}, {env['threads']} CPU threads, median of {env['repeats']} "
-            f"interleaved rounds{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}, "
+            f"interleaved rounds{over}{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}, "
             f"{'freed memory reused' if env.get('steady_allocator') else 'fresh pages (allocator as is)'}\n"
             "ratios are normlab time / anchor time (lower is better; 1.00 = as fast as the anchor)\n")
     cols = ["layer", "shape", "dtype", "pass", "normlab path", "copy ms", "torch ms", "compiled ms", "normlab ms",
-            "/torch", "/compiled", "/copy"]
+            "/torch", "/compiled", "/copy"] + (["/torch range"] if procs > 1 else [])
     lines = []
     for r in result["rows"]:
+        extra = [f"{r['vs_torch_range'][0]:.2f}-{r['vs_torch_range'][1]:.2f}"] if procs > 1 else []
         lines.append([r["case"], "x".join(map(str, r["shape"])), r["dtype"], r["passes"], r["path"],
                       f"{r['copy_ms']:.3f}", f"{r['torch_ms']:.3f}",
                       "-" if r["compiled_ms"] is None else f"{r['compiled_ms']:.3f}", f"{r['normlab_ms']:.3f}",
                       f"{r['vs_torch']:.2f}", "-" if r["vs_compiled"] is None else f"{r['vs_compiled']:.2f}",
-                      f"{r['vs_copy']:.2f}"])
+                      f"{r['vs_copy']:.2f}", *extra])
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     by_name = {(r["case"], r["dtype"], r["passes"]): r for r in result["rows"]}

@@ -20,12 +20,8 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
     from . import bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.json:
         parent = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
@@ -38,8 +34,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     log = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-        result = bench.run_bench(quick=args.quick, compile=not args.no_compile, repeats=args.repeats,
-                                 cases=cases, dtypes=dtypes, fresh_pages=args.fresh_pages, log=log)
+        result = bench.run_bench_processes(args.processes, threads=args.threads, log=log, quick=args.quick,
+                                           compile=not args.no_compile, repeats=args.repeats, cases=cases,
+                                           dtypes=dtypes, fresh_pages=args.fresh_pages)
     except ValueError as e:
         print(f"normlab bench: {e}", file=sys.stderr)
         return 2
@@ -458,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fresh-pages", action="store_true",
                    help="leave the allocator as it is: large outputs then pay fresh page faults on every call")
     b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument("--processes", type=_positive_int, default=1,
+                   help="run the bench in this many fresh processes and report medians over them, with the "
+                        "range of the ratios (a process's memory layout can shift one variant by 10-20%%)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=_cmd_bench)
