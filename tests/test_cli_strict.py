@@ -109,3 +109,13 @@ def test_paper_mode_prints_an_estimate_before_it_starts(tmp_path, capsys):
     assert main(["run", "C05", "--mode", "paper", "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "paper mode: sizes close to the papers'" in err and "C05: ~" in err and "of wall time" in err
+
+
+def test_readme_points_only_at_files_in_the_repository():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "shared/" not in readme and "../" not in readme  # nothing outside the repository
+    paths = set(re.findall(r"`((?:src|tests|benchmarks|\.ci)/[A-Za-z0-9_./-]+)`", readme))
+    paths |= {m for m in re.findall(r"\]\(([^)#:]+)\)", readme)}  # relative markdown links
+    assert "benchmarks/folding.py" in paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"README names files that are not in the repository: {missing}"
