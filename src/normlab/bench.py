@@ -344,8 +344,9 @@ def format_table(result: dict) -> str:
     env = result["env"]
     procs = env.get("processes", 1)
     over = f" per process, medians over {procs} fresh processes" if procs > 1 else ""
+    quick = " (quick shapes)" if env["quick"] else ""
     head = (f"normlab bench: torch {env['torch']}, {env['threads']} CPU threads, median of {env['repeats']} "
-            f"interleaved rounds{over}{' (quick shapes)' if env['quick'] else ''}, kernels mode {env.get('kernels')}, "
+            f"interleaved rounds{over}{quick}, kernels mode {env.get('kernels')}, "
             f"{'freed memory reused' if env.get('steady_allocator') else 'fresh pages (allocator as is)'}\n"
             "ratios are normlab time / anchor time (lower is better; 1.00 = as fast as the anchor)\n")
     cols = ["layer", "shape", "dtype", "pass", "normlab path", "copy ms", "torch ms", "compiled ms", "normlab ms",
