@@ -40,7 +40,8 @@ def _pair(impl: str, d: int):
     if impl == "normlab":  # whatever path normlab's layers take (fast paths included once they exist)
         return LayerNorm(d), RMSNorm(d)
     ln, rms = torch.nn.LayerNorm(d), torch.nn.RMSNorm(d)
-    if impl == "compiled torch":
+    if impl == "compiled torch":  # a fresh dynamo cache: compiled modules share one code object, and past its
+        torch._dynamo.reset()  # recompile limit (8, a worker's earlier runs count) dynamo silently runs eagerly
         return torch.compile(ln), torch.compile(rms)
     return ln, rms
 
