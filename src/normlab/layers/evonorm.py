@@ -16,6 +16,12 @@ def _v_param(owner: Norm, num_features: int, on: bool, factory_kwargs: dict) -> 
     owner.register_parameter("v", nn.Parameter(torch.empty(num_features, **factory_kwargs)) if on else None)
 
 
+def _reset_v(owner: Norm) -> None:
+    """v starts at 1 (both variants)."""
+    if getattr(owner, "v", None) is not None:
+        nn.init.ones_(owner.v)
+
+
 class EvoNormS0(Norm):
     r"""EvoNorm-S0: ``y = gamma * x * sigmoid(v * x) / group_std(x) + beta``, batch-free.
 
@@ -81,15 +87,11 @@ class EvoNormS0(Norm):
         self.groups = groups
         self.nonlinearity = nonlinearity
         _v_param(self, num_features, nonlinearity, {"device": device, "dtype": dtype})
-        self._reset_v()
-
-    def _reset_v(self) -> None:
-        if getattr(self, "v", None) is not None:
-            nn.init.ones_(self.v)
+        _reset_v(self)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        self._reset_v()
+        _reset_v(self)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         rdims, pdims, mask, weight, bias, eps = self._prepared(x, mask)
@@ -175,11 +177,7 @@ class EvoNormB0(Norm):
         self.num_features = num_features
         self.nonlinearity = nonlinearity
         _v_param(self, num_features, nonlinearity, {"device": device, "dtype": dtype})
-        self._reset_v()
-
-    def _reset_v(self) -> None:
-        if getattr(self, "v", None) is not None:
-            nn.init.ones_(self.v)
+        _reset_v(self)
 
     def reset_running_stats(self) -> None:
         self.running_var.fill_(1)
@@ -187,7 +185,7 @@ class EvoNormB0(Norm):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        self._reset_v()
+        _reset_v(self)
 
     def _update_running_var(self, var: Tensor, count: Tensor | int) -> None:
         """Fold the batch variance (unbiased) into ``running_var``; non-finite or too-few-value channels keep theirs."""
