@@ -191,10 +191,7 @@ class EvoNormB0(Norm):
         """Fold the batch variance (unbiased) into ``running_var``; non-finite or too-few-value channels keep theirs."""
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_var.dtype)
-            else:
-                factor = self.momentum
+            factor = self._batch_weight()
             if isinstance(count, Tensor):
                 unbiased = var * (count / (count - 1).clamp_min(1))
                 enough = (count >= self._min_count()).expand(var.shape).reshape(self.shape)
@@ -203,10 +200,7 @@ class EvoNormB0(Norm):
                 enough = torch.ones(self.shape, dtype=torch.bool, device=var.device)
             bvar = unbiased.reshape(self.shape).to(self.running_var.dtype)
             finite = torch.isfinite(bvar)
-            new = torch.lerp(self.running_var, bvar, factor)
-            self.running_var.copy_(torch.where(finite & enough, new, self.running_var))
-            if _host_checks(finite) and not bool(finite.all()):
-                self._warn_non_finite(~finite)
+            self._fold_running(None, bvar, factor, finite & enough, finite)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         rdims, pdims, mask, weight, bias, eps = self._prepared(x, mask)

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from .. import functional as NF
 from .batchnorm import BatchNorm
-from .norm import _host_checks
 
 __all__ = ["GhostBatchNorm"]
 
@@ -125,10 +124,7 @@ class GhostBatchNorm(BatchNorm):
         """
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
-            else:
-                factor = self.momentum
+            factor = self._batch_weight()
             sums = []
             enough = []
             for mean, var, count in pooled:
@@ -143,12 +139,7 @@ class GhostBatchNorm(BatchNorm):
             bvar = (v / total).to(self.running_var.dtype)
             finite = torch.isfinite(bmean) & torch.isfinite(bvar)
             valid = finite & torch.stack(enough).all(0)
-            new_mean = torch.lerp(self.running_mean, bmean, factor)
-            new_var = torch.lerp(self.running_var, bvar, factor)
-            self.running_mean.copy_(torch.where(valid, new_mean, self.running_mean))
-            self.running_var.copy_(torch.where(valid, new_var, self.running_var))
-            if _host_checks(finite) and not bool(finite.all()):
-                self._warn_non_finite(~finite)
+            self._fold_running(bmean, bvar, factor, valid, finite)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"

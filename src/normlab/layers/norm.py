@@ -460,10 +460,7 @@ class Norm(NoTorchScript, nn.Module):
         with torch.no_grad():
             if self._counts_batches or self.momentum is None:
                 self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average: 1 / batches, kept on the device
-                factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
-            else:
-                factor = self.momentum
+            factor = self._batch_weight()
             unbiased = var * (count / (count - 1).clamp_min(1)) if isinstance(count, Tensor) \
                 else var * (count / max(count - 1, 1))
             # stats keep every non-reduced dim; dims that are neither reduced nor features
@@ -479,12 +476,23 @@ class Norm(NoTorchScript, nn.Module):
                 enough = (count >= self._min_count()).expand(mean.shape)
                 enough = enough.all(extra, keepdim=True) if extra else enough
                 valid = valid & enough.reshape(self.shape)
-            new_mean = torch.lerp(self.running_mean, bmean, factor)
-            new_var = torch.lerp(self.running_var, bvar, factor)
-            self.running_mean.copy_(torch.where(valid, new_mean, self.running_mean))
-            self.running_var.copy_(torch.where(valid, new_var, self.running_var))
-            if _host_checks(finite) and not bool(finite.all()):
-                self._warn_non_finite(~finite)
+            self._fold_running(bmean, bvar, factor, valid, finite)
+
+    def _batch_weight(self) -> Tensor | float:
+        """This batch's weight in the running statistics: ``momentum``, or 1 / batches seen (on the device)."""
+        if self.momentum is None:  # cumulative average
+            return 1.0 / self.num_batches_tracked.to(self.running_var.dtype)
+        return self.momentum
+
+    def _fold_running(self, bmean: Tensor | None, bvar: Tensor, factor: Tensor | float, valid: Tensor,
+                      finite: Tensor) -> None:
+        """``running = lerp(running, batch, factor)`` where ``valid``, the old value elsewhere (no host sync);
+        the warning naming the non-finite features where reading them costs nothing."""
+        for running, batch in ((self.running_mean, bmean), (self.running_var, bvar)):
+            if batch is not None:
+                running.copy_(torch.where(valid, torch.lerp(running, batch, factor), running))
+        if _host_checks(finite) and not bool(finite.all()):
+            self._warn_non_finite(~finite)
 
     def _warn_non_finite(self, bad: Tensor) -> None:
         index = bad.nonzero().flatten().tolist()[:10]
