@@ -1153,3 +1153,65 @@ def test_double_backward_through_add_norm():
             out.append(torch.autograd.grad((gx * gr).sum(), [xi, ri, ln.weight]))
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ---- streaming (non-temporal) stores of large outputs: the same bits as ordinary stores ----
+
+def _stream_run(make, shape, dtype, fused: bool):
+    norm = _randomize(make().to(dtype))
+    x = _input(shape, "contiguous", dtype, 3).requires_grad_()
+    r = _input(shape, "contiguous", dtype, 4).requires_grad_()
+    if fused:
+        y, s = nl.add_norm(x, r, norm)
+        outs = [y, s]
+    else:
+        outs = [norm(x)]
+    grads = [torch.randn_like(o) for o in outs]
+    torch.manual_seed(0)
+    params = [p for p in norm.parameters()]
+    inputs = [x, r] if fused else [x]
+    got = torch.autograd.grad(outs, inputs + params, grads)
+    return [o.detach() for o in outs] + list(got)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("make, shape, fused", [
+    (lambda: nl.LayerNorm(4097), (3, 4097), False),
+    (lambda: nl.RMSNorm(3), (5, 3), False),
+    (lambda: nl.LayerNorm(1, elementwise_affine=False), (6, 1), False),
+    (lambda: nl.LayerNorm(768, bias=False, zero_centered_gamma=True), (2, 4, 768), False),
+    (lambda: nl.GroupNorm(4, 8), (3, 8, 5, 7), False),
+    (lambda: nl.InstanceNorm2d(6, affine=True), (2, 6, 9, 9), False),
+    (lambda: nl.LayerNorm(4097), (3, 4097), True),
+    (lambda: nl.RMSNorm(77), (4, 77), True),
+], ids=["LayerNorm-4097", "RMSNorm-3", "LayerNorm-1-no-affine", "LayerNorm-zero-centered", "GroupNorm",
+        "InstanceNorm", "add+LayerNorm", "add+RMSNorm"])
+def test_streaming_stores_give_the_same_bits(make, shape, fused, dtype):
+    need_cpp()
+    torch.manual_seed(0)
+    norm = make()
+    assert nl.kernels.implementation(norm.to(dtype), _input(shape, "contiguous", dtype, 0)) == "cpp:rows"
+    with nl.kernels.streaming_stores(0):  # every output streamed (rows start unaligned for odd lengths)
+        streamed = _stream_run(make, shape, dtype, fused)
+    with nl.kernels.streaming_stores(2 ** 62):  # none
+        plain = _stream_run(make, shape, dtype, fused)
+    for k, (a, b) in enumerate(zip(streamed, plain)):
+        assert torch.equal(a, b), f"output {k}: streaming stores changed the values"
+    if dtype in LOW:
+        return  # the fast path's bf16/fp16 agreement with the reference is pinned by the tests above
+    with nl.use_reference():
+        ref = _stream_run(make, shape, dtype, fused)
+    for k, (a, b) in enumerate(zip(streamed, ref)):
+        _agree(a, b, None, dtype, f"output {k}", "out" if k < (2 if fused else 1) else "grad")
+
+
+def test_streaming_threshold_default_and_restore():
+    need_cpp()
+    default = torch.ops.normlab.stream_bytes(-1)
+    assert 1 << 20 <= default <= 1 << 30, f"default streaming threshold {default} bytes is not a cache size / 2"
+    with nl.kernels.streaming_stores(123):
+        assert torch.ops.normlab.stream_bytes(-1) == 123
+    assert torch.ops.normlab.stream_bytes(-1) == default
+    with pytest.raises(ValueError, match="min_bytes must be >= 0, got -1"):
+        with nl.kernels.streaming_stores(-1):
+            pass

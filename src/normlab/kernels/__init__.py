@@ -51,7 +51,8 @@ from torch import Tensor
 
 from . import build
 
-__all__ = ["MODES", "mode", "use", "use_reference", "implementation", "dispatch", "cpp_available", "add_norm"]
+__all__ = ["MODES", "mode", "use", "use_reference", "implementation", "dispatch", "cpp_available", "add_norm",
+           "streaming_stores"]
 
 MODES = ("auto", "reference", "native", "cpp")
 _stack: list[str] = []
@@ -96,6 +97,28 @@ def cpp_available(*, build_now: bool = True) -> bool:
     if not build_now or build.failure() is not None:
         return False
     return build.load()
+
+
+@contextmanager
+def streaming_stores(min_bytes: int) -> Iterator[None]:
+    """Write outputs of at least ``min_bytes`` bytes with non-temporal stores inside the block.
+
+    The row kernels (``cpp:rows``) write an output too large for the last-level cache with
+    streaming stores, which skip reading each line before writing it (a third of the memory
+    traffic of a large LayerNorm's forward); the default threshold is half the last-level cache.
+    The values are bit for bit the same either way; ``0`` streams every output (as the tests
+    do, to compare both), a huge value streams none.
+    """
+    if min_bytes < 0:
+        raise ValueError(f"min_bytes must be >= 0, got {min_bytes}")
+    if not cpp_available():
+        yield
+        return
+    old = torch.ops.normlab.stream_bytes(int(min_bytes))
+    try:
+        yield
+    finally:
+        torch.ops.normlab.stream_bytes(old)
 
 
 def _prod(xs) -> int:

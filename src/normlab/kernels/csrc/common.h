@@ -16,11 +16,18 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 namespace normlab {
 
@@ -193,6 +200,92 @@ inline at::Tensor grad_tensor(const std::vector<A>& g, const c10::optional<at::T
   std::copy(g.begin(), g.end(), t.data_ptr<A>());
   if (has(like)) return t.to(like->scalar_type()).view(like->sizes());
   return t;
+}
+
+// Streaming stores.  An output too big to stay in the last-level cache is written with
+// non-temporal stores: an ordinary store first reads the line it writes (read for ownership), so a
+// normalization that reads x and writes y moves three tensors' worth of memory where the copy
+// floor is two.  A row is computed into a small per-thread buffer (it stays in L1/L2) and copied
+// out with stream_copy; the values are the same bits either way.  Outputs below the threshold
+// (bytes; default half the last-level cache, when input and output together no longer fit) keep
+// ordinary stores, so the next layer finds them in cache.
+// The last-level cache of this CPU as sysfs reports it (sysconf's figure can be the whole host's on
+// a VM: 384 MB where the guest sees one 32 MB L3); 32 MB when unknown.
+inline int64_t last_level_cache_bytes() {
+  int64_t best = 0;
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lv(dir + "level"), sz(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(lv >> level) || !(sz >> size) || size.empty()) continue;
+    int64_t v = std::atoll(size.c_str());
+    const char unit = size.back();
+    if (unit == 'K') v <<= 10;
+    else if (unit == 'M') v <<= 20;
+    if (level >= 2 && v > best) best = v;
+  }
+  return best > 0 ? best : int64_t(32) << 20;
+}
+
+inline int64_t default_stream_bytes() { return last_level_cache_bytes() / 2; }
+
+inline std::atomic<int64_t>& stream_threshold() {
+  static std::atomic<int64_t> bytes{default_stream_bytes()};
+  return bytes;
+}
+
+// the largest row (bytes) staged through the per-thread buffer; longer rows are written directly
+constexpr int64_t kMaxStagedRow = int64_t(256) << 10;
+
+inline bool streams(int64_t out_bytes, int64_t row_bytes) {
+  return row_bytes <= kMaxStagedRow && out_bytes >= stream_threshold().load(std::memory_order_relaxed);
+}
+
+// per-thread staging buffers (slot 0 and 1), 64-byte aligned
+template <typename T>
+inline T* stage(int slot, int64_t n) {
+  thread_local std::vector<unsigned char> buf[2];
+  std::vector<unsigned char>& b = buf[slot];
+  const size_t need = size_t(n) * sizeof(T) + 64;
+  if (b.size() < need) b.resize(need);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+
+// dst[0..bytes) = src[0..bytes) with non-temporal stores (ordinary ones for the unaligned head and
+// the tail); stream_fence() once a thread has written its part
+inline void stream_copy(void* dst, const void* src, int64_t bytes) {
+  unsigned char* d = static_cast<unsigned char*>(dst);
+  const unsigned char* s = static_cast<const unsigned char*>(src);
+#if defined(__AVX__)
+  constexpr int64_t V = 32;
+#elif defined(__SSE2__)
+  constexpr int64_t V = 16;
+#else
+  constexpr int64_t V = 0;
+#endif
+  if (V == 0 || bytes < 4 * V) {
+    std::memcpy(d, s, size_t(bytes));
+    return;
+  }
+  const int64_t head = std::min<int64_t>(bytes, (V - int64_t(reinterpret_cast<uintptr_t>(d) % V)) % V);
+  std::memcpy(d, s, size_t(head));
+  int64_t i = head;
+#if defined(__AVX__)
+  for (; i + V <= bytes; i += V)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+#elif defined(__SSE2__)
+  for (; i + V <= bytes; i += V)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+#endif
+  std::memcpy(d + i, s + i, size_t(bytes - i));
+}
+
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 // Items per task: at least kMinTask elements of work each.  A smaller call runs on the calling

@@ -43,9 +43,11 @@ inline void emit_seg(const T* src, T* y, int64_t n, acc_t<T> shift, acc_t<T> cor
 
 template <typename T, bool Center>
 void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const acc_t<T>* w,
-              const acc_t<T>* b, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S, double eps) {
+              const acc_t<T>* b, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S, double eps, bool stream) {
   using A = acc_t<T>;
   at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
+    T* sum_stage = stream && res != nullptr ? stage<T>(0, L) : nullptr;
+    T* y_stage = stream ? stage<T>(1, L) : nullptr;
     for (int64_t r = r0; r < r1; ++r) {
       const T* src = x + r * L;
       if (r + 1 < r1) {
@@ -53,7 +55,7 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
         if (res != nullptr) prefetch_row(res + (r + 1) * L, L);
       }
       if (res != nullptr) {
-        T* s = sum_out + r * L;
+        T* s = stream ? sum_stage : sum_out + r * L;
         const T* q = res + r * L;
 #pragma omp simd
         for (int64_t i = 0; i < L; ++i) st(s, i, ld(src, i) + ld(q, i));
@@ -68,7 +70,7 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
       } else {
         stats[r] = m.var;
       }
-      T* yr = y + r * L;
+      T* yr = stream ? y_stage : y + r * L;
       const A* wr = w ? w + (r % G) * K : nullptr;
       const A* br = b ? b + (r % G) * K : nullptr;
       if (S == 1) {
@@ -81,7 +83,12 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
           emit_seg<T, Center>(src + k * S, yr + k * S, S, m.shift, m.corr, rstd, wr ? wr[k] : A(1),
                               br ? br[k] : A(0));
       }
+      if (stream) {
+        stream_copy(y + r * L, yr, L * int64_t(sizeof(T)));
+        if (res != nullptr) stream_copy(sum_out + r * L, src, L * int64_t(sizeof(T)));
+      }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -106,6 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, con
   }
   const bool dbl = x.scalar_type() == at::kDouble;
   at::Tensor stats = at::empty({center ? 3 : 1, R}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
+  const int64_t row_bytes = L * int64_t(x.element_size());
+  const bool stream = streams(R * row_bytes, row_bytes);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_fwd", [&] {
     using A = acc_t<scalar_t>;
     std::vector<A> w, b;
@@ -116,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, con
       fwd_impl<scalar_t, C>(x.data_ptr<scalar_t>(), res.defined() ? res.data_ptr<scalar_t>() : nullptr,
                             sum_out.defined() ? sum_out.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
                             stats.data_ptr<A>(), w.empty() ? nullptr : w.data(), b.empty() ? nullptr : b.data(),
-                            R, L, G, K, S, eps);
+                            R, L, G, K, S, eps, stream);
     };
     if (center) run(std::true_type{});
     else run(std::false_type{});
@@ -220,18 +229,22 @@ inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shif
 template <typename T, bool Center, bool HasDsum>
 void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* stats, const acc_t<T>* w,
               acc_t<T>* dw_all, acc_t<T>* db_all, int64_t P, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S,
-              double eps) {
+              double eps, bool stream) {
   using A = acc_t<T>;
   at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
     A* dwb = dw_all + P * int64_t(at::get_thread_num());
     A* dbb = db_all + P * int64_t(at::get_thread_num());
+    T* dx_stage = stream ? stage<T>(0, L) : nullptr;
     for (int64_t r = r0; r < r1; ++r) {
       const A var = Center ? stats[2 * R + r] : stats[r];
       const int64_t off = (r % G) * K;
-      bwd_row<T, Center, HasDsum>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr, dx + r * L,
-                                  Center ? stats[r] : A(0), Center ? stats[R + r] : A(0),
-                                  A(1) / std::sqrt(var + A(eps)), w + off, dwb + off, dbb + off, L, K, S);
+      bwd_row<T, Center, HasDsum>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr,
+                                  stream ? dx_stage : dx + r * L, Center ? stats[r] : A(0),
+                                  Center ? stats[R + r] : A(0), A(1) / std::sqrt(var + A(eps)), w + off, dwb + off,
+                                  dbb + off, L, K, S);
+      if (stream) stream_copy(dx + r * L, dx_stage, L * int64_t(sizeof(T)));
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -249,6 +262,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in,
   const int64_t R = x.size(0), L = x.size(1), G = groups, S = seg, K = L / S, P = G * K;
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw, db;
+  const int64_t row_bytes = L * int64_t(x.element_size());
+  const bool stream = streams(R * row_bytes, row_bytes);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_bwd", [&] {
     using A = acc_t<scalar_t>;
     const std::vector<A> w = as_acc<A>(weight, P, A(1));  // ones without a weight: no branch per element
@@ -259,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in,
       constexpr bool C = decltype(center_tag)::value, D = decltype(dsum_tag)::value;
       bwd_impl<scalar_t, C, D>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                D ? dsum.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(), st_.data_ptr<A>(),
-                               w.data(), tw.buf.data(), tb.buf.data(), P, R, L, G, K, S, eps);
+                               w.data(), tw.buf.data(), tb.buf.data(), P, R, L, G, K, S, eps, stream);
     };
     const bool fused = dsum.defined() && dsum.numel();
     if (center && fused) run(std::true_type{}, std::true_type{});
@@ -273,7 +288,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in,
   return {dx, dw, db};
 }
 
+// the streaming-store threshold in bytes (see common.h): set it when bytes >= 0, return the old one
+int64_t stream_bytes(int64_t bytes) {
+  const int64_t old = stream_threshold().load();
+  if (bytes >= 0) stream_threshold().store(bytes);
+  return old;
+}
+
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("stream_bytes(int bytes) -> int", &stream_bytes);
   m.def("rows_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, int groups, int seg, float eps, "
         "bool center) -> (Tensor, Tensor, Tensor)");
   m.def("rows_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor stats, Tensor? dsum, int groups, int seg, float eps, "
