@@ -448,7 +448,7 @@ def test_cached_plans_follow_the_layer_state(name, make, shape, layouts, monkeyp
     """One layer through train/eval/freeze, layout, eps, momentum, weight and mode changes on one input shape."""
     need_cpp()
     calls = []
-    for op in ("rows", "rows_eager", "chfirst", "batch"):
+    for op in ("rows", "rows_eager", "chfirst", "batch", "batch_eager"):
         real = getattr(ops, op)
         monkeypatch.setattr(ops, op, functools.partial(lambda real, *a, **k: calls.append(1) or real(*a, **k), real))
     fast = _randomize(make())
@@ -603,6 +603,18 @@ GRADCHECKS = {
                                          lambda x, w, b: ops.batch(x, w, b, eps=1e-5, cols=False, **_given(4))[0]),
     "batch cols given mean/var": lambda: ((_d(9, 4), _d(4, seed=1), _d(4, seed=2)),
                                           lambda x, w, b: ops.batch(x, w, b, eps=1e-5, cols=True, **_given(4))[0]),
+    "batch_eager ncs": lambda: ((_d(3, 4, 5), _d(4, seed=1), _d(4, seed=2)),
+                                lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=False)[0]),
+    "batch_eager cols no affine": lambda: ((_d(9, 4),), lambda x: ops.batch_eager(x, None, None, eps=1e-5,
+                                                                                 cols=True)[0]),
+    "batch_eager cols weight only": lambda: ((_d(9, 4), _d(4, seed=1)),
+                                             lambda x, w: ops.batch_eager(x, w, None, eps=1e-5, cols=True)[0]),
+    "batch_eager ncs given mean/var": lambda: ((_d(3, 4, 5), _d(4, seed=1), _d(4, seed=2)),
+                                               lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=False,
+                                                                               **_given(4))[0]),
+    "batch_eager cols given mean/var": lambda: ((_d(9, 4), _d(4, seed=1), _d(4, seed=2)),
+                                                lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=True,
+                                                                                **_given(4))[0]),
     "batch cols given mean/var and mask": lambda: ((_d(9, 4), _d(4, seed=1)),
                                                    lambda x, w: ops.batch(x, w, None, eps=1e-5, cols=True,
                                                                           mask=_mask1(9), **_given(4))[0]),

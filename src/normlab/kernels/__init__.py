@@ -324,19 +324,18 @@ def _run_plan(norm, x: Tensor, lay: tuple, rdims, pdims) -> Tensor:
         return ops.chfirst(xc.view(N, C, S), w, b, eps=eps, center=norm.center)[0].view(x.shape)
     batch_stats = norm._use_batch_stats()
     mean, var = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
+    update = norm if batch_stats and norm._updates_running_stats() else None  # folded in by the same op
     if kind == "batch-cols":
         _, M, C, permuted = lay
         xv = x.movedim(1, -1) if permuted else xc
-        y, stats = ops.batch(xv.reshape(M, C), w, b, eps=eps, cols=True, mean=mean, var=var)
+        y, _, bad = ops.batch_eager(xv.reshape(M, C), w, b, eps=eps, cols=True, mean=mean, var=var, update=update)
         y = y.view(xv.shape).movedim(-1, 1) if permuted else y.view(x.shape)
     else:
         _, N, C, S = lay
-        y, stats = ops.batch(xc.view(N, C, S), w, b, eps=eps, cols=False, mean=mean, var=var)
+        y, _, bad = ops.batch_eager(xc.view(N, C, S), w, b, eps=eps, cols=False, mean=mean, var=var, update=update)
         y = y.view(x.shape)
-    if batch_stats and norm._updates_running_stats():
-        bad = ops.batch_update(norm, stats)
-        if bad.any():
-            norm._warn_non_finite(bad)
+    if bad.numel():
+        norm._warn_non_finite(bad)
     return y
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_update"]
+__all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_eager", "batch_update"]
 
 _registered = False
 
@@ -265,6 +265,24 @@ def batch(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, 
     if _needs_grad(x, weight, bias):
         return _Batch.apply(x, weight, bias, mask, mean, var, eps, cols)
     return torch.ops.normlab.batch_fwd(x, weight, bias, mask, mean, var, eps, cols)
+
+
+def batch_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, cols: bool,
+                mean: Tensor | None = None, var: Tensor | None = None, update=None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`batch` (no mask) for eager CPU calls: the op whose autograd is in C++ (``normlab::batch_ad``).
+
+    With ``update`` (a normlab Norm in training, batch statistics) the same op folds the batch
+    statistics into its running ones, as :func:`batch_update` does.  Returns ``(y, stats, bad)``:
+    ``bad`` is empty unless some channel's batch statistics were non-finite (then the bool per channel).
+    Not for tracing (torch.compile uses :func:`batch`, whose autograd.Function it can trace).
+    """
+    if update is None:
+        return torch.ops.normlab.batch_ad(x, weight, bias, mean, var, eps, cols)
+    momentum = -1.0 if update.momentum is None else float(update.momentum)
+    return torch.ops.normlab.batch_ad(x, weight, bias, None, None, eps, cols, update.running_mean, update.running_var,
+                                      update.num_batches_tracked, momentum, update._min_count(),
+                                      update._counts_batches or update.momentum is None)
 
 
 def batch_update(norm, stats: Tensor) -> Tensor:

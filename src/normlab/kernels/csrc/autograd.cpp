@@ -1,5 +1,5 @@
-// The rows kernels with their autograd in C++ (normlab::rows_ad), for the eager CPU path: a
-// LayerNorm/RMSNorm call then costs no Python in its backward, which matters for the small
+// The rows and batch kernels with their autograd in C++ (normlab::rows_ad, normlab::batch_ad), for
+// the eager CPU path: a LayerNorm/RMSNorm/BatchNorm call then costs no Python in its backward, which matters for the small
 // tensors of a real model (a (768, 128) LayerNorm takes ~25 us; a Python backward adds ~10 us).
 // Under torch.compile the layers use the Python autograd.Function of ops.py over rows_fwd/rows_bwd,
 // which the compiler traces; both are tested against the reference.
@@ -11,6 +11,10 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
 
 #include "entry.h"
 
@@ -48,6 +52,32 @@ at::Tensor rows_reference(const at::Tensor& x, const at::Tensor& w, const at::Te
   return y.to(x.scalar_type());
 }
 
+// grads of `y` (by autograd through `reference`) for the candidates that require grad, in place of
+// the fused backward when a graph is asked for (create_graph=True)
+template <size_t N, typename F>
+std::array<at::Tensor, N> differentiable_grads(const std::array<const at::Tensor*, N>& cand, const at::Tensor& dy,
+                                               F reference) {
+  std::vector<at::Tensor> inputs;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < N; ++i) {
+    if (cand[i]->defined() && cand[i]->requires_grad()) {
+      inputs.push_back(*cand[i]);
+      which.push_back(i);
+    }
+  }
+  std::array<at::Tensor, N> out;
+  if (inputs.empty()) return out;
+  const at::Tensor y = reference();
+  const auto got = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true, /*create_graph=*/true,
+                                         /*allow_unused=*/true);
+  for (size_t k = 0; k < which.size(); ++k) out[which[k]] = got[k];
+  return out;
+}
+
+inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
 struct RowsFunction : public torch::autograd::Function<RowsFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
@@ -82,22 +112,8 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     if (!dy.defined()) return {dsum, none, none, dsum, none, none, none, none};  // only the sum was used
     at::Tensor dx, dw, db;
     if (at::GradMode::is_enabled()) {  // create_graph=True: a differentiable gradient, via the reference
-      std::vector<at::Tensor> inputs;
-      std::vector<int> which;
-      const at::Tensor* cand[4] = {&x, &w, &b, &r};
-      for (int i = 0; i < 4; ++i) {
-        if (cand[i]->defined() && cand[i]->requires_grad()) {
-          inputs.push_back(*cand[i]);
-          which.push_back(i);
-        }
-      }
-      at::Tensor out[4];
-      if (!inputs.empty()) {
-        const at::Tensor y = rows_reference(x, w, b, r, groups, seg, eps, center);
-        const auto got = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true, /*create_graph=*/true,
-                                               /*allow_unused=*/true);
-        for (size_t k = 0; k < which.size(); ++k) out[which[k]] = got[k];
-      }
+      auto out = differentiable_grads<4>({&x, &w, &b, &r}, dy,
+                                         [&] { return rows_reference(x, w, b, r, groups, seg, eps, center); });
       if (dsum.defined()) {
         out[0] = out[0].defined() ? out[0] + dsum : dsum;
         out[3] = out[3].defined() ? out[3] + dsum : dsum;
@@ -121,14 +137,107 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_ad(const at::Tensor& x, cons
   return {out[0], out[1], out[2]};
 }
 
+// BatchNorm by ATen ops (differentiable), as the batch kernels compute it: (N, C, S) or, cols, (M, C);
+// `used` holds the (4, C) batch statistics or the (2, C) given mean and variance (constants)
+at::Tensor batch_reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& used,
+                           double eps, bool cols) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor src = x.to(acc);
+  const int64_t C = x.size(1);
+  const std::vector<int64_t> view = cols ? std::vector<int64_t>{1, C} : std::vector<int64_t>{1, C, 1};
+  const std::vector<int64_t> dims = cols ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 2};
+  at::Tensor y;
+  if (used.size(0) == 2) {
+    y = (src - used[0].to(acc).view(view)) * at::rsqrt(used[1].to(acc).view(view) + eps);
+  } else {
+    const at::Tensor shift = src.mean(dims, true);
+    const at::Tensor d = src - shift;
+    const at::Tensor corr = d.mean(dims, true);
+    const at::Tensor var = (d.square().mean(dims, true) - corr.square()).clamp_min(0);
+    y = (d - corr) * at::rsqrt(var + eps);
+  }
+  if (w.defined()) y = y * w.to(acc).view(view);
+  if (b.defined()) y = y + b.to(acc).view(view);
+  return y.to(x.scalar_type());
+}
+
+// BatchNorm (no mask) with its autograd in C++, for the eager CPU path (no Python around the kernels).
+// In training with running statistics the same call folds the batch statistics into them (as
+// torch's native_batch_norm does): no further op between the layer's forward and the next layer.
+struct BatchFunction : public torch::autograd::Function<BatchFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& mean,
+                               const c10::optional<at::Tensor>& var, double eps, bool cols) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, stats] = batch_fwd(x, weight, bias, c10::nullopt, mean, var, eps, cols);
+    const bool given = mean.has_value() && mean->defined();
+    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    // given statistics are copied: the running buffers may move before the backward
+    const at::Tensor used = given ? at::stack({*mean, *var}).to(acc) : stats;
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), used});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["cols"] = cols;
+    ctx->mark_non_differentiable({stats});
+    ctx->set_materialize_grads(false);
+    return {y, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2], &used = saved[3];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool cols = ctx->saved_data["cols"].toBool();
+    const at::Tensor& dy = grads[0];
+    const at::Tensor none;
+    if (!dy.defined()) return {none, none, none, none, none, none, none};
+    if (at::GradMode::is_enabled()) {  // create_graph=True: a differentiable gradient, via the reference
+      const auto out = differentiable_grads<3>({&x, &w, &b}, dy,
+                                               [&] { return batch_reference(x, w, b, used, eps, cols); });
+      return {out[0], out[1], out[2], none, none, none, none};
+    }
+    const bool need_w = w.defined() && ctx->needs_input_grad(1), need_b = b.defined() && ctx->needs_input_grad(2);
+    auto [dx, dw, db] = batch_bwd(dy, x, opt(w), c10::nullopt, used, eps, cols, need_w, need_b, opt(b));
+    return {ctx->needs_input_grad(0) ? dx : none, need_w ? dw : none, need_b ? db : none, none, none, none, none};
+  }
+};
+
+// (y, stats, bad): with running_mean/var given in training (mean/var absent), the running statistics
+// are updated in place (num_batches_tracked first, when count_batch) and `bad` lists the channels
+// whose batch statistics were non-finite; `bad` is empty when there are none (nothing for the
+// caller to read), and always without an update
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_ad(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& mean, const c10::optional<at::Tensor>& var, double eps, bool cols,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    const c10::optional<at::Tensor>& num_batches_tracked, double momentum, int64_t min_count, bool count_batch) {
+  auto out = BatchFunction::apply(x, weight, bias, mean, var, eps, cols);
+  at::Tensor bad = at::empty({0}, x.options().dtype(at::kBool));
+  const bool update = running_mean.has_value() && running_mean->defined() && !(mean.has_value() && mean->defined());
+  if (update) {
+    at::NoGradGuard no_grad;
+    if (count_batch) num_batches_tracked->add_(1);
+    at::Tensor rm = *running_mean, rv = *running_var;
+    const at::Tensor flags = batch_update(rm, rv, *num_batches_tracked, out[1], momentum, min_count);
+    const bool* fp = flags.data_ptr<bool>();
+    if (std::any_of(fp, fp + flags.numel(), [](bool v) { return v; })) bad = flags;
+  }
+  return {out[0], out[1], bad};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
+  m.def("batch_ad(Tensor x, Tensor? weight, Tensor? bias, Tensor? mean, Tensor? var, float eps, bool cols, "
+        "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, Tensor(c!)? num_batches_tracked=None, "
+        "float momentum=0.1, int min_count=2, bool count_batch=True) -> (Tensor, Tensor, Tensor)");
   m.def("rows_ad(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, int groups, int seg, float eps, "
         "bool center) -> (Tensor, Tensor, Tensor)");
 }
 
 // CPU tensors only (the caller checks): the autograd node is recorded here, the kernels run below it
-TORCH_LIBRARY_IMPL(normlab, CompositeImplicitAutograd, m) { m.impl("rows_ad", &rows_ad); }
+TORCH_LIBRARY_IMPL(normlab, CompositeImplicitAutograd, m) {
+  m.impl("rows_ad", &rows_ad);
+  m.impl("batch_ad", &batch_ad);
+}
 
 }  // namespace normlab

@@ -9,6 +9,7 @@
 //
 // stats: (4, C) = shift, corr, biased var, count (the number of real elements per channel).
 #include "common.h"
+#include "entry.h"
 
 #include <torch/library.h>
 
@@ -367,6 +368,8 @@ void fill_given(ChannelStats<A>& cs, const c10::optional<at::Tensor>& mean, cons
   cs.var = as_acc<A>(var, C, A(1));
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                              const c10::optional<at::Tensor>& bias,
                                              const c10::optional<at::Tensor>& mask_in,
@@ -501,8 +504,6 @@ at::Tensor batch_update(at::Tensor& running_mean, at::Tensor& running_var, const
   });
   return bad;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
   m.def("batch_update(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor num_batches_tracked, Tensor stats, "

@@ -18,4 +18,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy, co
                                                         int64_t seg, double eps, bool center, bool need_weight,
                                                         bool need_bias, const c10::optional<at::Tensor>& bias);
 
+std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                             const c10::optional<at::Tensor>& bias,
+                                             const c10::optional<at::Tensor>& mask,
+                                             const c10::optional<at::Tensor>& mean,
+                                             const c10::optional<at::Tensor>& var, double eps, bool cols);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                         const c10::optional<at::Tensor>& weight,
+                                                         const c10::optional<at::Tensor>& mask,
+                                                         const at::Tensor& stats, double eps, bool cols,
+                                                         bool need_weight, bool need_bias,
+                                                         const c10::optional<at::Tensor>& bias);
+
+at::Tensor batch_update(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& num_batches_tracked,
+                        const at::Tensor& stats, double momentum, int64_t min_count);
+
 }  // namespace normlab
