@@ -165,15 +165,6 @@ inline std::vector<A> as_acc(const c10::optional<at::Tensor>& t, int64_t n, A fi
   return out;
 }
 
-// Ask for the next row while this one is computed: the passes over a row run from cache, and the
-// memory traffic of the next row overlaps them instead of stalling the first pass.
-template <typename T>
-inline void prefetch_row(const T* p, int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const int64_t bytes = n * int64_t(sizeof(T));
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-}
-
 inline bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // per-thread partial sums (for parameter gradients), reduced at the end
