@@ -1,7 +1,8 @@
 // The rows and batch kernels with their autograd in C++ (normlab::rows_ad, normlab::batch_ad), for
-// the eager CPU path: a LayerNorm/RMSNorm/BatchNorm call then costs no Python in its backward, which matters for the small
-// tensors of a real model (a (768, 128) LayerNorm takes ~25 us; a Python backward adds ~10 us).
-// Under torch.compile the layers use the Python autograd.Function of ops.py over rows_fwd/rows_bwd,
+// the eager CPU path: a LayerNorm/RMSNorm/BatchNorm call then costs no Python in its backward, which
+// matters for the small tensors of a real model (a (768, 128) LayerNorm takes ~25 us; a Python
+// backward adds ~10 us).  Under torch.compile the layers use the Python autograd.Function of ops.py
+// over rows_fwd/rows_bwd and batch_fwd/batch_bwd,
 // which the compiler traces; both are tested against the reference.
 //
 // A backward asked to build a graph (create_graph=True: second derivatives, gradient penalties)

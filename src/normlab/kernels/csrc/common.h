@@ -165,6 +165,21 @@ inline std::vector<A> as_acc(const c10::optional<at::Tensor>& t, int64_t n, A fi
   return out;
 }
 
+// Ask for the next row while this one is computed, when it is short (at most kPrefetchRow bytes):
+// its passes then run from cache with the next row's traffic overlapping them.  A long row's burst
+// of prefetches did worse than the hardware's own streams (A/B over 32 processes: LayerNorm
+// 8x512x768 fp32 forward+backward 1.05x torch with, 1.10x without; 2048x4096 forward 1.00x with,
+// 0.97x without).
+constexpr int64_t kPrefetchRow = 8192;
+
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * int64_t(sizeof(T));
+  if (bytes > kPrefetchRow) return;
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 inline bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // per-thread partial sums (for parameter gradients), reduced at the end

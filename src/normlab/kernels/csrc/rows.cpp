@@ -51,7 +51,11 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
     T* sum_stage = stream && res != nullptr ? stage<T>(0, L) : nullptr;
     T* y_stage = stream ? stage<T>(1, L) : nullptr;
     for (int64_t r = r0; r < r1; ++r) {
-      const T* src = x + r * L;  // no software prefetch: the hardware's streams did better (A/B, 4096x768)
+      const T* src = x + r * L;
+      if (r + 1 < r1) {
+        prefetch_row(src + L, L);
+        if (res != nullptr) prefetch_row(res + (r + 1) * L, L);
+      }
       if (res != nullptr) {
         T* s = stream ? sum_stage : sum_out + r * L;
         const T* q = res + r * L;
