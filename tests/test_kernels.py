@@ -1227,4 +1227,3 @@ def test_streaming_threshold_default_and_restore():
     with pytest.raises(ValueError, match="min_bytes must be >= 0, got -1"):
         with nl.kernels.streaming_stores(-1):
             pass
-
