@@ -1227,3 +1227,23 @@ def test_streaming_threshold_default_and_restore():
     with pytest.raises(ValueError, match="min_bytes must be >= 0, got -1"):
         with nl.kernels.streaming_stores(-1):
             pass
+
+
+@pytest.mark.parametrize("make, shape, path", [
+    (lambda: nl.BatchNorm2d(4), (3, 4, 5, 6), "cpp:batch"),
+    (lambda: nl.BatchNorm1d(4), (9, 4), "cpp:batch-cols"),
+], ids=["BatchNorm2d", "BatchNorm1d"])
+def test_eval_with_a_zero_running_variance_matches_the_reference(make, shape, path):
+    """Running statistics of variance 0 are used as they are (x scaled by 1/sqrt(eps)), not read as a
+    constant batch (whose output would be beta)."""
+    need_cpp()
+    layer = _randomize(make()).eval()
+    with torch.no_grad():
+        layer.running_var[1] = 0.0
+    x = _input(shape, "contiguous", torch.float32, 0)
+    assert nl.kernels.implementation(layer, x) == path
+    y = layer(x)
+    with nl.use_reference():
+        ref = layer(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    assert (y.select(1, 1) - layer.bias[1]).abs().max() > 1.0  # far from beta: the channel was normalized

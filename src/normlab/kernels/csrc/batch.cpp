@@ -25,10 +25,15 @@ struct ChannelStats {
 // ------------------------------------------------------------------------------- (N, C, S)
 // A channel's output as one multiply-add after the shift: y = ((x - shift) - corr) * rstd * w + b
 // = (x - shift) * k + (b - corr * k) with k = rstd * w; x - shift keeps the digits a large mean
-// costs, and the folded constants cost an ulp or two against the reference's order of rounding.
+// costs, and the folded constants cost an ulp or two against the reference's order of rounding.  A
+// channel whose batch variance is 0 (constant) gives exactly b, as the reference's (x - shift) - corr
+// = 0 does (the multiply-add would leave the rounding error of corr * k); given (running) statistics
+// of variance 0 are used as they are.
 template <typename A>
-inline void channel_affine(const ChannelStats<A>& cs, const A* w, const A* b, int64_t c, A& k, A& bk) {
-  k = cs.rstd[c] * (w ? w[c] : A(1));
+inline void channel_affine(const ChannelStats<A>& cs, const A* w, const A* b, int64_t c, bool batch_stats, A& k,
+                           A& bk) {
+  const bool constant = batch_stats && cs.var[c] == A(0);
+  k = constant ? A(0) : cs.rstd[c] * (w ? w[c] : A(1));
   bk = (b ? b[c] : A(0)) - cs.corr[c] * k;
 }
 
@@ -97,7 +102,7 @@ inline void ncs_apply_channel(const T* x, T* y, int64_t c, const ChannelStats<ac
   using A = acc_t<T>;
   const A sh = cs.shift[c];
   A k, bk;
-  channel_affine(cs, w, b, c, k, bk);
+  channel_affine(cs, w, b, c, true, k, bk);
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + (n * C + c) * S;
     T* yr = y + (n * C + c) * S;
@@ -116,7 +121,7 @@ void ncs_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T
       const int64_t c = r % C;
       const A sh = cs.shift[c];
       A k, bk;
-      channel_affine(cs, w, b, c, k, bk);
+      channel_affine(cs, w, b, c, false, k, bk);  // given statistics only
       const T* xr = x + r * S;
       T* yr = y + r * S;
 #pragma omp simd
@@ -283,10 +288,10 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
 
 template <typename T>
 void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t M,
-                int64_t C) {
+                int64_t C, bool batch_stats) {
   using A = acc_t<T>;
   std::vector<A> k(C), bv(C, A(0));
-  for (int64_t c = 0; c < C; ++c) channel_affine(cs, w, b, c, k[c], bv[c]);
+  for (int64_t c = 0; c < C; ++c) channel_affine(cs, w, b, c, batch_stats, k[c], bv[c]);
   const A* sh = cs.shift.data();
   const A* kv = k.data();
   const A* bp = bv.data();
@@ -448,7 +453,7 @@ std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::opt
       if (given) fill_given(cs, mean, var, g.C);
       else cols_stats(xp, mp, g.N, g.C, count, cs);
       for (int64_t c = 0; c < g.C; ++c) cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
-      if (g.cols) cols_apply(xp, yp, cs, wp, bp, g.N, g.C);
+      if (g.cols) cols_apply(xp, yp, cs, wp, bp, g.N, g.C, !given);
       else ncs_apply(xp, yp, cs, wp, bp, g.N, g.C, g.S);
     }
     if (!given) {

@@ -66,6 +66,17 @@ inline void st(c10::Half* p, int64_t i, float v) { p[i] = c10::Half(v); }
 constexpr int64_t kChunk = 1024;
 constexpr int64_t kLanes = 32;
 
+// the sum of the kLanes partial sums, pairwise (halving: a few vector adds, not kLanes dependent
+// scalar ones, which cost as much as the whole pass over a short row); p is overwritten
+template <typename A>
+inline A fold_lanes(A* p) {
+  for (int64_t h = kLanes / 2; h >= 1; h /= 2) {
+#pragma omp simd
+    for (int64_t j = 0; j < h; ++j) p[j] += p[j + h];
+  }
+  return p[0];
+}
+
 // sum of f(x[i]) over x[0..n): kLanes partial sums per chunk, chunk sums in double
 template <typename T, typename F>
 inline double sum_of(const T* x, int64_t n, F f) {
@@ -79,9 +90,8 @@ inline double sum_of(const T* x, int64_t n, F f) {
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) p[j] += f(ld(x, i + j));
     }
-    A s = 0;
+    A s = fold_lanes(p);
     for (; i < c1; ++i) s += f(ld(x, i));
-    for (int64_t j = 0; j < kLanes; ++j) s += p[j];
     total += s;
   }
   return total;
@@ -113,15 +123,11 @@ inline void sum_dev(const T* x, int64_t n, acc_t<T> shift, double& sd, double& s
         q[j] += d * d;
       }
     }
-    A a = 0, b = 0;
+    A a = fold_lanes(p), b = fold_lanes(q);
     for (; i < c1; ++i) {
       const A d = ld(x, i) - shift;
       a += d;
       b += d * d;
-    }
-    for (int64_t j = 0; j < kLanes; ++j) {
-      a += p[j];
-      b += q[j];
     }
     sd += a;
     sq += b;

@@ -20,11 +20,12 @@ template <typename T, bool Center, bool HasW, bool HasB>
 inline void emit_vec(const T* src, T* y, int64_t n, acc_t<T> shift, acc_t<T> corr, acc_t<T> rstd,
                      const acc_t<T>* w, const acc_t<T>* b) {
   using A = acc_t<T>;
-  // ((x - shift) - corr) * rstd as one multiply-add after the shift (corr * rstd is tiny: no digits lost)
-  const A cr = corr * rstd;
+  // (x - shift) - corr before the scaling, as the reference: exactly 0 on a constant row (corr is then
+  // x - shift itself), so the output is exactly beta; a multiply-add (x - shift) * rstd - corr * rstd
+  // would leave the product's rounding error there
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    A v = Center ? (ld(src, i) - shift) * rstd - cr : ld(src, i) * rstd;
+    A v = Center ? ((ld(src, i) - shift) - corr) * rstd : ld(src, i) * rstd;
     if (HasW) v = v * w[i];
     if (HasB) v = v + b[i];
     st(y, i, v);
@@ -164,12 +165,8 @@ inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shif
 #pragma omp simd
         for (int64_t j = 0; j < kLanes; ++j) term(i + j, p[j], q[j]);
       }
-      A a = 0, b = 0;
+      A a = fold_lanes(p), b = fold_lanes(q);
       for (; i < c1; ++i) term(i, a, b);
-      for (int64_t j = 0; j < kLanes; ++j) {
-        a += p[j];
-        b += q[j];
-      }
       sg += a;
       sgx += b;
     }
