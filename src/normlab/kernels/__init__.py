@@ -33,6 +33,13 @@ Selection is visible and controllable::
     ...     nl.kernels.implementation(ln, x)
     'reference'
 
+Eager calls take ops whose autograd is in C++ (``normlab::rows_ad``,
+``normlab::batch_ad``: no Python in the backward; BatchNorm's running
+statistics are folded in by the same op); under ``torch.compile`` the
+layers use autograd.Functions over the same kernels, which the compiler
+traces.  Row outputs larger than half the last-level cache are written with
+streaming stores (:func:`streaming_stores`; the same bits either way).
+
 ``NORMLAB_KERNELS`` sets the mode for a process: ``auto`` (default: the
 order above), ``reference`` (only the reference), ``native`` (torch's
 kernels wherever the configuration is theirs, any dtype, then the

@@ -75,6 +75,16 @@ std::array<at::Tensor, N> differentiable_grads(const std::array<const at::Tensor
   return out;
 }
 
+// whether autograd would record this call (grad mode on and some input requiring grad); when not,
+// the kernels run without an autograd node (no saved tensors, no copies of given statistics)
+inline bool wants_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool wants_grad(const c10::optional<at::Tensor>& t) { return t.has_value() && wants_grad(*t); }
+
+template <typename... Ts>
+inline bool records_grad(const Ts&... ts) {
+  return at::GradMode::is_enabled() && (wants_grad(ts) || ...);
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -134,6 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_ad(const at::Tensor& x, cons
                                                        const c10::optional<at::Tensor>& bias,
                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
                                                        int64_t seg, double eps, bool center) {
+  if (!records_grad(x, weight, bias, residual)) return rows_fwd(x, weight, bias, residual, groups, seg, eps, center);
   auto out = RowsFunction::apply(x, weight, bias, residual, groups, seg, eps, center);
   return {out[0], out[1], out[2]};
 }
@@ -211,7 +222,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_ad(
     const c10::optional<at::Tensor>& mean, const c10::optional<at::Tensor>& var, double eps, bool cols,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     const c10::optional<at::Tensor>& num_batches_tracked, double momentum, int64_t min_count, bool count_batch) {
-  auto out = BatchFunction::apply(x, weight, bias, mean, var, eps, cols);
+  variable_list out;
+  if (records_grad(x, weight, bias)) {
+    out = BatchFunction::apply(x, weight, bias, mean, var, eps, cols);
+  } else {  // nothing to differentiate (eval under no_grad, inference): the kernel alone
+    auto [y, stats] = batch_fwd(x, weight, bias, c10::nullopt, mean, var, eps, cols);
+    out = {y, stats};
+  }
   at::Tensor bad = at::empty({0}, x.options().dtype(at::kBool));
   const bool update = running_mean.has_value() && running_mean->defined() && !(mean.has_value() && mean->defined());
   if (update) {
