@@ -70,3 +70,19 @@ def test_bench_in_fresh_processes(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["env"]["processes"] == 2 and result["env"]["threads"] == 1
     assert all(len(r["per_process"]) == 2 for r in result["rows"])
+
+
+def test_bench_rounds_vary_each_variants_predecessor():
+    """Each round times every variant once in a fresh order, so no variant always follows the same one."""
+    from normlab.bench import _interleaved
+
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in ("copy", "torch", "normlab", "compiled")}
+    out = _interleaved(fns, repeats=24, warmup=1)
+    assert set(out) == set(fns)
+    timed = calls[len(fns):]  # after the warm-up round
+    assert len(timed) == 24 * len(fns)
+    rounds = [timed[i:i + len(fns)] for i in range(0, len(timed), len(fns))]
+    assert all(sorted(r) == sorted(fns) for r in rounds), "a round must time every variant once"
+    before = {n: {timed[i - 1] for i in range(1, len(timed)) if timed[i] == n} for n in fns}
+    assert all(p >= set(fns) - {n} for n, p in before.items()), before  # every other variant precedes it

@@ -10,8 +10,12 @@ nothing accumulates), in float32 and bfloat16.  Freed memory is kept in the
 process (glibc's mmap and trimming off), so the times are those of the
 computation and its memory traffic, not of the page faults of fresh
 allocations (``fresh_pages=True`` keeps the allocator as it is).  The variants are timed in
-interleaved rounds (each round times every variant once, in a rotating
-order), so a slow spell of the machine hits them all; a row reports medians
+interleaved rounds (each round times every variant once, in a shuffled
+order), so a slow spell of the machine hits them all and no variant always
+runs right after the same neighbour (a variant that leaves the caches full
+of dirty lines, as torch's CPU RMSNorm does with its float32 temporaries,
+slows whatever runs next; in a fixed or rotating order that was always
+normlab's variant); a row reports medians
 and ratios normlab / anchor, and the path normlab took
 (:func:`normlab.kernels.implementation`).
 
@@ -165,14 +169,21 @@ def _steady_allocator() -> bool:
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, tuple[float, float]]:
-    """Median and interquartile range (ms) of each function, timed once per round in a rotating order."""
+    """Median and interquartile range (ms) of each function, timed once per round in a shuffled order.
+
+    The order of each round is drawn afresh (seeded, so runs repeat), so every function follows
+    every other one in some rounds: what one leaves behind in the caches is shared out.
+    """
+    import random
+
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        for n in order.sample(names, len(names)):
             t0 = time.perf_counter()
             fns[n]()
             times[n].append((time.perf_counter() - t0) * 1e3)
