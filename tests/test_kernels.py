@@ -574,6 +574,12 @@ def _rows_gradchecks(prefix: str, op: str) -> dict:
         "rows residual no center": lambda: ((_d(4, 7), _d(7, seed=1), _d(4, 7, seed=3)),
                                             lambda x, w, r: rows(x, w, None, eps=1e-5, center=False,
                                                                      residual=r)[::2]),
+        # a bias without a weight: its gradient must not be read off another input's slot
+        "rows bias only": lambda: ((_d(4, 7), _d(7, seed=2)),
+                                   lambda x, b: rows(x, None, b, eps=1e-5, center=True)[0]),
+        "rows bias only, residual": lambda: ((_d(4, 7), _d(7, seed=2), _d(4, 7, seed=3)),
+                                             lambda x, b, r: rows(x, None, b, eps=1e-5, center=True,
+                                                                  residual=r)[::2]),
         "rows residual, only y used": lambda: ((_d(4, 7), _d(7, seed=1), _d(7, seed=2), _d(4, 7, seed=3)),
                                                lambda x, w, b, r: rows(x, w, b, eps=1e-5, center=True,
                                                                            residual=r)[0]),
@@ -609,6 +615,11 @@ GRADCHECKS = {
                                                                                  cols=True)[0]),
     "batch_eager cols weight only": lambda: ((_d(9, 4), _d(4, seed=1)),
                                              lambda x, w: ops.batch_eager(x, w, None, eps=1e-5, cols=True)[0]),
+    "batch_eager cols bias only": lambda: ((_d(9, 4), _d(4, seed=2)),
+                                           lambda x, b: ops.batch_eager(x, None, b, eps=1e-5, cols=True)[0]),
+    "batch_eager ncs bias only, given mean/var": lambda: ((_d(3, 4, 5), _d(4, seed=2)),
+                                                          lambda x, b: ops.batch_eager(x, None, b, eps=1e-5, cols=False,
+                                                                                       **_given(4))[0]),
     "batch_eager ncs given mean/var": lambda: ((_d(3, 4, 5), _d(4, seed=1), _d(4, seed=2)),
                                                lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=False,
                                                                                **_given(4))[0]),
@@ -1178,8 +1189,8 @@ def _stream_run(make, shape, dtype, fused: bool):
         outs = [y, s]
     else:
         outs = [norm(x)]
+    torch.manual_seed(0)  # the same upstream gradients in every run
     grads = [torch.randn_like(o) for o in outs]
-    torch.manual_seed(0)
     params = [p for p in norm.parameters()]
     inputs = [x, r] if fused else [x]
     got = torch.autograd.grad(outs, inputs + params, grads)
@@ -1188,6 +1199,8 @@ def _stream_run(make, shape, dtype, fused: bool):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("make, shape, fused", [
+    (lambda: nl.LayerNorm(4097), (40, 4097), False),  # several tasks: each thread's staging buffer and fence
+    (lambda: nl.RMSNorm(1000), (70, 1000), True),
     (lambda: nl.LayerNorm(4097), (3, 4097), False),
     (lambda: nl.RMSNorm(3), (5, 3), False),
     (lambda: nl.LayerNorm(1, elementwise_affine=False), (6, 1), False),
@@ -1196,8 +1209,8 @@ def _stream_run(make, shape, dtype, fused: bool):
     (lambda: nl.InstanceNorm2d(6, affine=True), (2, 6, 9, 9), False),
     (lambda: nl.LayerNorm(4097), (3, 4097), True),
     (lambda: nl.RMSNorm(77), (4, 77), True),
-], ids=["LayerNorm-4097", "RMSNorm-3", "LayerNorm-1-no-affine", "LayerNorm-zero-centered", "GroupNorm",
-        "InstanceNorm", "add+LayerNorm", "add+RMSNorm"])
+], ids=["LayerNorm-40x4097", "add+RMSNorm-70x1000", "LayerNorm-4097", "RMSNorm-3", "LayerNorm-1-no-affine",
+        "LayerNorm-zero-centered", "GroupNorm", "InstanceNorm", "add+LayerNorm", "add+RMSNorm"])
 def test_streaming_stores_give_the_same_bits(make, shape, fused, dtype):
     need_cpp()
     torch.manual_seed(0)
@@ -1247,3 +1260,60 @@ def test_eval_with_a_zero_running_variance_matches_the_reference(make, shape, pa
         ref = layer(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     assert (y.select(1, 1) - layer.bias[1]).abs().max() > 1.0  # far from beta: the channel was normalized
+
+
+def test_streaming_stores_at_the_default_threshold_give_the_same_bits():
+    """An output above the default threshold (half the last-level cache) streams without being asked to."""
+    need_cpp()
+    threshold = torch.ops.normlab.stream_bytes(-1)
+    cols = 4096
+    rows = threshold // (4 * cols) + 3  # float32 output just over the threshold
+    x = torch.randn(rows, cols)
+    ln = _randomize(nl.LayerNorm(cols))
+    with torch.no_grad():
+        streamed = ln(x)
+        with nl.kernels.streaming_stores(2 ** 62):
+            plain = ln(x)
+    assert torch.equal(streamed, plain)
+
+
+def test_masked_batchnorm_constant_channel_normalizes_the_padding():
+    """A channel constant over its real elements has variance 0, but the padded elements (outside the statistics)
+    are normalized too: they are not beta."""
+    need_cpp()
+    bn = nl.BatchNorm(1)
+    x = torch.tensor([[[1.0, 1.0, 7.0]], [[1.0, 1.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, False]]).view(2, 1, 3)
+    assert nl.kernels.implementation(bn, x, mask) == "cpp:batch"
+    y = bn(x, mask)
+    with nl.use_reference():
+        ref = copy.deepcopy(bn)(x, mask)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+    assert y[0, 0, 2] > 1000  # 6 / sqrt(eps)
+
+
+@pytest.mark.parametrize("make, x", [
+    (lambda: nl.BatchNorm2d(2, eps=0.0), torch.full((3, 2, 2, 2), 1.5)),
+    (lambda: nl.BatchNorm1d(2, eps=0.0), torch.full((5, 2), -2.0)),
+], ids=["BatchNorm2d", "BatchNorm1d"])
+def test_batchnorm_constant_channel_with_eps_zero_is_nan_as_the_reference(make, x):
+    """eps = 0 on a constant channel: 0 * inf, NaN in the reference; the fast path must not turn it into beta."""
+    need_cpp()
+    bn = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = bn(x)
+        with nl.use_reference():
+            ref = make()(x)
+    assert torch.isnan(ref).all()
+    assert torch.isnan(y).all()
+
+
+def test_batchnorm_update_bumps_the_running_buffers_versions():
+    """The fused training call writes running_mean/var in place: a graph that saved them must refuse to use them."""
+    need_cpp()
+    bn = nl.BatchNorm1d(3)
+    x = torch.randn(8, 3)
+    before = (bn.running_mean._version, bn.running_var._version)
+    bn(x)
+    assert bn.running_mean._version > before[0] and bn.running_var._version > before[1]

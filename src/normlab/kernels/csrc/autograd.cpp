@@ -85,6 +85,20 @@ inline bool records_grad(const Ts&... ts) {
   return at::GradMode::is_enabled() && (wants_grad(ts) || ...);
 }
 
+// needs_input_grad counts the tensor inputs that were passed (an absent optional has no edge), so a
+// bias's index depends on whether a weight was given: each Function records its parameters' edges
+inline void save_param_edges(AutogradContext* ctx, const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& bias) {
+  int64_t edge = 1;  // x is edge 0
+  ctx->saved_data["weight_edge"] = weight.has_value() ? edge++ : int64_t(-1);
+  ctx->saved_data["bias_edge"] = bias.has_value() ? edge++ : int64_t(-1);
+}
+
+inline bool param_needs_grad(AutogradContext* ctx, const char* which) {
+  const int64_t edge = ctx->saved_data[which].toInt();
+  return edge >= 0 && ctx->needs_input_grad(size_t(edge));
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -105,6 +119,7 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["center"] = center;
     ctx->saved_data["fused"] = fused;
+    save_param_edges(ctx, weight, bias);
     ctx->mark_non_differentiable({stats});
     ctx->set_materialize_grads(false);
     return {y, stats, s};
@@ -131,7 +146,8 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
       }
       return {out[0], out[1], out[2], fused ? out[3] : none, none, none, none, none};
     }
-    const bool need_w = w.defined() && ctx->needs_input_grad(1), need_b = b.defined() && ctx->needs_input_grad(2);
+    const bool need_w = w.defined() && param_needs_grad(ctx, "weight_edge");
+    const bool need_b = b.defined() && param_needs_grad(ctx, "bias_edge");
     std::tie(dx, dw, db) = rows_bwd(dy, src, w.defined() ? c10::optional<at::Tensor>(w) : c10::nullopt, stats,
                                     dsum.defined() ? c10::optional<at::Tensor>(dsum) : c10::nullopt, groups, seg,
                                     eps, center, need_w, need_b,
@@ -189,6 +205,7 @@ struct BatchFunction : public torch::autograd::Function<BatchFunction> {
     ctx->save_for_backward({x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), used});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["cols"] = cols;
+    save_param_edges(ctx, weight, bias);
     ctx->mark_non_differentiable({stats});
     ctx->set_materialize_grads(false);
     return {y, stats};
@@ -207,7 +224,8 @@ struct BatchFunction : public torch::autograd::Function<BatchFunction> {
                                                [&] { return batch_reference(x, w, b, used, eps, cols); });
       return {out[0], out[1], out[2], none, none, none, none};
     }
-    const bool need_w = w.defined() && ctx->needs_input_grad(1), need_b = b.defined() && ctx->needs_input_grad(2);
+    const bool need_w = w.defined() && param_needs_grad(ctx, "weight_edge");
+    const bool need_b = b.defined() && param_needs_grad(ctx, "bias_edge");
     auto [dx, dw, db] = batch_bwd(dy, x, opt(w), c10::nullopt, used, eps, cols, need_w, need_b, opt(b));
     return {ctx->needs_input_grad(0) ? dx : none, need_w ? dw : none, need_b ? db : none, none, none, none, none};
   }
@@ -236,6 +254,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_ad(
     if (count_batch) num_batches_tracked->add_(1);
     at::Tensor rm = *running_mean, rv = *running_var;
     const at::Tensor flags = batch_update(rm, rv, *num_batches_tracked, out[1], momentum, min_count);
+    // written through their data: bump their versions, as an in-place op would (a graph that saved
+    // them then refuses to use the new values, as with the reference's copy_)
+    torch::autograd::impl::bump_version(rm);
+    torch::autograd::impl::bump_version(rv);
     const bool* fp = flags.data_ptr<bool>();
     if (std::any_of(fp, fp + flags.numel(), [](bool v) { return v; })) bad = flags;
   }

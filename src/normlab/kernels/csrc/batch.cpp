@@ -27,19 +27,20 @@ struct ChannelStats {
 // = (x - shift) * k + (b - corr * k) with k = rstd * w; x - shift keeps the digits a large mean
 // costs, and the folded constants cost an ulp or two against the reference's order of rounding.  A
 // channel whose batch variance is 0 (constant) gives exactly b, as the reference's (x - shift) - corr
-// = 0 does (the multiply-add would leave the rounding error of corr * k); given (running) statistics
-// of variance 0 are used as they are.
+// = 0 does (the multiply-add would leave the rounding error of corr * k).  Not with a mask (the
+// padded elements, outside the statistics, are normalized too), not with given (running) statistics
+// (used as they are), and not where rstd is infinite (eps = 0: the reference's 0 * inf is NaN).
 template <typename A>
-inline void channel_affine(const ChannelStats<A>& cs, const A* w, const A* b, int64_t c, bool batch_stats, A& k,
+inline void channel_affine(const ChannelStats<A>& cs, const A* w, const A* b, int64_t c, bool exact_constant, A& k,
                            A& bk) {
-  const bool constant = batch_stats && cs.var[c] == A(0);
+  const bool constant = exact_constant && cs.var[c] == A(0) && std::isfinite(cs.rstd[c]);
   k = constant ? A(0) : cs.rstd[c] * (w ? w[c] : A(1));
   bk = (b ? b[c] : A(0)) - cs.corr[c] * k;
 }
 
 template <typename T>
 inline void ncs_apply_channel(const T* x, T* y, int64_t c, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
-                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S);
+                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S, bool exact_constant);
 
 // per channel: the statistics, then (y given) the output, while the channel's values are in cache
 template <typename T>
@@ -91,18 +92,18 @@ void ncs_stats(const T* x, const bool* mask, int64_t N, int64_t C, int64_t S, do
       cs.corr[c] = A(sd) * inv;
       cs.var[c] = std::max(A(sq) * inv - cs.corr[c] * cs.corr[c], A(0));
       cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
-      if (y) ncs_apply_channel(x, y, c, cs, w, b, N, C, S);
+      if (y) ncs_apply_channel(x, y, c, cs, w, b, N, C, S, mask == nullptr);
     }
   });
 }
 
 template <typename T>
 inline void ncs_apply_channel(const T* x, T* y, int64_t c, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w,
-                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S) {
+                              const acc_t<T>* b, int64_t N, int64_t C, int64_t S, bool exact_constant) {
   using A = acc_t<T>;
   const A sh = cs.shift[c];
   A k, bk;
-  channel_affine(cs, w, b, c, true, k, bk);
+  channel_affine(cs, w, b, c, exact_constant, k, bk);
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + (n * C + c) * S;
     T* yr = y + (n * C + c) * S;
@@ -288,10 +289,10 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
 
 template <typename T>
 void cols_apply(const T* x, T* y, const ChannelStats<acc_t<T>>& cs, const acc_t<T>* w, const acc_t<T>* b, int64_t M,
-                int64_t C, bool batch_stats) {
+                int64_t C, bool exact_constant) {
   using A = acc_t<T>;
   std::vector<A> k(C), bv(C, A(0));
-  for (int64_t c = 0; c < C; ++c) channel_affine(cs, w, b, c, batch_stats, k[c], bv[c]);
+  for (int64_t c = 0; c < C; ++c) channel_affine(cs, w, b, c, exact_constant, k[c], bv[c]);
   const A* sh = cs.shift.data();
   const A* kv = k.data();
   const A* bp = bv.data();
@@ -453,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::opt
       if (given) fill_given(cs, mean, var, g.C);
       else cols_stats(xp, mp, g.N, g.C, count, cs);
       for (int64_t c = 0; c < g.C; ++c) cs.rstd[c] = A(1) / std::sqrt(cs.var[c] + A(eps));
-      if (g.cols) cols_apply(xp, yp, cs, wp, bp, g.N, g.C, !given);
+      if (g.cols) cols_apply(xp, yp, cs, wp, bp, g.N, g.C, !given && mp == nullptr);
       else ncs_apply(xp, yp, cs, wp, bp, g.N, g.C, g.S);
     }
     if (!given) {
