@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -174,8 +175,6 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int
     The order of each round is drawn afresh (seeded, so runs repeat), so every function follows
     every other one in some rounds: what one leaves behind in the caches is shared out.
     """
-    import random
-
     names = list(fns)
     for _ in range(warmup):
         for n in names:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_eager", "batch_update"]
+__all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_eager"]
 
 _registered = False
 
@@ -60,10 +60,6 @@ def register() -> None:
     def _batch_fwd(x, weight, bias, mask, mean, var, eps, cols):
         given = mean is not None
         return torch.empty_like(x), x.new_empty((0 if given else 4, x.shape[1]), dtype=_acc(x.dtype))
-
-    @lib.register_fake("normlab::batch_update")
-    def _batch_update(running_mean, running_var, num_batches_tracked, stats, momentum, min_count):
-        return running_mean.new_empty(running_mean.shape, dtype=torch.bool)
 
     @lib.register_fake("normlab::batch_bwd")
     def _batch_bwd(dy, x, weight, mask, stats, eps, cols, need_weight, need_bias, bias):
@@ -273,7 +269,7 @@ def batch_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: f
     """:func:`batch` (no mask) for eager CPU calls: the op whose autograd is in C++ (``normlab::batch_ad``).
 
     With ``update`` (a normlab Norm in training, batch statistics) the same op folds the batch
-    statistics into its running ones, as :func:`batch_update` does.  Returns ``(y, stats, bad)``:
+    statistics into its running ones (``Norm._update_running_stats``'s rule).  Returns ``(y, stats, bad)``:
     ``bad`` is empty unless some channel's batch statistics were non-finite (then the bool per channel).
     Not for tracing (torch.compile uses :func:`batch`, whose autograd.Function it can trace).
     """
@@ -284,12 +280,3 @@ def batch_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: f
                                       update.num_batches_tracked, momentum, update._min_count(),
                                       update._counts_batches or update.momentum is None)
 
-
-def batch_update(norm, stats: Tensor) -> Tensor:
-    """Fold (4, C) batch statistics into ``norm``'s running statistics in place; the non-finite channels."""
-    momentum = -1.0 if norm.momentum is None else float(norm.momentum)
-    with torch.no_grad():
-        if norm._counts_batches or norm.momentum is None:
-            norm.num_batches_tracked.add_(1)
-        return torch.ops.normlab.batch_update(norm.running_mean, norm.running_var, norm.num_batches_tracked, stats,
-                                              momentum, norm._min_count())

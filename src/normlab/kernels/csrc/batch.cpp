@@ -552,8 +552,6 @@ at::Tensor batch_update(at::Tensor& running_mean, at::Tensor& running_var, const
 }
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
-  m.def("batch_update(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor num_batches_tracked, Tensor stats, "
-        "float momentum, int min_count) -> Tensor");
   m.def("batch_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? mask, Tensor? mean, Tensor? var, float eps, "
         "bool cols) -> (Tensor, Tensor)");
   m.def("batch_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor? mask, Tensor stats, float eps, bool cols, "
@@ -563,7 +561,6 @@ TORCH_LIBRARY_FRAGMENT(normlab, m) {
 TORCH_LIBRARY_IMPL(normlab, CPU, m) {
   m.impl("batch_fwd", &batch_fwd);
   m.impl("batch_bwd", &batch_bwd);
-  m.impl("batch_update", &batch_update);
 }
 
 }  // namespace normlab
