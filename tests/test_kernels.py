@@ -590,6 +590,17 @@ def _rows_gradchecks(prefix: str, op: str) -> dict:
 GRADCHECKS = {
     **_rows_gradchecks("rows", "rows"),
     **_rows_gradchecks("rows_eager", "rows_eager"),
+    # the eager path's n-d calls: x in its own shape, read as rows of `row` elements (outputs in that shape)
+    "rows_eager n-d": lambda: ((_d(2, 3, 7), _d(7, seed=1), _d(7, seed=2)),
+                               lambda x, w, b: ops.rows_eager(x, w, b, eps=1e-5, center=True, row=7)[0]),
+    "rows_eager n-d, two trailing dims a row": lambda: (
+        (_d(2, 3, 4), _d(12, seed=1)), lambda x, w: ops.rows_eager(x, w, None, eps=1e-5, center=True, row=12)[0]),
+    "rows_eager n-d groups/seg": lambda: (
+        (_d(2, 3, 8), _d(6, seed=1), _d(6, seed=2)),
+        lambda x, w, b: ops.rows_eager(x, w, b, groups=3, seg=4, eps=1e-5, center=True, row=8)[0]),
+    "rows_eager n-d residual": lambda: (
+        (_d(2, 2, 7), _d(7, seed=1), _d(7, seed=2), _d(2, 2, 7, seed=3)),
+        lambda x, w, b, r: ops.rows_eager(x, w, b, eps=1e-5, center=False, residual=r, row=7)[::2]),
     "chfirst center": lambda: ((_d(2, 5, 7), _d(5, seed=1), _d(5, seed=2)),
                                lambda x, w, b: ops.chfirst(x, w, b, eps=1e-5, center=True)[0]),
     "chfirst no center": lambda: ((_d(2, 5, 7), _d(5, seed=1)),
@@ -637,6 +648,44 @@ def test_gradcheck_ops(name):
     need_cpp()
     inputs, fn = GRADCHECKS[name]()
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_rows_eager_n_d_matches_the_2d_call():
+    """row > 0: the same values, statistics and gradients as the (R, L) call, in x's own shape."""
+    need_cpp()
+    x, w, b, r = _d(2, 3, 8), _d(8, seed=1), _d(8, seed=2), _d(2, 3, 8, seed=3)
+    got = ops.rows_eager(x, w, b, eps=1e-5, center=True, residual=r, row=8)
+    want = ops.rows_eager(x.view(6, 8), w, b, eps=1e-5, center=True, residual=r.view(6, 8))
+    assert got[0].shape == x.shape and got[2].shape == x.shape
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.reshape(e.shape), e, rtol=0, atol=0)
+    dy = torch.randn(2, 3, 8, dtype=x.dtype)
+    g1 = torch.autograd.grad([got[0], got[2]], [x, w, b, r], [dy, dy])
+    g2 = torch.autograd.grad([want[0], want[2]], [x, w, b, r], [dy.view(6, 8), dy.view(6, 8)])
+    for a, e in zip(g1, g2):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="13 elements are not rows of 4"):
+        ops.rows_eager(torch.randn(13), None, None, eps=1e-5, center=True, row=4)
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nl.LayerNorm(24), (3, 5, 24)),
+                                        (lambda: nl.GroupNorm(2, 4), (3, 4, 5, 5))], ids=["LayerNorm", "GroupNorm"])
+def test_input_gradient_alone_matches_reference(make, shape):
+    """Frozen parameters: the backward skips the parameter sums (another kernel variant); dx as the reference's."""
+    need_cpp()
+    layer = _randomize(make())
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    x = _input(shape, "contiguous", torch.float32, 0)
+    dy = torch.randn(shape)
+    out = []
+    for mode in ("auto", "reference"):
+        xi = x.clone().requires_grad_(True)
+        with nl.kernels.use(mode):
+            assert mode == "reference" or nl.kernels.implementation(layer, xi) == "cpp:rows"
+            (g,) = torch.autograd.grad(layer(xi), xi, dy)
+        out.append(g)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
 
 
 def test_ops_statistics_layout():

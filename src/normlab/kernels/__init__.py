@@ -56,7 +56,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from . import build
+from . import build, ops
 
 __all__ = ["MODES", "mode", "use", "use_reference", "implementation", "dispatch", "cpp_available", "add_norm",
            "streaming_stores"]
@@ -275,8 +275,12 @@ def _cached_plan(norm, x: Tensor):
     if not isinstance(x, Tensor) or not x.is_cpu or torch.compiler.is_compiling() or torch.jit.is_tracing() \
             or not norm._fast_paths_allowed():
         return None
-    key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats, mode())
-    plans = norm.__dict__.setdefault("_kernel_plans", {})
+    key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats,
+           _stack[-1] if _stack else _default)  # mode(), inline: this runs on every call
+    try:
+        plans = norm.__dict__["_kernel_plans"]
+    except KeyError:
+        plans = norm.__dict__["_kernel_plans"] = {}
     plan = plans.get(key)
     if plan is None:
         rdims, pdims = norm._layout(x)
@@ -303,7 +307,9 @@ def cached_forward(norm, x: Tensor) -> Tensor | None:
 
 def _params(norm, x: Tensor) -> tuple[Tensor | None, Tensor | None, float]:
     """The layer's (weight, bias, eps) as this call uses them: detached when frozen, 1 + weight when zero-centered."""
-    w, b = norm.weight, norm.bias
+    p = norm._parameters  # read directly (Module.__getattr__ costs ~0.4 us a lookup); a property (a
+    w = p["weight"] if "weight" in p else norm.weight  # parametrization) is not in there
+    b = p["bias"] if "bias" in p else norm.bias
     if norm.frozen:
         w = None if w is None else w.detach()
         b = None if b is None else b.detach()
@@ -313,19 +319,21 @@ def _params(norm, x: Tensor) -> tuple[Tensor | None, Tensor | None, float]:
 
 
 def _run_plan(norm, x: Tensor, lay: tuple, rdims, pdims) -> Tensor:
-    from . import ops
-
     w, b, eps = _params(norm, x)
     kind = lay[0]
     xc = x if x.is_contiguous() else x.contiguous()
     if kind == "rows":  # eager: the op with its autograd in C++ (no Python in the backward)
         _, R, L, groups, seg = lay
-        y, stats, _ = ops.rows_eager(xc.view(R, L), w, b, groups=groups, seg=seg, eps=eps, center=norm.center)
+        if L > 0:  # x as it is, rows of L elements: y comes back in x's shape
+            y, stats, _ = ops.rows_eager(xc, w, b, groups=groups, seg=seg, eps=eps, center=norm.center, row=L)
+        else:
+            y, stats, _ = ops.rows_eager(xc.view(R, L), w, b, groups=groups, seg=seg, eps=eps, center=norm.center)
+            y = y.view(x.shape)
         if norm.track_running_stats and norm._updates_running_stats():
             keep = _keep_shape(x, rdims)
             norm._update_running_stats((stats[0] + stats[1]).view(keep), stats[2].view(keep),
                                        _prod([x.shape[d] for d in rdims]), rdims, pdims)
-        return y.view(x.shape)
+        return y
     if kind == "chfirst":
         _, N, C, S = lay
         return ops.chfirst(xc.view(N, C, S), w, b, eps=eps, center=norm.center)[0].view(x.shape)
@@ -380,8 +388,6 @@ def _keep_shape(x: Tensor, rdims) -> list[int]:
 
 
 def _run_cpp(norm, x, mask, rdims, pdims, weight, bias, eps, lay):
-    from . import ops
-
     kind = lay[0]
     w, b = _flat(weight), _flat(bias)
     batch_stats = norm._use_batch_stats()
@@ -486,12 +492,15 @@ def add_norm(x: Tensor, residual: Tensor, norm) -> tuple[Tensor, Tensor]:
         else:
             lay = plan[0] if plan else None
         if lay is not None and lay[0] == "rows" and lay[3] == 1 and lay[4] == 1:
-            from . import ops
-
             _, R, L, _, _ = lay
             w, b, eps = _params(norm, x)
+            if plan and L > 0:  # eager: the op with its autograd in C++, on x as it is (rows of L elements)
+                y, _, s = ops.rows_eager(x.contiguous(), w, b, eps=eps, center=norm.center,
+                                         residual=residual.contiguous(), row=L)
+                assert s is not None  # a residual was given
+                return y, s
             x2, r2 = x.contiguous().view(R, L), residual.contiguous().view(R, L)
-            rows = ops.rows_eager if plan else ops.rows  # eager: the op with its autograd in C++
+            rows = ops.rows_eager if plan else ops.rows
             y, _, s = rows(x2, w, b, eps=eps, center=norm.center, residual=r2)
             return y.view(x.shape), s.view(x.shape)
     s = x + residual

@@ -161,12 +161,16 @@ def rows(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, groups: int =
 
 
 def rows_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, groups: int = 1, seg: int = 1,
-               eps: float, center: bool, residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+               eps: float, center: bool, residual: Tensor | None = None,
+               row: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`rows` for eager CPU calls: the op whose autograd is in C++ (``normlab::rows_ad``), no Python backward.
 
-    Not for tracing (torch.compile uses :func:`rows`, whose autograd.Function it can trace).
+    ``row`` > 0: ``x`` (and ``residual``) of any shape, contiguous, read as rows of ``row`` elements; the
+    outputs keep that shape (no view ops around the call: each costs about a microsecond with autograd
+    on, as much as the kernel of a small LayerNorm saves).  Not for tracing (torch.compile uses
+    :func:`rows`, whose autograd.Function it can trace).
     """
-    y, stats, s = torch.ops.normlab.rows_ad(x, weight, bias, residual, groups, seg, eps, center)
+    y, stats, s = torch.ops.normlab.rows_ad(x, weight, bias, residual, groups, seg, eps, center, row)
     return y, stats, (s if residual is not None else None)
 
 

@@ -106,9 +106,9 @@ inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
 struct RowsFunction : public torch::autograd::Function<RowsFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-                               int64_t groups, int64_t seg, double eps, bool center) {
+                               int64_t groups, int64_t seg, double eps, bool center, int64_t row) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, stats, s] = rows_fwd(x, weight, bias, residual, groups, seg, eps, center);
+    auto [y, stats, s] = rows_fwd_nd(x, weight, bias, residual, groups, seg, eps, center, row);
     const bool fused = residual.has_value() && residual->defined();
     const at::Tensor w = weight.has_value() ? *weight : at::Tensor();
     const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
@@ -119,6 +119,7 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["center"] = center;
     ctx->saved_data["fused"] = fused;
+    ctx->saved_data["row"] = row;
     save_param_edges(ctx, weight, bias);
     ctx->mark_non_differentiable({stats});
     ctx->set_materialize_grads(false);
@@ -132,36 +133,39 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     const int64_t groups = ctx->saved_data["groups"].toInt(), seg = ctx->saved_data["seg"].toInt();
     const double eps = ctx->saved_data["eps"].toDouble();
     const bool center = ctx->saved_data["center"].toBool(), fused = ctx->saved_data["fused"].toBool();
+    const int64_t row = ctx->saved_data["row"].toInt();
     const at::Tensor& dy = grads[0];
     const at::Tensor dsum = fused ? grads[2] : at::Tensor();
     const at::Tensor none;
-    if (!dy.defined()) return {dsum, none, none, dsum, none, none, none, none};  // only the sum was used
+    if (!dy.defined()) return {dsum, none, none, dsum, none, none, none, none, none};  // only the sum was used
     at::Tensor dx, dw, db;
     if (at::GradMode::is_enabled()) {  // create_graph=True: a differentiable gradient, via the reference
-      auto out = differentiable_grads<4>({&x, &w, &b, &r}, dy,
-                                         [&] { return rows_reference(x, w, b, r, groups, seg, eps, center); });
+      auto out = differentiable_grads<4>({&x, &w, &b, &r}, dy, [&] {
+        if (row == 0) return rows_reference(x, w, b, r, groups, seg, eps, center);
+        const at::Tensor r2 = r.defined() ? r.reshape({-1, row}) : r;  // rows of an n-d x: the reference's (R, L)
+        return rows_reference(x.reshape({-1, row}), w, b, r2, groups, seg, eps, center).view(x.sizes());
+      });
       if (dsum.defined()) {
         out[0] = out[0].defined() ? out[0] + dsum : dsum;
         out[3] = out[3].defined() ? out[3] + dsum : dsum;
       }
-      return {out[0], out[1], out[2], fused ? out[3] : none, none, none, none, none};
+      return {out[0], out[1], out[2], fused ? out[3] : none, none, none, none, none, none};
     }
     const bool need_w = w.defined() && param_needs_grad(ctx, "weight_edge");
     const bool need_b = b.defined() && param_needs_grad(ctx, "bias_edge");
-    std::tie(dx, dw, db) = rows_bwd(dy, src, w.defined() ? c10::optional<at::Tensor>(w) : c10::nullopt, stats,
-                                    dsum.defined() ? c10::optional<at::Tensor>(dsum) : c10::nullopt, groups, seg,
-                                    eps, center, need_w, need_b,
-                                    b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt);
-    return {dx, need_w ? dw : none, need_b ? db : none, fused ? dx : none, none, none, none, none};
+    std::tie(dx, dw, db) = rows_bwd_nd(dy, src, opt(w), stats, opt(dsum), groups, seg, eps, center, need_w, need_b,
+                                       opt(b), row);
+    return {dx, need_w ? dw : none, need_b ? db : none, fused ? dx : none, none, none, none, none, none};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_ad(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                                        const c10::optional<at::Tensor>& bias,
                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
-                                                       int64_t seg, double eps, bool center) {
-  if (!records_grad(x, weight, bias, residual)) return rows_fwd(x, weight, bias, residual, groups, seg, eps, center);
-  auto out = RowsFunction::apply(x, weight, bias, residual, groups, seg, eps, center);
+                                                       int64_t seg, double eps, bool center, int64_t row) {
+  if (!records_grad(x, weight, bias, residual))
+    return rows_fwd_nd(x, weight, bias, residual, groups, seg, eps, center, row);
+  auto out = RowsFunction::apply(x, weight, bias, residual, groups, seg, eps, center, row);
   return {out[0], out[1], out[2]};
 }
 
@@ -271,7 +275,7 @@ TORCH_LIBRARY_FRAGMENT(normlab, m) {
         "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, Tensor(c!)? num_batches_tracked=None, "
         "float momentum=0.1, int min_count=2, bool count_batch=True) -> (Tensor, Tensor, Tensor)");
   m.def("rows_ad(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, int groups, int seg, float eps, "
-        "bool center) -> (Tensor, Tensor, Tensor)");
+        "bool center, int row=0) -> (Tensor, Tensor, Tensor)");
 }
 
 // CPU tensors only (the caller checks): the autograd node is recorded here, the kernels run below it

@@ -201,12 +201,11 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
   (void)count;
   const int64_t parts = at::get_num_threads();
   const int64_t RB = row_block(C), blocks = (M + RB - 1) / RB;
-  std::vector<double> tn(size_t(parts), 0.0), tmean(size_t(parts * C), 0.0), tm2(size_t(parts * C), 0.0);
+  ThreadSums<double> tn(1, parts), tmean(C, parts), tm2(C, parts);  // apart by cache lines (see common.h)
   at::parallel_for(0, blocks, grain_for(RB * C), [&](int64_t b0, int64_t b1) {
-    const int64_t tid = at::get_thread_num();
-    double* mean = tmean.data() + C * tid;
-    double* m2 = tm2.data() + C * tid;
-    double& n = tn[tid];
+    double* mean = tmean.mine();
+    double* m2 = tm2.mine();
+    double& n = *tn.mine();
     std::vector<A> pa(C), pb(C), bm(C);
     for (int64_t bl = b0; bl < b1; ++bl) {
       const int64_t r0 = bl * RB, r1 = std::min(M, r0 + RB);
@@ -274,11 +273,11 @@ void cols_stats(const T* x, const bool* mask, int64_t M, int64_t C, double count
   for (int64_t c = 0; c < C; ++c) {
     double n = 0, mean = 0, m2 = 0;
     for (int64_t t = 0; t < parts; ++t) {
-      const double nb = tn[t];
+      const double nb = *tn.part(t);
       if (nb == 0) continue;
-      const double nn = n + nb, d = tmean[t * C + c] - mean;
+      const double nn = n + nb, d = tmean.part(t)[c] - mean;
       mean += d * nb / nn;
-      m2 += tm2[t * C + c] + d * d * n * nb / nn;
+      m2 += tm2.part(t)[c] + d * d * n * nb / nn;
       n = nn;
     }
     cs.shift[c] = A(mean);
@@ -313,13 +312,13 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
   const A inv = A(1) / A(std::max(count, 1.0));
   const int64_t parts = at::get_num_threads();
   const int64_t RB = row_block(C), blocks = (M + RB - 1) / RB;
-  std::vector<double> tot(size_t(parts * C), 0.0), tot2(size_t(parts * C), 0.0);
+  ThreadSums<double> tot(C, parts), tot2(C, parts);
   const A* sh = cs.shift.data();
   const A* co = cs.corr.data();
   const A* rs = cs.rstd.data();
   at::parallel_for(0, blocks, grain_for(RB * C), [&](int64_t b0, int64_t b1) {
-    double* t = tot.data() + C * int64_t(at::get_thread_num());
-    double* t2 = tot2.data() + C * int64_t(at::get_thread_num());
+    double* t = tot.mine();
+    double* t2 = tot2.mine();
     std::vector<A> pa(C), pb(C);
     for (int64_t bl = b0; bl < b1; ++bl) {
       std::fill(pa.begin(), pa.end(), A(0));
@@ -362,8 +361,8 @@ void cols_bwd(const T* dy, const T* x, const bool* mask, T* dx, const ChannelSta
   for (int64_t c = 0; c < C; ++c) {
     double sdy = 0, sdd = 0;
     for (int64_t t = 0; t < parts; ++t) {
-      sdy += tot[t * C + c];
-      sdd += tot2[t * C + c];
+      sdy += tot.part(t)[c];
+      sdd += tot2.part(t)[c];
     }
     const double sdyx = (sdd - double(co[c]) * sdy) * double(rs[c]);  // sum of dy * xhat
     if (dw) dw[c] = A(sdyx);

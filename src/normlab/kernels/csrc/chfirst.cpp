@@ -143,13 +143,13 @@ std::tuple<at::Tensor, at::Tensor> chfirst_fwd(const at::Tensor& x, const c10::o
 }
 
 template <typename T, bool Center>
-void bwd_impl(const T* dy, const T* x, T* dx, const acc_t<T>* stats, const acc_t<T>* w, acc_t<T>* dw_all,
-              acc_t<T>* db_all, int64_t N, int64_t C, int64_t S, double eps) {
+void bwd_impl(const T* dy, const T* x, T* dx, const acc_t<T>* stats, const acc_t<T>* w,
+              ThreadSums<acc_t<T>>* tw, ThreadSums<acc_t<T>>* tb, int64_t N, int64_t C, int64_t S, double eps) {
   using A = acc_t<T>;
   const int64_t TS = tile_for(C, S), tiles = (S + TS - 1) / TS, NS = N * S;
   at::parallel_for(0, N * tiles, grain_for(C * TS), [&](int64_t t0, int64_t t1) {
-    A* dwb = dw_all ? dw_all + C * int64_t(at::get_thread_num()) : nullptr;
-    A* dbb = db_all ? db_all + C * int64_t(at::get_thread_num()) : nullptr;
+    A* dwb = tw ? tw->mine() : nullptr;
+    A* dbb = tb ? tb->mine() : nullptr;
     std::vector<A> sh(TS), co(TS), rs(TS), mg(TS), mgx(TS), pa(TS), pb(TS);
     std::vector<double> sg(TS), sgx(TS);
     for (int64_t t = t0; t < t1; ++t) {
@@ -236,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chfirst_bwd(const at::Tensor& dy_
     const at::Tensor st_ = stats.contiguous();
     auto args = std::make_tuple(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                                 st_.data_ptr<A>(), w.empty() ? nullptr : w.data(),
-                                need_weight ? tw.buf.data() : nullptr, need_bias ? tb.buf.data() : nullptr);
+                                need_weight ? &tw : nullptr, need_bias ? &tb : nullptr);
     if (center) std::apply([&](auto... a) { bwd_impl<scalar_t, true>(a..., N, C, S, eps); }, args);
     else std::apply([&](auto... a) { bwd_impl<scalar_t, false>(a..., N, C, S, eps); }, args);
     const auto opts = x.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat);

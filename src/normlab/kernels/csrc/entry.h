@@ -18,6 +18,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy, co
                                                         int64_t seg, double eps, bool center, bool need_weight,
                                                         bool need_bias, const c10::optional<at::Tensor>& bias);
 
+// the same over x of any shape read as rows of `row` elements (row 0: x is (R, L)); outputs keep x's shape
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                           const c10::optional<at::Tensor>& bias,
+                                                           const c10::optional<at::Tensor>& residual, int64_t groups,
+                                                           int64_t seg, double eps, bool center, int64_t row);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_nd(const at::Tensor& dy, const at::Tensor& x,
+                                                           const c10::optional<at::Tensor>& weight,
+                                                           const at::Tensor& stats,
+                                                           const c10::optional<at::Tensor>& dsum, int64_t groups,
+                                                           int64_t seg, double eps, bool center, bool need_weight,
+                                                           bool need_bias, const c10::optional<at::Tensor>& bias,
+                                                           int64_t row);
+
 std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                              const c10::optional<at::Tensor>& bias,
                                              const c10::optional<at::Tensor>& mask,

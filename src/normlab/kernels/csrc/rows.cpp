@@ -97,12 +97,24 @@ void fwd_impl(const T* x, const T* res, T* sum_out, T* y, acc_t<T>* stats, const
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                                        const c10::optional<at::Tensor>& bias,
-                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
-                                                        int64_t seg, double eps, bool center) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab rows_fwd: expects a contiguous (R, L) input");
-  const int64_t R = x.size(0), L = x.size(1), G = groups, S = seg;
+// (R, L) of a rows call: x itself when row is 0 (x is (R, L)), else x of any shape as rows of `row`
+// elements (contiguous, so a row is `row` consecutive elements); y, the sum and dx then keep x's shape
+inline std::pair<int64_t, int64_t> rows_of(const at::Tensor& x, int64_t row, const char* who) {
+  TORCH_CHECK(x.is_contiguous(), "normlab ", who, ": expects a contiguous input");
+  if (row == 0) {
+    TORCH_CHECK(x.dim() == 2, "normlab ", who, ": expects an (R, L) input, got ", x.dim(), " dims");
+    return {x.size(0), x.size(1)};
+  }
+  TORCH_CHECK(row > 0 && x.numel() % row == 0, "normlab ", who, ": ", x.numel(), " elements are not rows of ", row);
+  return {x.numel() / row, row};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                           const c10::optional<at::Tensor>& bias,
+                                                           const c10::optional<at::Tensor>& residual, int64_t groups,
+                                                           int64_t seg, double eps, bool center, int64_t row) {
+  const auto [R, L] = rows_of(x, row, "rows_fwd");
+  const int64_t G = groups, S = seg;
   TORCH_CHECK(G >= 1 && S >= 1 && L % S == 0, "normlab rows_fwd: bad groups/seg");
   const int64_t K = L / S;
   at::Tensor y = at::empty_like(x);
@@ -136,13 +148,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, con
   return {y, stats, sum_out.defined() ? sum_out : at::empty({0}, x.options())};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                        const c10::optional<at::Tensor>& bias,
+                                                        const c10::optional<at::Tensor>& residual, int64_t groups,
+                                                        int64_t seg, double eps, bool center) {
+  return rows_fwd_nd(x, weight, bias, residual, groups, seg, eps, center, 0);
+}
+
 namespace {
 
 // One row's backward.  w (the affine of this row's group), dw and db (this thread's sums) always
-// point somewhere (ones / scratch when the layer has no weight or a gradient is not wanted), so the
-// inner loops have no branches and vectorize.
+// point somewhere (ones / scratch when the layer has no weight), so the inner loops have no branches
+// and vectorize; NeedP: the parameter gradients are wanted (else dw and db are not touched).
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w  (no mean(g) term without centering)
-template <typename T, bool Center, bool HasDsum>
+template <typename T, bool Center, bool HasDsum, bool NeedP>
 inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shift, acc_t<T> corr, acc_t<T> rstd,
                     const acc_t<T>* w, acc_t<T>* dw, acc_t<T>* db, int64_t L, int64_t K, int64_t S) {
   using A = acc_t<T>;
@@ -154,8 +173,10 @@ inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shif
       const A g = g0 * w[i];
       a += g;
       b += g * xh;
-      dw[i] += g0 * xh;
-      db[i] += g0;
+      if (NeedP) {  // a load and a store each per element: skipped when no parameter gradient is wanted
+        dw[i] += g0 * xh;
+        db[i] += g0;
+      }
     };
     for (int64_t c0 = 0; c0 < L; c0 += kChunk) {
       const int64_t c1 = std::min(L, c0 + kChunk);
@@ -190,8 +211,10 @@ inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shif
       }
       sg += w[k] * A(pb);
       sgx += w[k] * A(pw);
-      dw[k] += A(pw);
-      db[k] += A(pb);
+      if (NeedP) {
+        dw[k] += A(pw);
+        db[k] += A(pb);
+      }
     }
   }
   const A inv = A(1) / A(L);
@@ -225,19 +248,19 @@ inline void bwd_row(const T* xr, const T* gr, const T* ds, T* dxr, acc_t<T> shif
   }
 }
 
-template <typename T, bool Center, bool HasDsum>
+template <typename T, bool Center, bool HasDsum, bool NeedP>
 void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* stats, const acc_t<T>* w,
-              acc_t<T>* dw_all, acc_t<T>* db_all, int64_t P, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S,
+              ThreadSums<acc_t<T>>& tw, ThreadSums<acc_t<T>>& tb, int64_t R, int64_t L, int64_t G, int64_t K, int64_t S,
               double eps, bool stream) {
   using A = acc_t<T>;
   at::parallel_for(0, R, grain_for(L), [&](int64_t r0, int64_t r1) {
-    A* dwb = dw_all + P * int64_t(at::get_thread_num());
-    A* dbb = db_all + P * int64_t(at::get_thread_num());
+    A* dwb = tw.mine();
+    A* dbb = tb.mine();
     T* dx_stage = stream ? stage<T>(0, L) : nullptr;
     for (int64_t r = r0; r < r1; ++r) {
       const A var = Center ? stats[2 * R + r] : stats[r];
       const int64_t off = (r % G) * K;
-      bwd_row<T, Center, HasDsum>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr,
+      bwd_row<T, Center, HasDsum, NeedP>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr,
                                   stream ? dx_stage : dx + r * L, Center ? stats[r] : A(0),
                                   Center ? stats[R + r] : A(0), A(1) / std::sqrt(var + A(eps)), w + off, dwb + off,
                                   dbb + off, L, K, S);
@@ -249,16 +272,19 @@ void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* sta
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in, const at::Tensor& x,
-                                                        const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
-                                                        const c10::optional<at::Tensor>& dsum_in, int64_t groups,
-                                                        int64_t seg, double eps, bool center, bool need_weight,
-                                                        bool need_bias, const c10::optional<at::Tensor>& bias_like) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab rows_bwd: expects a contiguous (R, L) input");
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_nd(const at::Tensor& dy_in, const at::Tensor& x,
+                                                           const c10::optional<at::Tensor>& weight,
+                                                           const at::Tensor& stats,
+                                                           const c10::optional<at::Tensor>& dsum_in, int64_t groups,
+                                                           int64_t seg, double eps, bool center, bool need_weight,
+                                                           bool need_bias, const c10::optional<at::Tensor>& bias_like,
+                                                           int64_t row) {
+  const auto [R, L] = rows_of(x, row, "rows_bwd");
   const at::Tensor dy = dy_in.contiguous();
+  TORCH_CHECK(dy.sizes() == x.sizes(), "normlab rows_bwd: dy must have x's shape");
   at::Tensor dsum;
   if (has(dsum_in)) dsum = dsum_in->contiguous();
-  const int64_t R = x.size(0), L = x.size(1), G = groups, S = seg, K = L / S, P = G * K;
+  const int64_t G = groups, S = seg, K = L / S, P = G * K;
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw, db;
   const int64_t row_bytes = L * int64_t(x.element_size());
@@ -267,24 +293,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy_in,
     using A = acc_t<scalar_t>;
     const std::vector<A> w = as_acc<A>(weight, P, A(1));  // ones without a weight: no branch per element
     const int64_t parts = at::get_num_threads();
-    ThreadSums<A> tw(P, parts), tb(P, parts);  // summed whether wanted or not, for the same reason
+    const bool need_p = need_weight || need_bias;  // both are summed when either is wanted
+    ThreadSums<A> tw(need_p ? P : 0, parts), tb(need_p ? P : 0, parts);
     const at::Tensor st_ = stats.contiguous();
-    auto run = [&](auto center_tag, auto dsum_tag) {
-      constexpr bool C = decltype(center_tag)::value, D = decltype(dsum_tag)::value;
-      bwd_impl<scalar_t, C, D>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+    auto run = [&](auto center_tag, auto dsum_tag, auto p_tag) {
+      constexpr bool C = decltype(center_tag)::value, D = decltype(dsum_tag)::value, NP = decltype(p_tag)::value;
+      bwd_impl<scalar_t, C, D, NP>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                D ? dsum.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(), st_.data_ptr<A>(),
-                               w.data(), tw.buf.data(), tb.buf.data(), P, R, L, G, K, S, eps, stream);
+                               w.data(), tw, tb, R, L, G, K, S, eps, stream);
     };
     const bool fused = dsum.defined() && dsum.numel();
-    if (center && fused) run(std::true_type{}, std::true_type{});
-    else if (center) run(std::true_type{}, std::false_type{});
-    else if (fused) run(std::false_type{}, std::true_type{});
-    else run(std::false_type{}, std::false_type{});
+    auto with_p = [&](auto center_tag, auto dsum_tag) {
+      if (need_p) run(center_tag, dsum_tag, std::true_type{});
+      else run(center_tag, dsum_tag, std::false_type{});
+    };
+    if (center && fused) with_p(std::true_type{}, std::true_type{});
+    else if (center) with_p(std::true_type{}, std::false_type{});
+    else if (fused) with_p(std::false_type{}, std::true_type{});
+    else with_p(std::false_type{}, std::false_type{});
     const auto opts = x.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat);
     dw = grad_tensor<A>(need_weight ? tw.total() : std::vector<A>(), weight, need_weight, opts);
     db = grad_tensor<A>(need_bias ? tb.total() : std::vector<A>(), bias_like, need_bias, opts);
   });
   return {dx, dw, db};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                        const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                                        const c10::optional<at::Tensor>& dsum, int64_t groups,
+                                                        int64_t seg, double eps, bool center, bool need_weight,
+                                                        bool need_bias, const c10::optional<at::Tensor>& bias_like) {
+  return rows_bwd_nd(dy, x, weight, stats, dsum, groups, seg, eps, center, need_weight, need_bias, bias_like, 0);
 }
 
 // the streaming-store threshold in bytes (see common.h): set it when bytes >= 0, return the old one
