@@ -441,7 +441,9 @@ class GPT(nn.Module):
             x = block(x, ctx)
         if self.ln_f is not None:
             x = apply_norm(self.ln_f, x, ctx.mask)
-        logits = self.lm_head(x) / self.width_mult  # (B, T, V)
+        logits = self.lm_head(x)  # (B, T, V)
+        if self.width_mult != 1.0:  # muP's output multiplier (dividing by 1 would be a pass over the logits)
+            logits = logits / self.width_mult
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

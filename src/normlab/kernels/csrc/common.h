@@ -230,9 +230,9 @@ inline at::Tensor grad_tensor(const std::vector<A>& g, const c10::optional<at::T
 // non-temporal stores: an ordinary store first reads the line it writes (read for ownership), so a
 // normalization that reads x and writes y moves three tensors' worth of memory where the copy
 // floor is two.  A row is computed into a small per-thread buffer (it stays in L1/L2) and copied
-// out with stream_copy; the values are the same bits either way.  Outputs below the threshold
-// (bytes; default half the last-level cache, when input and output together no longer fit) keep
-// ordinary stores, so the next layer finds them in cache.
+// out with stream_copy; the values are the same bits either way.  A call that writes less than the
+// threshold (bytes, all its outputs together; default half the last-level cache, when what it reads
+// and writes no longer fits) keeps ordinary stores, so the next layer finds its outputs in cache.
 // The last-level cache of this CPU as sysfs reports it (sysconf's figure can be the whole host's on
 // a VM: 384 MB where the guest sees one 32 MB L3); 32 MB when unknown.
 inline int64_t last_level_cache_bytes() {
