@@ -14,12 +14,20 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path, capsys):
     assert main(["bench", "--quick", "--no-compile", "--repeats", "2", "--cases", "LayerNorm,RMSNorm",
                  "--silent", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "/torch" in text and "LayerNorm" in text and "torch RMSNorm / torch LayerNorm" in text
+    assert "/torch" in text and "LayerNorm" in text and "RMSNorm vs LayerNorm, side by side" in text
     result = json.loads(out.read_text())
     assert {r["case"] for r in result["rows"]} == {"LayerNorm", "RMSNorm"}
     for r in result["rows"]:
         assert r["normlab_ms"] > 0 and r["torch_ms"] > 0 and r["copy_ms"] > 0
         assert r["vs_torch"] == pytest.approx(r["normlab_ms"] / r["torch_ms"])
+    # the side-by-side group: both dtypes, both passes, the ratios from its own three times
+    pairs = result["rms_vs_ln"]
+    assert sorted((q["dtype"], q["passes"]) for q in pairs) == [("bfloat16", "fwd"), ("bfloat16", "fwd+bwd"),
+                                                                ("float32", "fwd"), ("float32", "fwd+bwd")]
+    for q in pairs:
+        assert q["rms_vs_torch_ln"] == pytest.approx(q["normlab_rms_ms"] / q["torch_ln_ms"])
+        assert q["rms_vs_normlab_ln"] == pytest.approx(q["normlab_rms_ms"] / q["normlab_ln_ms"])
+        assert f"{q['rms_vs_torch_ln']:.2f}x torch LayerNorm" in text
 
 
 def test_bench_unknown_case_and_bad_json_dir(tmp_path, capsys):
@@ -60,6 +68,22 @@ def test_combine_takes_medians_over_processes_and_keeps_the_range():
     assert row["normlab_ms"] == pytest.approx(2.0) and combined["env"]["processes"] == 3
     assert "medians over 3 fresh processes" in bench.format_table(combined)
     assert "0.90-1.30" in bench.format_table(combined)
+
+
+def test_combine_takes_the_side_by_side_group_over_processes():
+    from normlab import bench
+
+    def one(r):
+        res = _fake_result([1.0])
+        res["rms_vs_ln"] = [{"dtype": "float32", "shape": [2, 3], "passes": "fwd+bwd", "torch_ln_ms": 2.0,
+                             "normlab_ln_ms": 2.0, "normlab_rms_ms": 2.0 * r, "rms_vs_torch_ln": r,
+                             "rms_vs_normlab_ln": r}]
+        return res
+    combined = bench.combine([one(r) for r in (0.8, 1.1, 0.9)])
+    (q,) = combined["rms_vs_ln"]
+    assert q["rms_vs_torch_ln"] == pytest.approx(0.9) and q["rms_vs_torch_ln_range"] == [0.8, 1.1]
+    assert q["passes"] == "fwd+bwd" and q["shape"] == [2, 3]
+    assert "0.90x torch LayerNorm (0.80-1.10)" in bench.format_table(combined)
 
 
 def test_bench_in_fresh_processes(tmp_path, capsys):

@@ -19,6 +19,13 @@ normlab's variant); a row reports medians
 and ratios normlab / anchor, and the path normlab took
 (:func:`normlab.kernels.implementation`).
 
+"Is RMSNorm cheaper than LayerNorm" is timed apart, side by side in one
+group (torch's LayerNorm, normlab's LayerNorm and normlab's RMSNorm on the
+same input, interleaved): ratios across two cases compare variants that had
+different neighbours (normlab's RMSNorm shares its rounds with torch's
+RMSNorm, whose float32 temporaries slow what runs next: 1.23x normlab's
+LayerNorm across cases where side by side it was 0.95x).
+
 A process's memory layout (where its inputs and outputs land relative to
 each other, and to the caches' sets) can shift one variant's time by 10-20%
 for that process's whole life, on this kind of machine; repeating rounds in
@@ -233,6 +240,26 @@ def _check_selection(cases: list[str] | None, dtypes: Sequence[str]) -> list[Cas
     return selected
 
 
+# "RMSNorm cheaper": the shapes of these cases, timed side by side when both of a pair are selected
+_RMS_VS_LN = (("LayerNorm", "RMSNorm"), ("LayerNorm-wide", "RMSNorm-wide"))
+
+
+def _rms_vs_ln(shape: tuple[int, ...], dtype: torch.dtype, repeats: int, warmup: int) -> list[dict]:
+    """torch's LayerNorm, normlab's LayerNorm and normlab's RMSNorm interleaved in one group, both passes."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    layers = {"torch_ln": nn.LayerNorm(shape[-1]), "normlab_ln": nl.LayerNorm(shape[-1]),
+              "normlab_rms": nl.RMSNorm(shape[-1])}
+    out = []
+    for backward in (False, True):
+        t = _interleaved({k: _runner(m.to(dtype), [x], backward) for k, m in layers.items()}, repeats, warmup)
+        ms = {f"{k}_ms": v[0] for k, v in t.items()}
+        out.append({"shape": list(shape), "passes": "fwd+bwd" if backward else "fwd", **ms,
+                    "rms_vs_torch_ln": ms["normlab_rms_ms"] / ms["torch_ln_ms"],
+                    "rms_vs_normlab_ln": ms["normlab_rms_ms"] / ms["normlab_ln_ms"]})
+    return out
+
+
 def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None = None,
               cases: list[str] | None = None, dtypes: Sequence[str] = ("float32", "bfloat16"),
               fresh_pages: bool = False, log: Callable[[str], None] | None = None) -> dict:
@@ -268,6 +295,16 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
                                 t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
                                 {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
                                  "normlab_iqr_ms": t["normlab"][1]}))
+    names = {c.name for c in selected}
+    pairs = []
+    for ln_case, rms_case in _RMS_VS_LN:
+        if ln_case in names and rms_case in names:
+            case = next(c for c in selected if c.name == ln_case)
+            for dname in dtypes:
+                if log:
+                    log(f"  RMSNorm vs LayerNorm {case.quick_shape if quick else case.shape} {dname}")
+                for r in _rms_vs_ln(case.quick_shape if quick else case.shape, DTYPES[dname], repeats, warmup):
+                    pairs.append({"dtype": dname, **r})
     return {
         "env": {"torch": torch.__version__, "normlab": nl.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
@@ -275,6 +312,7 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
                 "kernels": nl.kernels.mode(), "steady_allocator": steady},
         "rows": [dict(asdict(r), vs_torch=r.vs_torch, vs_compiled=r.vs_compiled, vs_copy=r.vs_copy)
                  for r in rows],
+        "rms_vs_ln": pairs,
     }
 
 
@@ -346,8 +384,15 @@ def combine(results: Sequence[dict]) -> dict:
         row["per_process"] = [r["vs_torch"] for r in rs]
         row["vs_torch_range"] = [min(row["per_process"]), max(row["per_process"])]
         rows.append(row)
+    pairs = []
+    for i, first in enumerate(results[0].get("rms_vs_ln", [])):
+        ps = [res["rms_vs_ln"][i] for res in results]
+        pair = {k: (med([p[k] for p in ps]) if isinstance(v, float) else v) for k, v in first.items()}
+        for k in ("rms_vs_torch_ln", "rms_vs_normlab_ln"):
+            pair[k + "_range"] = [min(p[k] for p in ps), max(p[k] for p in ps)]
+        pairs.append(pair)
     env = dict(results[0]["env"], processes=len(results))
-    return {"env": env, "rows": rows}
+    return {"env": env, "rows": rows, "rms_vs_ln": pairs}
 
 
 def format_table(result: dict) -> str:
@@ -371,17 +416,15 @@ def format_table(result: dict) -> str:
                       f"{r['vs_copy']:.2f}", *extra])
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
-    by_name = {(r["case"], r["dtype"], r["passes"]): r for r in result["rows"]}
     notes = []
-    for d in env.get("dtypes", ["float32"]):
-        for p in ("fwd", "fwd+bwd"):
-            for suffix in ("", "-wide"):
-                ln, rms = by_name.get(("LayerNorm" + suffix, d, p)), by_name.get(("RMSNorm" + suffix, d, p))
-                if ln and rms:
-                    notes.append(f"{d} {p}: torch RMSNorm / torch LayerNorm{suffix}: "
-                                 f"{rms['torch_ms'] / ln['torch_ms']:.2f}x; normlab RMSNorm / normlab LayerNorm: "
-                                 f"{rms['normlab_ms'] / ln['normlab_ms']:.2f}x; normlab RMSNorm / torch LayerNorm: "
-                                 f"{rms['normlab_ms'] / ln['torch_ms']:.2f}x")
+    if result.get("rms_vs_ln"):
+        notes.append("RMSNorm vs LayerNorm, side by side (one interleaved group per shape, dtype and pass):")
+    for q in result.get("rms_vs_ln", []):
+        rng = (f" ({q['rms_vs_torch_ln_range'][0]:.2f}-{q['rms_vs_torch_ln_range'][1]:.2f})"
+               if "rms_vs_torch_ln_range" in q else "")
+        notes.append(f"  {'x'.join(map(str, q['shape']))} {q['dtype']} {q['passes']}: normlab RMSNorm "
+                     f"{q['normlab_rms_ms']:.3f} ms = {q['rms_vs_torch_ln']:.2f}x torch LayerNorm{rng}, "
+                     f"{q['rms_vs_normlab_ln']:.2f}x normlab LayerNorm")
     return "\n".join([head, fmt(cols), *(fmt(line) for line in lines), "", *notes])
 
 
