@@ -448,7 +448,7 @@ def test_cached_plans_follow_the_layer_state(name, make, shape, layouts, monkeyp
     """One layer through train/eval/freeze, layout, eps, momentum, weight and mode changes on one input shape."""
     need_cpp()
     calls = []
-    for op in ("rows", "rows_eager", "chfirst", "batch", "batch_eager"):
+    for op in ("rows", "rows_eager", "chfirst", "batch", "batch_eager", "ROWS_AD", "BATCH_AD"):
         real = getattr(ops, op)
         monkeypatch.setattr(ops, op, functools.partial(lambda real, *a, **k: calls.append(1) or real(*a, **k), real))
     fast = _randomize(make())
@@ -637,6 +637,14 @@ GRADCHECKS = {
     "batch_eager cols given mean/var": lambda: ((_d(9, 4), _d(4, seed=1), _d(4, seed=2)),
                                                 lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=True,
                                                                                 **_given(4))[0]),
+    # the eager path's n-d calls: (N, C, *) and (*, C) in their own shape
+    "batch_eager n-d ncs": lambda: ((_d(3, 4, 2, 3), _d(4, seed=1), _d(4, seed=2)),
+                                    lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=False)[0]),
+    "batch_eager n-d ncs given mean/var": lambda: (
+        (_d(3, 4, 2, 3), _d(4, seed=1)), lambda x, w: ops.batch_eager(x, w, None, eps=1e-5, cols=False,
+                                                                      **_given(4))[0]),
+    "batch_eager n-d cols": lambda: ((_d(3, 3, 4), _d(4, seed=1), _d(4, seed=2)),
+                                     lambda x, w, b: ops.batch_eager(x, w, b, eps=1e-5, cols=True)[0]),
     "batch cols given mean/var and mask": lambda: ((_d(9, 4), _d(4, seed=1)),
                                                    lambda x, w: ops.batch(x, w, None, eps=1e-5, cols=True,
                                                                           mask=_mask1(9), **_given(4))[0]),
@@ -666,6 +674,26 @@ def test_rows_eager_n_d_matches_the_2d_call():
         torch.testing.assert_close(a, e, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="13 elements are not rows of 4"):
         ops.rows_eager(torch.randn(13), None, None, eps=1e-5, center=True, row=4)
+
+
+def test_batch_eager_n_d_matches_the_3d_call():
+    """(N, C, *) and (*, C) in their own shape: the values, statistics and gradients of the 3-d / 2-d call."""
+    need_cpp()
+    for x, flat, cols in ((_d(3, 4, 2, 3), lambda t: t.reshape(3, 4, 6), False),
+                          (_d(2, 3, 4), lambda t: t.reshape(6, 4), True)):
+        w, b = _d(4, seed=1), _d(4, seed=2)
+        got = ops.batch_eager(x, w, b, eps=1e-5, cols=cols)
+        want = ops.batch_eager(flat(x), w, b, eps=1e-5, cols=cols)
+        assert got[0].shape == x.shape
+        torch.testing.assert_close(flat(got[0]), want[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+        dy = torch.randn(x.shape, dtype=x.dtype)
+        g1 = torch.autograd.grad(got[0], [x, w, b], dy)
+        g2 = torch.autograd.grad(want[0], [x, w, b], flat(dy))
+        for a, e in zip(g1, g2):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="expects a contiguous"):
+        ops.batch_eager(torch.randn(3, 4, 5).transpose(1, 2), None, None, eps=1e-5, cols=False)
 
 
 @pytest.mark.parametrize("make,shape", [(lambda: nl.LayerNorm(24), (3, 5, 24)),

@@ -18,12 +18,19 @@ batch ``(4, C)`` = shift, corr, var, count per channel.  The mean is
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 __all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_eager"]
 
 _registered = False
+
+# the eager ops' overloads, resolved once the library is loaded (register()): the cached path calls
+# them directly, without torch.ops's attribute lookups
+ROWS_AD: Any = None
+BATCH_AD: Any = None
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -32,9 +39,10 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def register() -> None:
     """Fake (meta) implementations of the ops, once the library that defines them is loaded."""
-    global _registered
+    global _registered, ROWS_AD, BATCH_AD
     if _registered:
         return
+    ROWS_AD, BATCH_AD = torch.ops.normlab.rows_ad.default, torch.ops.normlab.batch_ad.default
     lib = torch.library
 
     @lib.register_fake("normlab::rows_fwd")

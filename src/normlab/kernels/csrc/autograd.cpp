@@ -173,6 +173,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_ad(const at::Tensor& x, cons
 // `used` holds the (4, C) batch statistics or the (2, C) given mean and variance (constants)
 at::Tensor batch_reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& used,
                            double eps, bool cols) {
+  if (x.dim() != (cols ? 2 : 3)) {  // an n-d call of the eager path: the same as its (M, C) / (N, C, S) view
+    const at::Tensor xv = cols ? x.reshape({-1, x.size(-1)}) : x.reshape({x.size(0), x.size(1), -1});
+    return batch_reference(xv, w, b, used, eps, cols).view(x.sizes());
+  }
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor src = x.to(acc);
   const int64_t C = x.size(1);

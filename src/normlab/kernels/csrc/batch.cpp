@@ -11,6 +11,7 @@
 #include "common.h"
 #include "entry.h"
 
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 namespace normlab {
@@ -397,13 +398,15 @@ struct Geometry {
   bool cols;
 };
 
+// x of any shape of the layout, contiguous: cols (*, C), the channel last, M = the product of the
+// rest; else (N, C, *), S = the product of the trailing dims.  Outputs keep x's shape.
 Geometry geometry(const at::Tensor& x, bool cols) {
   if (cols) {
-    TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "normlab batch: cols layout expects a contiguous (M, C) input");
-    return {x.size(0), x.size(1), 1, true};
+    TORCH_CHECK(x.dim() >= 2 && x.is_contiguous(), "normlab batch: cols layout expects a contiguous (*, C) input");
+    return {c10::multiply_integers(x.sizes().slice(0, x.dim() - 1)), x.size(-1), 1, true};
   }
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "normlab batch: expects a contiguous (N, C, S) input");
-  return {x.size(0), x.size(1), x.size(2), false};
+  TORCH_CHECK(x.dim() >= 2 && x.is_contiguous(), "normlab batch: expects a contiguous (N, C, *) input");
+  return {x.size(0), x.size(1), c10::multiply_integers(x.sizes().slice(2)), false};
 }
 
 template <typename A>
@@ -479,6 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_bwd(const at::Tensor& dy_in
                                                          const c10::optional<at::Tensor>& bias_like) {
   const Geometry g = geometry(x, cols);
   const at::Tensor dy = dy_in.contiguous();
+  TORCH_CHECK(dy.sizes() == x.sizes(), "normlab batch_bwd: dy must have x's shape");
   at::Tensor mask;
   if (has(mask_in)) mask = mask_in->contiguous();
   const bool batch_stats = stats_in.size(0) == 4;
