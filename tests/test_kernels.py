@@ -716,6 +716,35 @@ def test_input_gradient_alone_matches_reference(make, shape):
     torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
 
 
+FUNC_LAYERS = [("LayerNorm", lambda: nl.LayerNorm(8), (3, 4, 8)), ("RMSNorm", lambda: nl.RMSNorm(8), (3, 4, 8)),
+               ("GroupNorm", lambda: nl.GroupNorm(2, 4), (3, 4, 5)),
+               ("BatchNorm2d eval", lambda: nl.BatchNorm2d(4).eval(), (3, 4, 2, 2)),
+               ("BatchNorm1d batch stats only", lambda: nl.BatchNorm1d(4, track_running_stats=False), (6, 4))]
+
+
+@pytest.mark.parametrize("name,make,shape", FUNC_LAYERS, ids=[f[0] for f in FUNC_LAYERS])
+def test_torch_func_transforms_and_forward_ad(name, make, shape):
+    """grad, vmap, jvp and forward-mode AD (the C++ ops have no batching rule nor forward derivative: inside
+    them the calls take torch's ops), each against the reference; the same layer then runs its kernel again."""
+    need_cpp()
+    import torch.autograd.forward_ad as fwad
+
+    layer = _randomize(make())
+    x, t = _randn(shape, 0, torch.float32), _randn(shape, 1, torch.float32)
+    out = {}
+    for mode in ("auto", "reference"):
+        with nl.kernels.use(mode):
+            g = torch.func.grad(lambda v: (layer(v) ** 2).sum())(x)
+            vm = torch.func.vmap(layer, in_dims=1, out_dims=1)(x.unsqueeze(1).expand(-1, 2, *shape[1:]))
+            _, jv = torch.func.jvp(layer, (x,), (t,))
+            with fwad.dual_level():
+                fa = fwad.unpack_dual(layer(fwad.make_dual(x, t))).tangent
+        out[mode] = (g, vm, jv, fa)
+    for what, a, b in zip(("grad", "vmap", "jvp", "forward AD"), out["auto"], out["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}: {m}")
+    assert nl.kernels.implementation(layer, x).startswith("cpp:")  # outside the transforms: the kernel again
+
+
 def test_ops_statistics_layout():
     """The statistics the ops return: shift + corr is the mean, then the biased variance (and the count)."""
     need_cpp()

@@ -55,6 +55,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from . import build, ops
 
@@ -140,9 +141,20 @@ _CPP_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
 
 
+def _transformed() -> bool:
+    """Inside a torch.func transform (grad, vmap, jvp, ...) or a forward-mode AD level (eager).
+
+    The C++ ops have neither batching rules nor forward derivatives, so such calls take torch's own
+    ops (its native kernel where that applies, else the reference), which have both.
+    """
+    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+
+
 def _cpp_ready(x: Tensor) -> bool:
     if torch.jit.is_tracing():
         return False  # torch.jit.trace records autograd Functions as Python ops it cannot compare or save
+    if not torch.compiler.is_compiling() and _transformed():
+        return False
     if x.device.type != "cpu" or x.dtype not in _CPP_DTYPES or x.numel() == 0:
         return False
     if build.loaded():
@@ -275,7 +287,8 @@ def _cached_plan(norm, x: Tensor):
     # torch._C._is_tracing is what torch.jit.is_tracing asks, without its two Python frames; it is
     # only reached when not compiling (dynamo sees is_compiling() first)
     if not isinstance(x, Tensor) or not x.is_cpu or torch.compiler.is_compiling() or torch._C._is_tracing() \
-            or not norm._fast_paths_allowed():
+            or torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0 \
+            or not norm._fast_paths_allowed():  # _transformed(), inline
         return None
     key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats,
            _stack[-1] if _stack else _default)  # mode(), inline: this runs on every call

@@ -264,8 +264,8 @@ void bwd_impl(const T* dy, const T* x, const T* dsum, T* dx, const acc_t<T>* sta
       const int64_t off = (r % G) * K;
       bwd_row<T, Center, HasDsum, NeedP>(x + r * L, dy + r * L, HasDsum ? dsum + r * L : nullptr,
                                   stream ? dx_stage : dx + r * L, Center ? stats[r] : A(0),
-                                  Center ? stats[R + r] : A(0), A(1) / std::sqrt(var + A(eps)), w + off, dwb + off,
-                                  dbb + off, L, K, S);
+                                  Center ? stats[R + r] : A(0), A(1) / std::sqrt(var + A(eps)), w + off,
+                                  NeedP ? dwb + off : dwb, NeedP ? dbb + off : dbb, L, K, S);  // unused if !NeedP
       if (stream) stream_copy(dx + r * L, dx_stage, L * int64_t(sizeof(T)));
     }
     if (stream) stream_fence();
