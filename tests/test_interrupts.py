@@ -29,8 +29,11 @@ def _start(cmd: str, tmp_path: Path, sleep: float):
     env = {**os.environ, "NORMLAB_EXPERIMENTS": "fake_slow_claims", "FAKE_SLOW_SLEEP": str(sleep),
            "FAKE_SLOW_MARKS": str(marks),
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    # the child as a terminal's foreground job: SIGINT at its default even where this test runs with it
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN, and exec keeps it)
     p = subprocess.Popen([sys.executable, "-m", "normlab.cli", *COMMANDS[cmd], "--out", str(tmp_path / "out")],
-                         env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+                         env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(marks.iterdir())) < 2:  # both workers are inside a run
         assert p.poll() is None, (tmp_path / "stderr.txt").read_text()
@@ -101,3 +104,28 @@ def test_second_ctrl_c_stops_at_once(cmd, tmp_path):
     assert "Ctrl-C again to stop now" in err and "stopped" in err
     assert _records(tmp_path) == []  # the abandoned runs left no record (and no half-written one)
     assert _group_gone(p.pid), "a worker outlived the command"
+
+
+def test_a_ctrl_c_while_workers_are_spawned_is_delivered_not_lost():
+    """The parent holds SIGINT off while it submits (workers spawn then): a Ctrl-C meanwhile waits, then counts."""
+    from normlab.experiments.runner import _hold_sigint
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see _start)
+    try:
+        release = _hold_sigint()
+        assert release is not None
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # held (pending, or recorded where another thread took it): no KeyboardInterrupt
+            for _ in range(1000):
+                pass  # a few eval-loop checks, where Python runs its signal handlers
+        except KeyboardInterrupt:
+            release()
+            pytest.fail("SIGINT was not held off")
+        with pytest.raises(KeyboardInterrupt):
+            release()
+        if hasattr(signal, "pthread_sigmask"):
+            assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

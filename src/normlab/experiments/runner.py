@@ -194,26 +194,69 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
             signal.signal(signal.SIGINT, old)
 
 
+def _hold_sigint() -> Callable[[], object] | None:
+    """Hold Ctrl-C off while the pool spawns its workers; return the release (None off the main thread).
+
+    Meanwhile a SIGINT is recorded, not acted on, and the release acts on it as the handler in
+    force would (the default one raises KeyboardInterrupt from the release); an ignored SIGINT, as
+    before, was lost: under load the workers could start runs before the parent was done
+    submitting, and a Ctrl-C then did nothing.  SIGINT is also blocked in this thread, so workers
+    spawned meanwhile start with it blocked and none can be interrupted before its initializer
+    ignores it (a signal mask is inherited through fork and exec; a Python handler is not).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    held: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    masks = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if masks:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def release() -> None:
+        if masks:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one pending here is recorded now
+        signal.signal(signal.SIGINT, old)
+        if held:
+            if callable(old):
+                old(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+            elif old != signal.SIG_IGN:
+                raise KeyboardInterrupt
+    return release
+
+
 def _pool_runs(out: str, jobs: list[tuple[Experiment, Run]], n_workers: int, n_threads: int, summaries: list[dict],
                total: int, log: Callable[[dict, int, int], None] | None) -> None:
     pool = _start_pool(n_workers)
     futures = {}
-    # workers are spawned by submit(); an ignored SIGINT is inherited through exec, so a Ctrl-C
-    # arriving while a worker starts up (before its initializer runs) cannot reach it either
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    release = _hold_sigint()  # workers are spawned by submit()
     try:
         for exp, run in jobs:
             version = exp.code_version()
             fut = pool.submit(_execute, run.claim, run.name, run.config, run.seed,
                               record_path(out, run, version), version, n_threads)
             futures[fut] = run
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, old)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
     interrupted = False
     remaining = set(futures)
+
+    def first_interrupt() -> None:
+        nonlocal interrupted, remaining
+        interrupted = True
+        for fut in remaining:
+            fut.cancel()
+        remaining = {f for f in remaining if not f.cancelled()}
+        print(f"interrupted: finishing the {len(remaining)} run(s) in progress (Ctrl-C again to stop "
+              "now); finished runs are saved, run the same command again to resume", file=sys.stderr, flush=True)
+
     try:
+        try:
+            if release is not None:
+                release()  # a Ctrl-C held off while the workers were spawned is raised here
+        except KeyboardInterrupt:
+            first_interrupt()
         while remaining:
             try:
                 done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -232,13 +275,7 @@ def _pool_runs(out: str, jobs: list[tuple[Experiment, Run]], n_workers: int, n_t
             except KeyboardInterrupt:
                 if interrupted:
                     raise
-                interrupted = True
-                for fut in remaining:
-                    fut.cancel()
-                remaining = {f for f in remaining if not f.cancelled()}
-                print(f"interrupted: finishing the {len(remaining)} run(s) in progress (Ctrl-C again to stop "
-                      "now); finished runs are saved, run the same command again to resume",
-                      file=sys.stderr, flush=True)
+                first_interrupt()
     except KeyboardInterrupt:  # the second Ctrl-C
         _stop_now(pool)
         print("stopped: the runs in progress were abandoned", file=sys.stderr, flush=True)
