@@ -343,12 +343,8 @@ def cached_forward(norm, x: Tensor) -> Tensor | None:
     kind = lay[0]
     xc = x if x.is_contiguous() else x.contiguous()
     if kind == "rows":  # eager: the op with its autograd in C++ (no Python in the backward)
-        _, R, L, groups, seg = lay
-        if L > 0:  # x as it is, rows of L elements: y comes back in x's shape
-            y, stats, _ = ops.ROWS_AD(xc, w, b, None, groups, seg, eps, norm.center, L)
-        else:
-            y, stats, _ = ops.ROWS_AD(xc.view(R, L), w, b, None, groups, seg, eps, norm.center, 0)
-            y = y.view(x.shape)
+        _, R, L, groups, seg = lay  # L > 0: empty inputs get no plan
+        y, stats, _ = ops.ROWS_AD(xc, w, b, None, groups, seg, eps, norm.center, L)  # rows of L, x's shape
         if norm.track_running_stats and norm.training and not norm.frozen:
             keep = _keep_shape(x, rdims)
             norm._update_running_stats((stats[0] + stats[1]).view(keep), stats[2].view(keep),
@@ -521,14 +517,13 @@ def add_norm(x: Tensor, residual: Tensor, norm) -> tuple[Tensor, Tensor]:
         if lay is not None and lay[0] == "rows" and lay[3] == 1 and lay[4] == 1:
             _, R, L, _, _ = lay
             w, b, eps = _params(norm, x)
-            if plan and L > 0:  # eager: the op with its autograd in C++, on x as it is (rows of L elements)
+            if plan:  # eager: the op with its autograd in C++, on x as it is (rows of L elements)
                 y, _, s = ops.rows_eager(x.contiguous(), w, b, eps=eps, center=norm.center,
                                          residual=residual.contiguous(), row=L)
                 assert s is not None  # a residual was given
                 return y, s
-            x2, r2 = x.contiguous().view(R, L), residual.contiguous().view(R, L)
-            rows = ops.rows_eager if plan else ops.rows
-            y, _, s = rows(x2, w, b, eps=eps, center=norm.center, residual=r2)
+            x2, r2 = x.contiguous().view(R, L), residual.contiguous().view(R, L)  # traced: the 2-d op
+            y, _, s = ops.rows(x2, w, b, eps=eps, center=norm.center, residual=r2)
             return y.view(x.shape), s.view(x.shape)
     s = x + residual
     return norm(s), s
