@@ -287,8 +287,7 @@ def _cached_plan(norm, x: Tensor):
     # torch._C._is_tracing is what torch.jit.is_tracing asks, without its two Python frames; it is
     # only reached when not compiling (dynamo sees is_compiling() first)
     if not isinstance(x, Tensor) or not x.is_cpu or torch.compiler.is_compiling() or torch._C._is_tracing() \
-            or torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0 \
-            or not norm._fast_paths_allowed():  # _transformed(), inline
+            or _transformed() or not norm._fast_paths_allowed():
         return None
     key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats,
            _stack[-1] if _stack else _default)  # mode(), inline: this runs on every call
