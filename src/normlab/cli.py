@@ -356,6 +356,23 @@ def _doctor_inputs(args: argparse.Namespace, model):
     return None, None, False
 
 
+def _is_index_dtype_error(e: Exception) -> bool:
+    text = str(e)
+    return "indices" in text and ("Long" in text or "Int" in text)
+
+
+def _doctor_token_ids(model, given):
+    """(random token ids of the --input-shape, vocabulary size) from the model's first nn.Embedding, or None."""
+    import torch
+
+    emb = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    if emb is None or not given:
+        return None
+    vocab = emb.num_embeddings
+    ids = torch.randint(0, vocab, tuple(given[0].shape), generator=torch.Generator().manual_seed(0))
+    return ids.to(emb.weight.device), vocab
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
@@ -393,10 +410,23 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     if given is not None:
         inputs, kwargs = given, given_kw
     try:
-        diagnosis = doctor(model, inputs, kwargs, optimizer=optimizer, train_step=args.train_step, causal=causal,
-                           synthetic_inputs=synthetic)
+        try:
+            diagnosis = doctor(model, inputs, kwargs, optimizer=optimizer, train_step=args.train_step, causal=causal,
+                               synthetic_inputs=synthetic)
+        except DoctorInputError as e:
+            ids = _doctor_token_ids(model, given) if synthetic and _is_index_dtype_error(e) else None
+            if ids is None:
+                raise
+            print(f"normlab doctor: the model takes token ids: --input-shape {args.input_shape} made random ids "
+                  f"in [0, {ids[1]}) from its first embedding (use --inputs for real data)", file=sys.stderr)
+            diagnosis = doctor(model, (ids[0],), kwargs, optimizer=optimizer, train_step=args.train_step,
+                               causal=causal, synthetic_inputs=synthetic)
     except DoctorInputError as e:
-        return _fail("doctor", f"{e} (check --input-shape / --inputs)")
+        where = "--input-shape / --inputs" if given is not None else "the inputs your builder returns"
+        return _fail("doctor", f"{e} (check {where})")
+    except Exception as e:  # noqa: BLE001 -- a doctor failure is not a finding: exit 3, not 1
+        print(f"normlab doctor: the doctor itself failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
     if args.json:
         print(diagnosis.to_json())
     elif sys.stdout.isatty():
@@ -488,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Build a model by calling MODULE:CALLABLE (a module path or a .py file; the "
                                      "callable returns the model, or a dict with 'model', 'inputs', 'kwargs', "
                                      "'optimizer'), run normlab's checks on it and print the findings. Exits 1 if any "
-                                     "is an error, 0 otherwise, 2 on bad arguments.")
+                                     "is an error, 0 otherwise, 2 on bad arguments or inputs the model cannot "
+                                     "run, 3 if the doctor itself fails.")
     doc.add_argument("target", metavar="MODULE:CALLABLE", help="e.g. mypkg.models:build or path/to/model.py:make")
     doc.add_argument("--input-shape", default=None, metavar="SHAPE",
                      help="a random example input of this shape, e.g. 8,3,32,32 (checks that compare with the "

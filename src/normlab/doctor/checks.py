@@ -243,12 +243,23 @@ def norm_weight_decay(ctx: Context) -> list[Finding]:
         what = " and ".join(sorted(names, key=lambda p: (p != "gamma", p != "beta", p)))
         out.append(_f(ctx, "norm-weight-decay", "warning", n.name,
                       f"the optimizer decays {_desc(n.module)}'s {what} (weight_decay={wd:g}, param group {group}): "
-                      "decay pulls gamma toward 0, shrinking the normalized signal, and beta toward 0; norm "
-                      "parameters are normally left out of weight decay",
+                      f"{_decay_effect(names)}; norm parameters are normally left out of weight decay",
                       f"build the optimizer from nl.param_groups(model, weight_decay={wd:g}), which leaves norm "
                       "parameters and biases out of decay, e.g. torch.optim.AdamW(nl.param_groups(model, "
                       f"{wd:g}), lr=...)"))
     return out
+
+
+def _decay_effect(names: set[str]) -> str:
+    parts = []
+    if "gamma" in names:
+        parts.append("decay pulls gamma toward 0, shrinking the normalized signal")
+    if "beta" in names:
+        parts.append("decay pulls beta toward 0, an offset it has no reason to shrink")
+    rest = sorted(names - {"gamma", "beta"})
+    if rest:
+        parts.append(f"decay pulls {', '.join(rest)} toward 0")
+    return " and ".join(parts)
 
 
 @_register("ddp-without-syncbn", "BatchNorm under (Distributed)DataParallel with small per-process batches", "C16")
@@ -297,8 +308,11 @@ def _removes_channel_bias(ctx: Context, n: NormInfo, c: Call, channel_dim: int) 
         else:
             kw[c.x_key] = t
         return m(*a, **kw)
-    with torch.no_grad():
-        y0, y1 = call(x), call(x + b)
+    try:
+        with torch.no_grad():
+            y0, y1 = call(x), call(x + b)
+    except Exception:  # noqa: BLE001 -- e.g. a batch of one in training mode: not measurable
+        return False
     if not isinstance(y0, Tensor) or not isinstance(y1, Tensor):
         return False
     return bool((y0 - y1).abs().max() <= 1e-6 * (y0.abs().max() + 1e-30))
@@ -496,6 +510,11 @@ def stale_running_stats(ctx: Context) -> list[Finding]:
     if ctx.synthetic:
         return []  # random inputs say nothing about the data the statistics were estimated on
     out = []
+    tracked = [m for m in ctx.user_modules.values() if isinstance(getattr(m, "running_mean", None), Tensor)
+               and isinstance(getattr(m, "running_var", None), Tensor)]
+    # a model none of whose BatchNorms ever updated its statistics was never trained in train mode: a freshly
+    # built model (Hugging Face draws EfficientNet's gamma from N(0, 0.02)), whose gamma/beta are its init
+    never_run = all(_fresh_stats(m) for m in tracked)
     for n in ctx.norms.values():
         m = n.module
         rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
@@ -508,7 +527,7 @@ def stale_running_stats(ctx: Context) -> list[Finding]:
             gamma, beta = effective_gamma(m), getattr(m, "bias", None)
             trained = (gamma is not None and not bool((gamma == 1).all())) or \
                 (isinstance(beta, Tensor) and not bool((beta == 0).all()))
-            if fresh and trained and not call.training:
+            if fresh and trained and not call.training and not never_run:
                 out.append(_f(ctx, "stale-running-stats", "warning", n.name,
                               f"{_desc(m)} normalizes with running statistics that were never updated (mean 0, "
                               "variance 1) although its gamma/beta were trained: a checkpoint loaded without its "
@@ -534,6 +553,11 @@ def stale_running_stats(ctx: Context) -> list[Finding]:
                           "no optimizer step), or, fine-tuning, freeze BatchNorm (nl.freeze_batchnorm); ignore if "
                           "the example is not real data"))
     return out
+
+
+def _fresh_stats(m: nn.Module) -> bool:
+    rm, rv, nbt = getattr(m, "running_mean"), getattr(m, "running_var"), getattr(m, "num_batches_tracked", None)
+    return (isinstance(nbt, Tensor) and int(nbt) == 0) or bool((rm == 0).all() and (rv == 1).all())
 
 
 def _padding_masks(ctx: Context) -> list[tuple[Tensor, str, bool]]:
@@ -952,12 +976,14 @@ _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.mo
                    nn.PixelShuffle)
 
 
-def _channels_first_source(ctx: Context, c: Call) -> str | None:
-    """Where an input in (N, C, *) layout came from: a conv or pooling layer, through layout-keeping modules.
+def _channels_first_source(ctx: Context, c: Call) -> tuple[Call | None, str] | None:
+    """Where an input in (N, C, *) layout may have come from: a conv or pooling layer, through layout-keeping modules.
 
     Walks back through every module whose output has its input's shape (activations, norms, residual blocks
     keep the layout), and through functional ops to the last module that made a tensor of this shape; stops at a
-    module that moves elements (a permute) or changes the shape.
+    module that moves elements (a permute) or changes the shape.  Returns (the call, None for the model's input;
+    its description), or None.  A candidate only: functional transposes are not modules, so the caller measures
+    which axis of the source the norm's last dim really is (:meth:`Context.trace_back`).
     """
     assert ctx.trace is not None
     cur = c
@@ -965,18 +991,35 @@ def _channels_first_source(ctx: Context, c: Call) -> str | None:
         prod = ctx.trace.calls[cur.producer] if cur.producer is not None else None
         if prod is None:
             if cur.x_is_input and len(cur.x_shape) == 4:
-                return "the model's (N, C, H, W) input"
+                return None, "the model's (N, C, H, W) input"
             prod = next((p for p in reversed(ctx.trace.calls[:cur.index])
                          if p.done and p.name and p.y_shape == cur.x_shape and not ctx.inside(cur, p)), None)
             if prod is None:
                 return None
         if isinstance(prod.module, _CHANNELS_FIRST):
-            return f"{_q(ctx, prod.name)} ({type(prod.module).__name__})"
+            return prod, f"{_q(ctx, prod.name)} ({type(prod.module).__name__})"
         p = ctx.probes.get(prod.name)
         if prod.x_shape != prod.y_shape or (p is not None and p.moves) or not prod.done:
             return None
         cur = prod
     return None
+
+
+def _source_axis(ctx: Context, src: Call | None, c: Call) -> int | None:
+    """The dim of the source's output that the norm's last input dim is, measured (None: not one dim)."""
+    shape = c.x_shape
+    g = torch.Generator().manual_seed(11)
+    points = []
+    for _ in range(6):  # several places: a ReLU between them passes no gradient where its input is negative
+        at = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in shape)
+        points += [at, at[:-1] + ((at[-1] + 1) % shape[-1],)]
+    found = ctx.trace_back(src, c, points)
+    pair = next(((a, b) for a, b in zip(found[::2], found[1::2]) if a is not None and b is not None), None)
+    if pair is None:
+        return None
+    a, b = pair
+    moved = [d for d in range(len(a)) if a[d] != b[d]]
+    return moved[0] if len(moved) == 1 else None
 
 
 def _gamma_axis(n: NormInfo, c: Call) -> int | None:
@@ -1040,18 +1083,35 @@ def last_dim_trap(ctx: Context) -> list[Finding]:
             continue
         for c in n.calls[:1]:
             nd = len(c.x_shape)
-            if nd < 3 or tuple(n.pooled) != (nd - 1,) or c.x_shape[1] != c.x_shape[-1]:
+            if nd < 3 or tuple(n.pooled) != (nd - 1,):
                 continue
-            src = _channels_first_source(ctx, c)
-            if src is None or _gamma_axis(n, c) not in (None, nd - 1) or \
-                    _gamma_axis(n, c) is None and n.kind not in ("layer", "rms"):
+            found = _channels_first_source(ctx, c)
+            if found is None:
                 continue
-            k = c.x_shape[-1]
-            out.append(_f(ctx, "last-dim-trap", "error", n.name,
-                          f"{_desc(n.module)} gets a {c.x_shape} input from {src} in (N, C, ...) layout and "
-                          f"normalizes its last dim: the {k} channels (dim 1) and the width (last dim, {k}) happen to "
-                          "be equal, so it normalizes each row of pixels over the width, not each pixel over its "
-                          "channels (measured: one output pools only the last dim; C04)", fix))
+            gamma_axis = _gamma_axis(n, c)
+            if gamma_axis not in (None, nd - 1) or gamma_axis is None and n.kind not in ("layer", "rms"):
+                continue
+            src, where = found
+            axis = _source_axis(ctx, src, c)  # a transpose before the norm moved the channels last: axis 1
+            if axis is None or axis < 2:
+                continue
+            k, channels = c.x_shape[-1], (src.y_shape if src is not None else c.x_shape)[1]
+            if src is None and k != channels:
+                continue  # an input's layout is the user's choice: (N, H, W, C) images are normal
+            if k == channels:
+                out.append(_f(ctx, "last-dim-trap", "error", n.name,
+                              f"{_desc(n.module)} gets a {c.x_shape} input from {where} in (N, C, ...) layout and "
+                              f"normalizes its last dim, which is dim {axis} of that output (measured through the "
+                              f"ops between them), not its channels: the {k} channels and that dim happen to be "
+                              "equal, so it normalizes each row over the width (or time), not each position over its "
+                              "channels (C04)", fix))
+            else:
+                out.append(_f(ctx, "last-dim-trap", "warning", n.name,
+                              f"{_desc(n.module)} gets a {c.x_shape} input from {where} in (N, C, ...) layout and "
+                              f"normalizes its last dim, which is dim {axis} of that output (measured), a spatial or "
+                              f"time axis of {k} positions, not the {channels} channels: each channel is normalized "
+                              f"over time/width with a gamma per position, tied to inputs of length {k} (C04)",
+                              fix))
     return out
 
 
@@ -1160,7 +1220,7 @@ def missing_final_norm(ctx: Context) -> list[Finding]:
         end = max((c.index for c in ctx.trace.calls if ctx.inside(c, last)), default=last.index)
         # the stream, or a view or slice of it (GPT-2 reshapes it, Llama slices the last positions)
         users = [c for c in ctx.trace.calls[end + 1:] if last.y_ptr is not None and c.x_ptr == last.y_ptr]
-        if any(c.name in ctx.norms for c in users):
+        if any(c.name in ctx.norms for c in users) or _normed_later(ctx, last, end):
             continue
         head = next((c for c in users if is_weighted_class(c.module)), None)
         returned = last.y_id in ctx.trace.output_ids or last.y_ptr in ctx.trace.output_ptrs
@@ -1180,6 +1240,17 @@ def missing_final_norm(ctx: Context) -> list[Finding]:
                       "add a final norm (nl.LayerNorm(d_model) or nl.RMSNorm) between the last block and the head, "
                       "as GPT-2's ln_f and Llama's final norm"))
     return out
+
+
+def _normed_later(ctx: Context, last: Call, end: int) -> bool:
+    """A norm after the stack takes a function of its output (BEiT's mean pooling, then LayerNorm): measured."""
+    assert ctx.trace is not None
+    later = [c for c in ctx.trace.calls[end + 1:] if c.name in ctx.norms and c.x_shape and not ctx.inside(c, last)]
+    for c in later[:4]:
+        at = tuple(s // 2 for s in c.x_shape)
+        if ctx.trace_back(last, c, [at])[0] is not None:
+            return True
+    return False
 
 
 @_register("attn-logit-growth", "attention logits far beyond the usual range, no QK-norm", "C26", needs="inputs")

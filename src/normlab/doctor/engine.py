@@ -22,6 +22,10 @@ class DoctorInputError(ValueError):
     """The model's forward failed on the example inputs (a problem with the inputs, not a finding)."""
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward early, once what was wanted has been seen."""
+
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -123,9 +127,17 @@ class Context:
     """Everything the checks read: the user's model, the observed run, the norms, and extra measurements."""
 
     def __init__(self, model: nn.Module, inputs: tuple | None, kwargs: dict, optimizer: Any, *, train_step: bool,
-                 causal: bool, synthetic: bool):
+                 causal: bool, synthetic: bool, scheduler: Any = None):
         self.user_model = model
         self.root, self.prefix, self.wrapper = _unwrap(model)
+        lazy = [f"'{self.prefix + n}' ({type(m).__name__})" for n, m in self.root.named_modules()
+                if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]
+        if lazy:
+            raise DoctorInputError(
+                f"the model has {len(lazy)} lazy module(s) not initialized yet: {', '.join(lazy[:5])}"
+                f"{' ...' if len(lazy) > 5 else ''}; their shapes are unknown until a first forward: call the model "
+                "once on an example (model(x)), then run the doctor")
+        self.scheduler = scheduler
         self.inputs = inputs
         self.kwargs = kwargs
         self.optimizer = optimizer
@@ -143,6 +155,7 @@ class Context:
         self.loss: float | None = None
         self.moved: dict[str, float] = {}  # running_mean change of each BatchNorm in the observed forward
         self._cache: dict[str, Any] = {}
+        self.eval_fallback = False  # the training-mode forward failed (a batch of one): observed in eval mode
 
     # ------------------------------------------------------------ names
     def full(self, name: str) -> str:
@@ -180,6 +193,7 @@ class Context:
             self._batch_of_one(e)
             self.bench.reset()
             self.bench.model.eval()
+            self.eval_fallback = True
             self.notes.append("observed in eval mode: the training-mode forward failed (a batch of one)")
             try:
                 self.trace = record(self.bench.model, self.inputs, self.kwargs, keep=keep)
@@ -352,12 +366,21 @@ class Context:
         """One forward + backward on the work copy; the gradients are kept in ``self.grads``."""
         assert self.bench is not None and self.inputs is not None
         self.bench.reset()
-        out = self.bench.run(self.inputs, self.kwargs, grad=True)
-        loss = _loss_of(out)
-        if loss is None:
-            self.notes.append("train step: the output holds no differentiable float tensor; no backward")
+        if self.eval_fallback:  # training mode cannot run on this batch: the step runs in eval mode
+            self.bench.model.eval()
+            self.notes.append("train step: run in eval mode, as the training-mode forward fails on this batch")
+        try:
+            out = self.bench.run(self.inputs, self.kwargs, grad=True)
+            loss = _loss_of(out)
+            if loss is None:
+                self.notes.append("train step: the output holds no differentiable float tensor; no backward")
+                return
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 -- the forward ran once already: report, do not crash
+            self.notes.append(f"train step failed, so the checks that use gradients ran without them: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            self.bench.reset()
             return
-        loss.backward()
         self.loss = float(loss.detach())
         self.grads = {n: None if p.grad is None else p.grad.detach().clone()
                       for n, p in self.bench.model.named_parameters()}
@@ -440,6 +463,77 @@ class Context:
         grads = tuple(torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt))  # unused: no path
         g_entry = grads[0] if entry else None
         return g_entry, dict(zip(leaves, grads[len(entry):]))
+
+    def trace_back(self, src: Call | None, dst: Call, points: list[tuple[int, ...]]) -> list[tuple[int, ...] | None]:
+        """Where each point of ``dst``'s input comes from in ``src``'s output (the model's float input if None).
+
+        In eval mode, the output of ``src`` (its call of the same order as in the observed forward) is made a
+        leaf; the forward stops at ``dst``'s call; for each point the element of the leaf with the largest
+        gradient is returned (None where the point does not depend on the leaf, or the pass fails).  A
+        transpose or permute between them shows as permuted coordinates; elementwise ops keep them.
+        """
+        assert self.bench is not None and self.inputs is not None and self.trace is not None
+        bench = self.bench
+        nothing: list[tuple[int, ...] | None] = [None] * len(points)
+        inputs, kwargs = list(self.inputs), dict(self.kwargs)
+        leaf: list[Tensor] = []
+        seen: dict[str, int] = {}
+        got: list[Tensor] = []
+        if src is None:
+            kind, where = self.earliest()
+            if kind != "input":
+                return nothing
+            t = (inputs[where] if isinstance(where, int) else kwargs[where]).detach().clone().requires_grad_(True)
+            leaf.append(t)
+            if isinstance(where, int):
+                inputs[where] = t.clone()
+            else:
+                kwargs[where] = t.clone()
+        src_ord = 0 if src is None else self.trace.by_name[src.name].index(src)
+        dst_ord = self.trace.by_name[dst.name].index(dst)
+
+        def on_src(mod, args, output):
+            k = seen["src"] = seen.get("src", -1) + 1
+            if k == src_ord and isinstance(output, Tensor) and output.is_floating_point() and not leaf:
+                leaf.append(output.detach().clone().requires_grad_(True))
+                return leaf[0].clone()
+            return None
+
+        def on_dst(mod, args, kw):
+            k = seen["dst"] = seen.get("dst", -1) + 1
+            if k == dst_ord:
+                x = next((a for a in list(args) + list(kw.values()) if isinstance(a, Tensor)
+                          and a.is_floating_point()), None)
+                if x is not None:
+                    got.append(x)
+                raise _Stop
+        handles = [bench.modules[dst.name].register_forward_pre_hook(on_dst, with_kwargs=True)]
+        if src is not None:
+            handles.append(bench.modules[src.name].register_forward_hook(on_src))
+        bench.reset()
+        bench.model.eval()
+        try:
+            try:
+                bench.run(tuple(inputs), kwargs, grad=True)
+            except _Stop:
+                pass
+            if not got or not leaf or not got[0].requires_grad:
+                return nothing
+            x, out = got[0], []
+            for p in points:
+                (g,) = torch.autograd.grad(x[p], leaf[0], retain_graph=True, allow_unused=True)
+                if g is None or not bool((g != 0).any()):
+                    out.append(None)
+                    continue
+                flat = int(g.abs().flatten().argmax())
+                out.append(tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), g.shape)))
+            return out
+        except Exception:  # noqa: BLE001 -- a model that cannot run this way gives no answer
+            return nothing
+        finally:
+            for h in handles:
+                h.remove()
+            bench.reset()
 
     def run_recording(self, names: list[str], *, dropout_train: bool | None = None, mode_train: bool | None = None,
                       inputs: tuple | None = None) -> dict[str, list[tuple[Tensor, Tensor]]]:

@@ -1,0 +1,144 @@
+"""normlab.doctor, round 2: no false alarm on clean models, no crash, one finding per cause, the new checks, fixes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normlab as nl
+from normlab.cli import main
+from normlab.doctor import DoctorInputError
+
+
+def _triples(d: nl.Diagnosis, severity: str | None = None) -> list[tuple[str, str, str]]:
+    return [(f.check, f.module, f.severity) for f in d.findings if severity is None or f.severity == severity]
+
+
+# ------------------------------------------------------------------------------------------ false alarms
+class ConvThenLN(nn.Module):
+    """Conv1d -> (B, C, T); a LayerNorm over C after a functional transpose (correct), or over T (the trap)."""
+
+    def __init__(self, c: int, transpose: bool):
+        super().__init__()
+        self.transpose = transpose
+        self.conv = nn.Conv1d(3, c, 3, padding=1, bias=False)
+        self.norm = nn.LayerNorm(c)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):  # (B, 3, T)
+        h = F.gelu(self.conv(x))  # (B, C, T)
+        if self.transpose:
+            return self.head(self.norm(h.transpose(1, 2)))  # (B, T, C): normalized over C
+        return self.head(self.norm(h).transpose(1, 2))
+
+
+def test_last_dim_trap_silent_on_a_transposed_layernorm_with_equal_sizes():
+    d = nl.doctor(ConvThenLN(16, transpose=True), torch.randn(2, 3, 16))  # C == T == 16
+    assert not [f for f in d.findings if f.check == "last-dim-trap"]
+
+
+def test_last_dim_trap_error_when_equal_sizes_hide_it():
+    d = nl.doctor(ConvThenLN(16, transpose=False), torch.randn(2, 3, 16))
+    assert ("last-dim-trap", "norm", "error") in _triples(d)
+
+
+class ConvTimeLN(nn.Module):
+    """A LayerNorm over the time axis of a (B, C, T) conv output, C != T: each channel normalized over time."""
+
+    def __init__(self, fixed: bool, c: int = 8, t: int = 20):
+        super().__init__()
+        self.fixed = fixed
+        self.conv = nn.Conv1d(3, c, 3, padding=1, bias=False)
+        self.norm = nn.LayerNorm(c if fixed else t)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.norm(h.transpose(1, 2)) if self.fixed else self.norm(h)
+
+
+def test_last_dim_trap_layernorm_over_time_with_different_sizes():
+    d = nl.doctor(ConvTimeLN(False), torch.randn(2, 3, 20))
+    assert _triples(d, "warning") == [("last-dim-trap", "norm", "warning")]
+    assert "dim 2" in d.warnings[0].message
+    assert not [f for f in nl.doctor(ConvTimeLN(True), torch.randn(2, 3, 20)).findings if f.check == "last-dim-trap"]
+
+
+def test_stale_running_stats_silent_on_a_fresh_model_with_random_gamma():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
+                      nn.BatchNorm2d(8))
+    with torch.no_grad():  # as Hugging Face initializes EfficientNet's BatchNorm gamma: N(0, 0.02)
+        for bn in (m[1], m[4]):
+            bn.weight.normal_(0, 0.02)
+    x = torch.randn(16, 3, 8, 8)
+    assert not nl.doctor(m.eval(), x).by_check("stale-running-stats")
+    m.train()
+    with torch.no_grad():
+        m[:2](x)  # the first BatchNorm trained, the second never: its buffers were lost
+    d = nl.doctor(m.eval(), x)
+    assert [f.module for f in d.by_check("stale-running-stats")] == ["4"]
+
+
+def test_norm_weight_decay_names_only_what_is_decayed():
+    m = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16))
+    opt = torch.optim.AdamW([{"params": [m[0].weight, m[1].weight], "weight_decay": 0.1},
+                             {"params": [m[0].bias, m[1].bias], "weight_decay": 0.0}])
+    (f,) = nl.doctor(m, optimizer=opt).by_check("norm-weight-decay")
+    assert "gamma" in f.message and "beta" not in f.message
+
+
+# ------------------------------------------------------------------------------------------ crashes
+def test_train_step_with_a_batch_of_one_gives_a_finding_not_a_traceback():
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    d = nl.doctor(m, torch.randn(1, 8), train_step=True)
+    assert ("bn-small-batch", "1", "error") in _triples(d)
+    assert not {k: v for k, v in d.checks.items() if v.startswith("failed")}
+    assert any("eval mode" in n for n in d.notes)
+
+
+def test_lazy_module_gives_a_clear_message():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LazyBatchNorm2d())
+    with pytest.raises(DoctorInputError,
+                       match=r"lazy module.*'1' \(LazyBatchNorm2d\).*call the model once"):
+        nl.doctor(m, torch.randn(4, 3, 8, 8))
+    m(torch.randn(4, 3, 8, 8))  # initialized: the doctor runs
+    assert nl.doctor(m, torch.randn(16, 3, 8, 8)).checks["bn-momentum-convention"] == "ran"
+
+
+_CLI_MODELS = '''
+import torch
+from torch import nn
+
+class TokenModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.ln = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, ids):
+        return self.head(self.ln(self.emb(ids)))
+
+def tokens():
+    return TokenModel()
+
+def one():
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU())
+
+def lazy():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.LazyBatchNorm2d())
+'''
+
+
+def test_cli_token_ids_batch_of_one_and_lazy(tmp_path, capsys):
+    path = tmp_path / "models.py"
+    path.write_text(_CLI_MODELS)
+    assert main(["doctor", f"{path}:tokens", "--input-shape", "4,12"]) == 0
+    assert "random ids in [0, 50)" in capsys.readouterr().err
+    assert main(["doctor", f"{path}:one", "--input-shape", "1,8", "--train-step"]) == 1  # bn-small-batch: an error
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["doctor", f"{path}:lazy", "--input-shape", "4,3,8,8"]) == 2
+    assert "lazy module" in capsys.readouterr().err
