@@ -142,3 +142,27 @@ def test_cli_token_ids_batch_of_one_and_lazy(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
     assert main(["doctor", f"{path}:lazy", "--input-shape", "4,3,8,8"]) == 2
     assert "lazy module" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ one finding per cause
+def _keras_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, bias=True), nn.BatchNorm2d(16, momentum=0.99), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, bias=True), nn.BatchNorm2d(16, momentum=0.99))
+
+
+def test_findings_of_one_cause_are_one_entry_with_the_modules_counted():
+    m = _keras_net()
+    d = nl.doctor(m, torch.randn(16, 3, 12, 12), optimizer=torch.optim.AdamW(m.parameters(), weight_decay=0.1))
+    causes = {(c.check, c.severity): c for c in d.causes}
+    assert causes[("bn-momentum-convention", "error")].modules == ("1", "4", "7")
+    assert causes[("bias-before-norm", "warning")].modules == ("0", "3", "6")  # BatchNorm2d(8) and (16): one fix
+    assert causes[("norm-weight-decay", "warning")].count == 3
+    assert len(d.errors) == 3 and d.cause_counts()["error"] == 1  # per-module detail kept
+    assert "1 error in 3 modules" in d.summary()
+    text = d.render(color=False)
+    assert text.count("bn-momentum-convention") == 1 and "modules: 1, 4, 7" in text
+    data = json.loads(d.to_json())
+    assert [(c["check"], c["count"]) for c in data["causes"] if c["severity"] == "error"] == \
+        [("bn-momentum-convention", 3)]
+    assert len(data["findings"]) == len(d.findings) and data["cause_counts"]["error"] == 1

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from .checks import CHECKS, Check, check_ids
 from .engine import Context, DoctorInputError
-from .report import SEVERITIES, Diagnosis, Finding
+from .report import SEVERITIES, Cause, Diagnosis, Finding
 
-__all__ = ["doctor", "Diagnosis", "Finding", "CHECKS", "Check", "check_ids", "DoctorInputError", "SEVERITIES"]
+__all__ = ["doctor", "Diagnosis", "Finding", "Cause", "CHECKS", "Check", "check_ids", "DoctorInputError", "SEVERITIES"]
 
 _NEEDS = {"inputs": "needs example inputs", "optimizer": "needs the optimizer",
           "causal": "needs causal=True and example inputs"}

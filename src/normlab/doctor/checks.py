@@ -129,7 +129,7 @@ def bn_momentum(ctx: Context) -> list[Finding]:
         if mom >= MOMENTUM_KERAS:
             out.append(_f(ctx, "bn-momentum-convention", "error", name,
                           f"{_desc(m)} has momentum={mom:g}: in torch running = (1 - momentum) * running + momentum * "
-                          f"batch, so its running statistics are {mom:.0%} the last batch (torch's default is 0.1); "
+                          f"batch, so its running statistics are {mom * 100:.3g}% the last batch (torch's default is 0.1); "
                           f"{mom:g} is the TensorFlow/Keras convention, where momentum weighs the old value",
                           f"momentum={1 - mom:.3g} (torch's equivalent of Keras's {mom:g}; torch's default 0.1 suits "
                           "most training)"))
@@ -356,7 +356,7 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
                                   f"{_desc(layer)} adds a bias that {_q(ctx, n.name)} ({_desc(n.module)}) removes "
                                   "right away (measured: a constant added per channel leaves the norm's output "
                                   f"unchanged): {bias.numel()} parameters that never change the output",
-                                  fix.format(layer=type(layer).__name__, norm=_desc(n.module))))
+                                  fix.format(layer=type(layer).__name__, norm=type(n.module).__name__)))
                 elif class_kind(n.module) == "group":
                     out.append(group_note(prod.name, layer, n.name, n.module))
         return out
@@ -369,7 +369,7 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
             out.append(_f(ctx, "bias-before-norm", "warning", a,
                           f"{_desc(ma)} has a bias and feeds {_q(ctx, b)} ({_desc(mb)}), which subtracts every "
                           f"per-channel constant: {ma.bias.numel()} parameters that never change the output",
-                          fix.format(layer=type(ma).__name__, norm=_desc(mb))))
+                          fix.format(layer=type(ma).__name__, norm=type(mb).__name__)))
         elif kind == "group":
             out.append(group_note(a, ma, b, mb))
     return out

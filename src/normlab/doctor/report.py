@@ -8,7 +8,7 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Finding", "Diagnosis", "SEVERITIES"]
+__all__ = ["Finding", "Cause", "Diagnosis", "SEVERITIES"]
 
 #: most serious first: "error" is wrong, "warning" is likely a problem, "info" is a note
 SEVERITIES = ("error", "warning", "info")
@@ -43,6 +43,46 @@ class Finding:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Cause:
+    """The findings of one cause: one check with one fix, in every module where it was found.
+
+    ``message`` is the first module's (the others differ only in the module's own numbers, which
+    ``findings`` keeps, one per module).
+    """
+
+    check: str
+    severity: str
+    modules: tuple[str, ...]
+    message: str
+    fix: str
+    claim: str | None
+    findings: tuple[Finding, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.modules)
+
+    def modules_text(self, limit: int = 6) -> str:
+        """The modules, at most ``limit`` of them by name, then how many more."""
+        names = [m or "(model)" for m in self.modules]
+        more = len(names) - limit
+        return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "severity": self.severity, "count": self.count, "modules": list(self.modules),
+                "message": self.message, "fix": self.fix, "claim": self.claim}
+
+
+def group_findings(findings: list[Finding]) -> list[Cause]:
+    """One :class:`Cause` per (check, severity, fix), in the order of the first finding of each."""
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.check, f.severity, f.fix), []).append(f)
+    return [Cause(fs[0].check, fs[0].severity, tuple(f.module for f in fs), fs[0].message, fs[0].fix, fs[0].claim,
+                  tuple(fs)) for fs in groups.values()]
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -66,6 +106,11 @@ class Diagnosis:
         self.findings = sorted(self.findings, key=lambda f: order[f.severity])  # stable: check order kept
 
     # ------------------------------------------------------------ access
+    @property
+    def causes(self) -> list[Cause]:
+        """The findings grouped by cause (check and fix), most serious first: what the report shows."""
+        return group_findings(self.findings)
+
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
@@ -98,11 +143,18 @@ class Diagnosis:
     def __len__(self) -> int:
         return len(self.findings)
 
+    def cause_counts(self) -> dict[str, int]:
+        """Causes per severity (a cause found in 52 modules counts once)."""
+        causes = self.causes
+        return {s: sum(c.severity == s for c in causes) for s in SEVERITIES}
+
     def summary(self) -> str:
-        c = self.counts()
+        c, per = self.cause_counts(), self.counts()
+        words = {"error": "error", "warning": "warning", "info": "note"}
+        parts = [_plural(c[s], words[s]) + (f" in {per[s]} modules" if per[s] > c[s] else "") for s in SEVERITIES]
         ran = sum(v == "ran" for v in self.checks.values())
-        return (f"{_plural(c['error'], 'error')}, {_plural(c['warning'], 'warning')}, {_plural(c['info'], 'note')} "
-                f"({ran} of {len(self.checks)} checks ran; {_plural(len(self.norms), 'norm-like module')})")
+        return (f"{', '.join(parts)} ({ran} of {len(self.checks)} checks ran; "
+                f"{_plural(len(self.norms), 'norm-like module')})")
 
     def __repr__(self) -> str:
         return f"Diagnosis({self.summary()})"
@@ -111,7 +163,8 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"normlab": __version__, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
+        return {"normlab": __version__, "counts": self.counts(), "cause_counts": self.cause_counts(),
+                "causes": [c.to_dict() for c in self.causes], "findings": [f.to_dict() for f in self.findings],
                 "checks": dict(self.checks), "norms": list(self.norms), "notes": list(self.notes)}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -137,12 +190,18 @@ class Diagnosis:
 
     def _plain(self, width: int) -> str:
         lines = [f"normlab doctor: {self.summary()}"]
-        for f in self.findings:
-            claim = f"  [{f.claim}]" if f.claim else ""
+        for c in self.causes:
+            claim = f"  [{c.claim}]" if c.claim else ""
             lines.append("")
-            lines.append(f"{f.severity.upper():<8}{f.check}  {f.module or '(model)'}{claim}")
-            lines += textwrap.wrap(f.message, width, initial_indent="  ", subsequent_indent="  ")
-            lines += textwrap.wrap(f"fix: {f.fix}", width, initial_indent="  ", subsequent_indent="       ")
+            where = c.modules[0] or "(model)" if c.count == 1 else f"{c.count} modules"
+            lines.append(f"{c.severity.upper():<8}{c.check}  {where}{claim}")
+            message = c.message
+            if c.count > 1:
+                lines += textwrap.wrap(f"modules: {c.modules_text()}", width, initial_indent="  ",
+                                       subsequent_indent="    ")
+                message = f"the first, '{c.modules[0]}': {message}"
+            lines += textwrap.wrap(message, width, initial_indent="  ", subsequent_indent="  ")
+            lines += textwrap.wrap(f"fix: {c.fix}", width, initial_indent="  ", subsequent_indent="       ")
         if not self.findings:
             lines.append("no findings")
         rest = self._not_run()
@@ -166,15 +225,15 @@ class Diagnosis:
             table = Table(show_lines=True, expand=True)
             table.add_column("severity", no_wrap=True)
             table.add_column("check", no_wrap=True)
-            table.add_column("module", overflow="fold")
+            table.add_column("module", overflow="fold", max_width=40)
             table.add_column("finding and fix", ratio=1)
             table.add_column("claim", no_wrap=True)
-            for f in self.findings:
-                body = Text(f.message)
+            for c in self.causes:
+                body = Text(c.message if c.count == 1 else f"the first, '{c.modules[0]}': {c.message}")
                 body.append("\nfix: ", style="bold")
-                body.append(f.fix)
-                table.add_row(Text(f.severity, style=styles[f.severity]), f.check, f.module or "(model)", body,
-                              f.claim or "")
+                body.append(c.fix)
+                where = c.modules[0] or "(model)" if c.count == 1 else f"{c.count} modules: {c.modules_text()}"
+                table.add_row(Text(c.severity, style=styles[c.severity]), c.check, where, body, c.claim or "")
             parts = [title, table]
         rest = self._not_run()
         if rest:
