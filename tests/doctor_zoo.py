@@ -35,10 +35,11 @@ class Case:
     causal: bool = False
     train_step: bool = False
     expect: tuple[str, str, str] | None = None  # (check, module, severity) the buggy model must raise
+    scheduler: Any = None
 
     def run(self, **extra):
         return nl.doctor(self.model, self.inputs, self.kwargs, optimizer=self.optimizer, causal=self.causal,
-                         train_step=self.train_step, **extra)
+                         train_step=self.train_step, scheduler=self.scheduler, **extra)
 
 
 def _images(n: int = 16, c: int = 3, s: int = 8) -> Tensor:
@@ -343,6 +344,131 @@ class DDPNet(nn.Module):
         return torch.relu(self.bn(self.conv(x)))
 
 
+# ------------------------------------------------------------------------------------------ round 2 bugs
+class BackboneHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
+                                  nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.head(self.backbone(x).mean((2, 3)))
+
+
+def partial_eval(fixed: bool) -> Case:
+    m = BackboneHead()
+    if fixed:
+        m.eval()
+    else:
+        m.backbone.eval()  # "inference", but the head's BatchNorm and dropout still train
+    return Case(m, (_images(),), expect=("partial-eval", "head.1", "warning"))
+
+
+class GAN(nn.Module):
+    """A generator and a BatchNorm discriminator; D scores the real and the fake batch apart, or one mixed batch."""
+
+    def __init__(self, mixed: bool):
+        super().__init__()
+        self.mixed = mixed
+        self.G = nn.Sequential(nn.Linear(8, 48), nn.Tanh())
+        self.D = nn.Sequential(nn.Linear(48, 32, bias=False), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+
+    def forward(self, real, z):
+        fake = self.G(z)
+        if self.mixed:
+            return self.D(torch.cat([real, fake])).split(real.shape[0])
+        return self.D(real), self.D(fake)
+
+
+def bn_split_batches(fixed: bool) -> Case:
+    g = torch.Generator().manual_seed(6)
+    real = 3 * torch.randn(32, 48, generator=g) + 2.0  # data far from the generator's tanh outputs
+    return Case(GAN(mixed=fixed), (real, torch.randn(32, 8, generator=g)),
+                expect=("bn-split-batches", "D.1", "warning"))
+
+
+class ConvGN(nn.Module):
+    def __init__(self, fixed: bool, c: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.norm = nl.LayerNorm2d(c) if fixed else nn.GroupNorm(1, c)  # meant: a LayerNorm over the channels
+
+    def forward(self, x):
+        return torch.relu(self.norm(self.conv(x)))
+
+
+def groupnorm_one_group(fixed: bool) -> Case:
+    return Case(ConvGN(fixed), (_images(4),), expect=("groupnorm-one-group", "norm", "warning"))
+
+
+class FunctionalDropoutBN(nn.Module):
+    def __init__(self, fixed: bool):
+        super().__init__()
+        self.fixed = fixed
+        self.inp = nn.Linear(8, 16, bias=False)
+        self.bn = nn.BatchNorm1d(16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        if self.fixed:
+            return self.out(F.dropout(torch.relu(self.bn(h)), 0.5, self.training))
+        return self.out(torch.relu(self.bn(F.dropout(h, 0.5, self.training))))
+
+
+def functional_dropout_before_bn(fixed: bool) -> Case:
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)) + 1.0
+    return Case(FunctionalDropoutBN(fixed), (x,), expect=("dropout-before-bn", "bn", "warning"))
+
+
+def postln_no_warmup(fixed: bool) -> Case:
+    m = _gpt(n_layer=12, placement="post")
+    opt = torch.optim.AdamW(nl.param_groups(m, 0.1), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100)) if fixed else \
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+    return Case(m, (_ids(2, 8),), optimizer=opt, scheduler=sched, expect=("postln-no-warmup", "blocks", "warning"))
+
+
+class ConvTimeLN(nn.Module):
+    """Conv1d -> (B, C, T) -> a LayerNorm over T (C != T): each channel normalized over time; fixed: over C."""
+
+    def __init__(self, fixed: bool, c: int = 8, t: int = 20):
+        super().__init__()
+        self.fixed = fixed
+        self.conv = nn.Conv1d(3, c, 3, padding=1, bias=False)
+        self.norm = nn.LayerNorm(c if fixed else t)
+        self.head = nn.Linear(c if fixed else t, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head(self.norm(h.transpose(1, 2)) if self.fixed else self.norm(h))
+
+
+def last_dim_time(fixed: bool) -> Case:
+    return Case(ConvTimeLN(fixed), (torch.randn(4, 3, 20, generator=torch.Generator().manual_seed(0)),),
+                expect=("last-dim-trap", "norm", "warning"))
+
+
+class HalfRMS(nn.Module):
+    """An RMSNorm whose mean square is reduced in float32 but cast back before eps is added: in float16 an eps of
+    1e-8 rounds to 0 and an all-zero row gives 0/0."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        ms = x.float().square().mean(-1, keepdim=True).to(x.dtype)
+        return self.weight * x / torch.sqrt(ms + self.eps)
+
+
+def eps_fp16(fixed: bool) -> Case:
+    m = nn.Sequential(nn.Linear(16, 32), HalfRMS(32, 1e-3 if fixed else 1e-8), nn.Linear(32, 2)).half()
+    return Case(m, (torch.randn(8, 16).half(),), expect=("eps-too-small", "1", "error"))
+
+
 #: bug name -> factory; ddp-without-syncbn needs a process group and is tested on its own
 BUGS = {
     "bn-momentum-convention": momentum,
@@ -366,6 +492,13 @@ BUGS = {
     "norm-reused": norm_reused,
     "lowprec-overflow": lowprec_overflow,
     "bn-future-leak": bn_future_leak,
+    "partial-eval": partial_eval,
+    "bn-split-batches": bn_split_batches,
+    "groupnorm-one-group": groupnorm_one_group,
+    "dropout-before-bn (functional)": functional_dropout_before_bn,
+    "postln-no-warmup": postln_no_warmup,
+    "last-dim-trap (time axis)": last_dim_time,
+    "eps-too-small (float16)": eps_fp16,
 }
 
 

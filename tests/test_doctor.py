@@ -458,7 +458,7 @@ def test_finding_and_diagnosis_api():
     assert "\x1b[" in d.render(color=True, width=120)
     data = json.loads(d.to_json())
     assert data["counts"]["error"] == 1 and data["findings"][0]["check"] == "last-dim-trap"
-    assert set(data["findings"][0]) == {"check", "severity", "module", "message", "fix", "claim"}
+    assert set(data["findings"][0]) == {"check", "severity", "module", "message", "fix", "claim", "autofix"}
     assert data["checks"]["last-dim-trap"] == "ran" and data["norms"][0]["module"] == "norm"
     assert "1 error" in repr(d) and str(d) == d.render()
     assert len(d) == len(d.findings) and list(d) == d.findings

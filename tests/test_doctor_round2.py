@@ -166,3 +166,115 @@ def test_findings_of_one_cause_are_one_entry_with_the_modules_counted():
     assert [(c["check"], c["count"]) for c in data["causes"] if c["severity"] == "error"] == \
         [("bn-momentum-convention", 3)]
     assert len(data["findings"]) == len(d.findings) and data["cause_counts"]["error"] == 1
+
+
+def test_eps_message_names_the_dtype_where_it_failed_and_what_it_needs():
+    import doctor_zoo as zoo
+
+    d = zoo.BUGS["eps-too-small (float16)"](fixed=False).run()
+    (f,) = d.by_check("eps-too-small")
+    assert "float16" in f.message and "float64" not in f.message and "eps=1e-08 is 0 in float16" in f.message
+    assert f.fix.startswith("eps=0.0006")  # 10x float16's smallest normal number, 6.1e-05
+
+
+# ------------------------------------------------------------------------------------------ fixes it applies
+class Fixable(nn.Module):
+    """Keras momentum, conv biases before BatchNorm, eps=0 on a LayerNorm, a frozen-affine BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8, momentum=0.99)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=True), nn.BatchNorm2d(8)
+        self.bn2.requires_grad_(False)
+        self.head = nn.Linear(8, 16)
+        self.ln = nn.LayerNorm(16, eps=0.0)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(self.bn2(self.conv2(h)))
+        return self.ln(self.head(h.mean((2, 3))))
+
+
+def _trained_stats(m: nn.Module, x: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        m.train()
+        for _ in range(3):
+            m(x + torch.randn_like(x))
+    return m
+
+
+FIXED = {"bn-momentum-convention", "bias-before-norm", "eps-too-small", "frozen-bn-updates", "norm-weight-decay"}
+
+
+def test_apply_fixes_and_the_doctor_runs_clean_for_them():
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    m = _trained_stats(Fixable(), x).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1)
+    d = nl.doctor(m, x, optimizer=opt)
+    assert {f.check for f in d.fixable()} == FIXED
+    assert {c["check"] for c in json.loads(d.to_json())["causes"] if c["autofix"]} == FIXED
+    with torch.no_grad():
+        before_eval = m.eval()(x)
+    m.train()
+    applied = d.apply(m, optimizer=opt)
+    assert applied.checks == FIXED and not applied.skipped
+    assert m.conv1.bias is None and m.conv2.bias is None and m.bn1.momentum == pytest.approx(0.01)
+    assert m.ln.eps == 1e-5
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups if any(p is m.ln.weight for p in g["params"]))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))  # the dropped biases left
+    after = nl.doctor(m, x, optimizer=opt)
+    assert not {f.check for f in after.findings} & FIXED, [(f.check, f.module) for f in after.findings]
+    with torch.no_grad():  # eval: dropped biases are folded into the running means; only eps moved
+        torch.testing.assert_close(m.eval()(x), before_eval, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_fixes_keep_the_outputs_in_training_and_eval():
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    m = _trained_stats(Fixable(), x)
+    m.ln.eps = 1e-5  # the only inexact fix
+    m.bn2.requires_grad_(True)  # freezing changes the training-mode output, by design
+    ref = {mode: None for mode in (False, True)}  # eval first: a training forward moves the running statistics
+    probe = {mode: __import__("copy").deepcopy(m) for mode in ref}
+    for mode in ref:
+        with torch.no_grad():
+            ref[mode] = probe[mode].train(mode)(x)
+    d = nl.doctor(m, x)
+    applied = d.apply(m)
+    assert applied.checks == {"bn-momentum-convention", "bias-before-norm"}
+    for mode in ref:
+        with torch.no_grad():
+            torch.testing.assert_close(m.train(mode)(x), ref[mode], rtol=1e-5, atol=1e-5)
+
+
+def test_apply_without_an_optimizer_returns_the_groups_and_leaves_a_bias_on_a_residual():
+    class Residual(nn.Module):  # the conv output also feeds a skip connection: its bias is not removable
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.bn(h) + h
+    m = Residual()
+    x = torch.randn(16, 4, 6, 6)
+    d = nl.doctor(m, x, optimizer=torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=1e-4))
+    assert d.by_check("bias-before-norm") and not [f for f in d.by_check("bias-before-norm") if f.autofix]
+    applied = d.apply(m)
+    assert m.conv.bias is not None
+    groups = applied.param_groups
+    assert groups is not None and {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]} == \
+        {id(m.conv.bias), id(m.bn.weight), id(m.bn.bias)}
+
+
+def test_cli_fix_writes_only_when_asked(tmp_path, capsys):
+    path = tmp_path / "keras.py"
+    path.write_text("import torch\nfrom torch import nn\n\ndef build():\n"
+                    "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU())\n")
+    assert main(["doctor", f"{path}:build", "--input-shape", "16,3,8,8"]) == 1
+    out = capsys.readouterr().out
+    assert "auto-fix" in out and not list(tmp_path.glob("*.pt"))
+    target = tmp_path / "fixed.pt"
+    assert main(["doctor", f"{path}:build", "--input-shape", "16,3,8,8", "--fix", str(target)]) == 0
+    fixed = torch.load(target, weights_only=False)
+    assert fixed[1].momentum == pytest.approx(0.01) and fixed[0].bias is None
+    assert "after the fixes: 0 errors" in capsys.readouterr().err

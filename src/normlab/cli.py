@@ -435,7 +435,28 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         Console().print(diagnosis)
     else:
         print(diagnosis.render(color=False))
+    if args.fix:
+        return _doctor_fix(args, diagnosis, model, inputs, kwargs, optimizer, causal, synthetic)
     return 1 if diagnosis.errors else 0
+
+
+def _doctor_fix(args: argparse.Namespace, diagnosis, model, inputs, kwargs, optimizer, causal, synthetic) -> int:
+    """--fix PATH: apply the doctor's fixes, save the fixed model there, and exit by what is left."""
+    import torch
+
+    from .doctor import doctor
+
+    applied = diagnosis.apply(model, optimizer)
+    print(f"normlab doctor --fix: {applied}", file=sys.stderr)
+    try:
+        torch.save(model, args.fix)
+    except Exception as e:  # noqa: BLE001 -- e.g. a model that cannot be pickled
+        return _fail("doctor", f"--fix {args.fix}: cannot save the fixed model: {type(e).__name__}: {e}")
+    after = doctor(model, inputs, kwargs, optimizer=optimizer, train_step=args.train_step, causal=causal,
+                   synthetic_inputs=synthetic)
+    print(f"normlab doctor --fix: saved the fixed model to {args.fix} (torch.save of the module; load it with "
+          f"torch.load(path, weights_only=False)); after the fixes: {after.summary()}", file=sys.stderr)
+    return 1 if after.errors else 0
 
 
 def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
@@ -529,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "inputs")
     doc.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     doc.add_argument("--train-step", action="store_true", help="also run one forward + backward (on a copy)")
+    doc.add_argument("--fix", default=None, metavar="PATH",
+                     help="apply the fixes the doctor can make (momentum convention, eps, a bias the next norm "
+                          "removes, weight decay on norm parameters, frozen BatchNorm) to the model and save it "
+                          "to PATH with torch.save; without --fix nothing is written")
     doc.add_argument("--causal", action="store_true",
                      help="the model is a causal sequence model (dim 1 of the input is time): check for norms that "
                           "leak the future")

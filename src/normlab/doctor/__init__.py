@@ -29,12 +29,13 @@ from .report import SEVERITIES, Cause, Diagnosis, Finding
 __all__ = ["doctor", "Diagnosis", "Finding", "Cause", "CHECKS", "Check", "check_ids", "DoctorInputError", "SEVERITIES"]
 
 _NEEDS = {"inputs": "needs example inputs", "optimizer": "needs the optimizer",
-          "causal": "needs causal=True and example inputs"}
+          "causal": "needs causal=True and example inputs",
+          "train": "needs example inputs and the optimizer or the lr scheduler"}
 
 
 def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | None = None, optimizer: Any = None,
            train_step: bool = False, causal: bool = False, *, checks: Iterable[str] | None = None,
-           skip: Iterable[str] = (), synthetic_inputs: bool = False) -> Diagnosis:
+           skip: Iterable[str] = (), synthetic_inputs: bool = False, scheduler: Any = None) -> Diagnosis:
     """Inspect ``model`` for normalization bugs and return a :class:`Diagnosis`.
 
     Norm-like modules are found by probing what they compute (which input
@@ -60,6 +61,9 @@ def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | 
         synthetic_inputs: the inputs are random, not data (the CLI's
             ``--input-shape``): checks that compare with the data's
             statistics (stale running statistics) stay silent.
+        scheduler: the learning-rate scheduler (``torch.optim.lr_scheduler``):
+            a deep post-norm stack is checked for a warm-up by stepping it
+            (on its own state, restored afterwards).
 
     The forward runs on a deep copy of the model (the model itself, its
     parameters, gradients, buffers, running statistics, training flags and
@@ -82,7 +86,8 @@ def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | 
     unknown = sorted((set(wanted) | skipped) - set(CHECKS))
     if unknown:
         raise ValueError(f"unknown check id(s) {unknown}; known: {', '.join(CHECKS)}")
-    ctx = Context(model, inputs, kwargs, optimizer, train_step=train_step, causal=causal, synthetic=synthetic_inputs)
+    ctx = Context(model, inputs, kwargs, optimizer, train_step=train_step, causal=causal, synthetic=synthetic_inputs,
+                  scheduler=scheduler)
     status: dict[str, str] = {}
     findings: list[Finding] = []
     try:
@@ -121,6 +126,8 @@ def _unavailable(chk: Check, ctx: Context) -> str | None:
         return _NEEDS["optimizer"]
     if chk.needs == "causal" and not (ctx.causal and ctx.has_inputs):
         return _NEEDS["causal"]
+    if chk.needs == "train" and not (ctx.has_inputs and (ctx.optimizer is not None or ctx.scheduler is not None)):
+        return _NEEDS["train"]
     return None
 
 

@@ -12,7 +12,7 @@ import copy
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -60,9 +60,9 @@ def _register(id: str, title: str, claim: str | None = None, needs: str = "stati
 
 
 def _f(ctx: Context, check: str, severity: str, name: str, message: str, fix: str,
-       claim: str | None | bool = True) -> Finding:
+       claim: str | None | bool = True, autofix: tuple | None = None) -> Finding:
     c = CHECKS[check].claim if claim is True else (claim or None)
-    return Finding(check, severity, ctx.full(name), message, fix, c)
+    return Finding(check, severity, ctx.full(name), message, fix, c, autofix)
 
 
 def _q(ctx: Context, name: str) -> str:
@@ -132,12 +132,13 @@ def bn_momentum(ctx: Context) -> list[Finding]:
                           f"batch, so its running statistics are {mom * 100:.3g}% the last batch (torch's default is 0.1); "
                           f"{mom:g} is the TensorFlow/Keras convention, where momentum weighs the old value",
                           f"momentum={1 - mom:.3g} (torch's equivalent of Keras's {mom:g}; torch's default 0.1 suits "
-                          "most training)"))
+                          "most training)", autofix=("set", "momentum", round(1 - mom, 9))))
         elif mom == 0 and m.training:
             out.append(_f(ctx, "bn-momentum-convention", "warning", name,
                           f"{_desc(m)} has momentum=0: its running statistics never move from their initial values, "
                           "and eval mode normalizes with them",
-                          "momentum=0.1 (torch's default), or None for a cumulative average"))
+                          "momentum=0.1 (torch's default), or None for a cumulative average",
+                          autofix=("set", "momentum", 0.1)))
     return out
 
 
@@ -180,20 +181,51 @@ def eps_too_small(ctx: Context) -> list[Finding]:
             out.append(_f(ctx, "eps-too-small", "error", n.name,
                           f"{_desc(n.module)} has {attr}=0: a constant row (or channel) has variance 0 and the "
                           "output is 0/0 = NaN, and near-constant rows blow rounding noise up to unit scale (C29)",
-                          f"{attr}=1e-5 (torch's default; 1e-6 for ConvNeXt-style LayerNorm)"))
+                          f"{attr}=1e-5 (torch's default; 1e-6 for ConvNeXt-style LayerNorm)",
+                          autofix=("set", attr, 1e-5) if attr else None))
         elif isinstance(eps, (int, float)) and eps > 0 and float(torch.tensor(eps, dtype=sdt)) == 0:
             out.append(_f(ctx, "eps-too-small", "error", n.name,
                           f"{_desc(n.module)} has {attr}={eps:g}, which is 0 in {str(sdt)[6:]}, the dtype its "
                           "statistics are computed in: constant rows give NaN (C29)",
                           f"compute the statistics in float32, or use {attr} >= "
-                          f"{_g(float(torch.finfo(sdt).tiny))}"))
+                          f"{_g(float(torch.finfo(sdt).tiny))}", autofix=("set", attr, _eps_needed(sdt))))
         elif n.probe is not None and n.probe.zeros_nonfinite:
-            out.append(_f(ctx, "eps-too-small", "error", n.name,
-                          f"{_desc(n.module)} returns NaN/inf for an all-zero input in {str(n.probe.dtype)[6:]} "
-                          f"(measured; eps {'unknown' if attr is None else f'{attr}={eps}'}): nothing keeps the "
-                          "division by the standard deviation finite (C29)",
-                          "add eps (1e-5) to the variance inside the square root"))
+            dt = n.probe.zeros_dtype or n.probe.dtype
+            need = _eps_needed(dt)
+            settable = attr is not None and isinstance(eps, (int, float)) and eps < need
+            out.append(_f(ctx, "eps-too-small", "error", n.name, _eps_nonfinite_message(n, dt, eps, attr),
+                          _eps_nonfinite_fix(dt, eps, attr), autofix=("set", attr, need) if settable else None))
     return out
+
+
+def _eps_needed(dt: torch.dtype) -> float:
+    """An eps that ``dt`` holds as a normal number, with room: 1e-5, or 10x the dtype's smallest normal."""
+    return max(1e-5, float(f"{10 * torch.finfo(dt).tiny:.0e}")) if dt.is_floating_point else 1e-5
+
+
+def _eps_nonfinite_message(n: NormInfo, dt: torch.dtype, eps, attr: str | None) -> str:
+    name = str(dt)[6:]
+    if attr is None:
+        held = "it has no eps that normlab can read"
+    elif isinstance(eps, (int, float)):
+        stored = float(torch.tensor(eps, dtype=dt)) if dt.is_floating_point else eps
+        held = f"{attr}={eps:g} is {stored:g} in {name}" + (
+            f", below {name}'s smallest normal number {_g(float(torch.finfo(dt).tiny))}"
+            if dt.is_floating_point and 0 < abs(eps) < torch.finfo(dt).tiny else "")
+    else:
+        held = f"{attr}={eps}"
+    return (f"{_desc(n.module)} returns NaN/inf for an all-zero input in {name}, the dtype it runs in (measured; "
+            f"{held}): nothing keeps the division by the standard deviation finite there (C29)")
+
+
+def _eps_nonfinite_fix(dt: torch.dtype, eps, attr: str | None) -> str:
+    need = _eps_needed(dt)
+    if attr is None:
+        return f"add eps to the variance inside the square root ({need:g} or more in {str(dt)[6:]})"
+    if isinstance(eps, (int, float)) and eps >= need:
+        return (f"{attr}={eps:g} is enough in {str(dt)[6:]} if it is added before the square root: compute the "
+                "statistics in float32 (x.float()), add eps there, and cast the result back")
+    return f"{attr}={need:g} (what {str(dt)[6:]} needs), or compute the statistics in float32 and cast back"
 
 
 @_register("frozen-bn-updates", "frozen BatchNorm parameters, but the layer still trains its statistics", "C15")
@@ -215,7 +247,7 @@ def frozen_bn_updates(ctx: Context) -> list[Finding]:
                       "(and normalizes with batch statistics while training)",
                       "keep it in eval mode: call .eval() on it after every model.train(), or nl.freeze_batchnorm"
                       "(model), which keeps BatchNorm frozen through .train() (C15: freezing BN matters when "
-                      "fine-tuning on shifted data)"))
+                      "fine-tuning on shifted data)", autofix=("freeze-bn",)))
     return out
 
 
@@ -246,7 +278,7 @@ def norm_weight_decay(ctx: Context) -> list[Finding]:
                       f"{_decay_effect(names)}; norm parameters are normally left out of weight decay",
                       f"build the optimizer from nl.param_groups(model, weight_decay={wd:g}), which leaves norm "
                       "parameters and biases out of decay, e.g. torch.optim.AdamW(nl.param_groups(model, "
-                      f"{wd:g}), lr=...)"))
+                      f"{wd:g}), lr=...)", autofix=("weight-decay", wd)))
     return out
 
 
@@ -327,6 +359,7 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
     each group's mean of it: a note."""
     out: list[Finding] = []
     seen: set[str] = set()
+    drops: list[tuple[str, str]] = []  # (layer, norm) whose bias the norm removes
     fix = ("bias=False on the {layer}: the norm's beta does the same job (a {norm} subtracts every per-channel "
            "constant, so the bias gets no gradient and only costs parameters)")
     group_fix = ("nothing is wrong; bias=False is the usual choice before GroupNorm (its beta shifts each channel "
@@ -352,6 +385,7 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
                 cdim = 1 if isinstance(layer, nn.modules.conv._ConvNd) else len(c.x_shape) - 1
                 seen.add(prod.name)
                 if _removes_channel_bias(ctx, n, c, cdim):
+                    drops.append((prod.name, n.name))
                     out.append(_f(ctx, "bias-before-norm", "warning", prod.name,
                                   f"{_desc(layer)} adds a bias that {_q(ctx, n.name)} ({_desc(n.module)}) removes "
                                   "right away (measured: a constant added per channel leaves the norm's output "
@@ -359,6 +393,10 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
                                   fix.format(layer=type(layer).__name__, norm=type(n.module).__name__)))
                 elif class_kind(n.module) == "group":
                     out.append(group_note(prod.name, layer, n.name, n.module))
+        if drops and _bias_drop_exact(ctx, drops):  # measured: the model's outputs stay the same without them
+            norm_of = dict(drops)
+            out = [replace(f, autofix=("drop-bias", ctx.full(norm_of[_rel(ctx, f.module)])))
+                   if f.severity == "warning" and _rel(ctx, f.module) in norm_of else f for f in out]
         return out
     for a, ma, b, mb in _sequential_pairs(ctx):
         if not isinstance(ma, (nn.Linear, nn.modules.conv._ConvNd)) or getattr(ma, "bias", None) is None:
@@ -369,10 +407,58 @@ def bias_before_norm(ctx: Context) -> list[Finding]:
             out.append(_f(ctx, "bias-before-norm", "warning", a,
                           f"{_desc(ma)} has a bias and feeds {_q(ctx, b)} ({_desc(mb)}), which subtracts every "
                           f"per-channel constant: {ma.bias.numel()} parameters that never change the output",
-                          fix.format(layer=type(ma).__name__, norm=type(mb).__name__)))
+                          fix.format(layer=type(ma).__name__, norm=type(mb).__name__),
+                          autofix=("drop-bias", ctx.full(b))))
         elif kind == "group":
             out.append(group_note(a, ma, b, mb))
     return out
+
+
+def _rel(ctx: Context, full: str) -> str:
+    return full[len(ctx.prefix):] if ctx.prefix and full.startswith(ctx.prefix) else full
+
+
+def _bias_drop_exact(ctx: Context, drops: list[tuple[str, str]]) -> bool:
+    """Dropping these biases (and moving each norm's running mean by its bias) leaves the outputs the same,
+    in eval and in training mode: measured on copies of the work model (a bias that also feeds a residual
+    connection, invisible as a module call, would change them)."""
+    from .trace import all_tensors
+
+    assert ctx.bench is not None and ctx.inputs is not None
+    bench = ctx.bench
+    outs = []
+    try:
+        for train in (False, True):
+            bench.reset()
+            bench.model.train(train)
+            m = copy.deepcopy(bench.model)
+            ref = [t.detach().clone() for t in all_tensors(bench.run(ctx.inputs, ctx.kwargs))]
+            mods = dict(m.named_modules())
+            with torch.no_grad():
+                for layer, norm in drops:
+                    b = mods[layer].bias
+                    rm = getattr(mods[norm], "running_mean", None)
+                    if isinstance(rm, Tensor) and rm.shape == b.shape:
+                        rm.sub_(b.to(rm.dtype))
+                    mods[layer].register_parameter("bias", None)
+                got = [t.detach() for t in all_tensors(_run_copy(m, ctx))]
+            outs.append(len(ref) == len(got) and all(
+                a.shape == b.shape and (not a.is_floating_point() or
+                                        bool(((a - b).abs() <= 1e-4 * (a.abs().max() + 1e-6)).all()))
+                for a, b in zip(ref, got)))
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        bench.reset()
+    return all(outs)
+
+
+def _run_copy(m: nn.Module, ctx: Context):
+    from .trace import _rng
+
+    assert ctx.inputs is not None
+    with _rng(ctx.inputs, m, 0), torch.no_grad():
+        return m(*ctx.inputs, **ctx.kwargs)
 
 
 @_register("dropout-before-bn", "dropout feeding a BatchNorm (variance shift between train and eval)", "C14")
@@ -393,7 +479,7 @@ def dropout_before_bn(ctx: Context) -> list[Finding]:
         return out
     bns = [n for n in ctx.norms.values() if n.batch_coupled and n.calls]
     drops = [n for n, m in ctx.work_modules().items() if active(m)]
-    if not bns or not drops:
+    if not bns:
         return out
     direct: dict[str, str] = {}
     for n in bns:
@@ -401,13 +487,20 @@ def dropout_before_bn(ctx: Context) -> list[Finding]:
             if active(prod.module):
                 direct[n.name] = prod.name
                 break
-    train = ctx.run_recording([n.name for n in bns], mode_train=False, dropout_train=True)
+    fed: dict[str, float] = {}  # functional dropout (F.dropout(x, p, self.training)) straight into the norm
+    train = ctx.run_recording([n.name for n in bns], mode_train=False, dropout_train=True, fed_by_dropout=fed)
     evals = ctx.run_recording([n.name for n in bns], mode_train=False, dropout_train=False)
     for n in bns:
         if not train[n.name] or not evals[n.name]:
             continue
         shift = _variance_shift(n, train[n.name][0][0], evals[n.name][0][0])
-        if n.name in direct and shift > 1.0 + 1e-6:
+        if n.name not in direct and n.name in fed and shift > 1.0 + 1e-6:
+            out.append(_f(ctx, "dropout-before-bn", "warning", n.name,
+                          f"a functional dropout (F.dropout-style, p={fed[n.name]:g}) feeds {_q(ctx, n.name)} "
+                          f"({_desc(n.module)}): the BatchNorm's input variance is {_g(shift)}x larger with "
+                          "dropout on (training) than off (eval), so eval normalizes with statistics of a different "
+                          "distribution (measured on the example; C14, Li et al. 2019)", fix))
+        elif n.name in direct and shift > 1.0 + 1e-6:
             d = direct[n.name]
             out.append(_f(ctx, "dropout-before-bn", "warning", d,
                           f"{_desc(ctx.user_modules[d])} feeds {_q(ctx, n.name)} ({_desc(n.module)}): the "
@@ -1272,4 +1365,153 @@ def attn_logit_growth(ctx: Context) -> list[Finding]:
                       "logits grew past ~1e4 diverged without QK-norm)",
                       "add QK-norm (LayerNorm or RMSNorm over head_dim on q and k, e.g. normlab's "
                       "GPTConfig(qk_norm='layernorm')), lower the learning rate, or add a z-loss"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- round 2
+SPLIT_Z = 0.5  # per-channel means of two calls' batches this many std apart: different distributions
+POSTLN_DEEP = 12  # post-LN stacks this deep need a learning-rate warm-up (C21)
+
+
+def _stateful(m: nn.Module) -> bool:
+    """Modules whose training flag changes what they compute: BatchNorm-like layers and active dropout."""
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return float(getattr(m, "p", 0.0)) > 0
+    return class_kind(m) == "batch" or isinstance(getattr(m, "running_mean", None), Tensor) and \
+        getattr(m, "track_running_stats", False) and hasattr(m, "momentum")
+
+
+def _frozen(m: nn.Module) -> bool:
+    params = list(m.parameters(recurse=False))
+    return bool(getattr(m, "frozen", False)) or bool(params) and not any(p.requires_grad for p in params)
+
+
+@_register("partial-eval", "part of the model in eval mode while BatchNorm/dropout elsewhere still train")
+def partial_eval(ctx: Context) -> list[Finding]:
+    """``model.backbone.eval()`` alone leaves the head's BatchNorm and dropout training.  A frozen backbone (its
+    norms' parameters frozen too, or nl.freeze_batchnorm) is the fine-tuning pattern, not this bug."""
+    mods = [(n, m) for n, m in ctx.user_modules.items() if n and _stateful(m)]
+    evals = [n for n, m in mods if not m.training and not _frozen(m)]
+    trains = [(n, m) for n, m in mods if m.training]
+    if not evals or not trains:
+        return []
+    root = "in training mode" if ctx.root.training else "in eval mode"
+    return [_f(ctx, "partial-eval", "warning", n,
+               f"{_desc(m)} is in training mode while {len(evals)} other BatchNorm/dropout module(s) are in eval mode "
+               f"(e.g. {_q(ctx, evals[0])}; the model itself is {root}): eval() was called on a part of the model "
+               "only, so at inference this one still " + ("drops activations" if isinstance(
+                   m, nn.modules.dropout._DropoutNd) else "normalizes with batch statistics and updates its running "
+                   "statistics"),
+               "for inference call model.eval() on the whole model; to fine-tune with a frozen part, freeze its "
+               "norms' parameters as well (nl.freeze_batchnorm(part)) so the split is explicit", claim=None)
+            for n, m in trains]
+
+
+@_register("bn-split-batches", "one BatchNorm normalizing batches of different distributions apart", needs="inputs")
+def bn_split_batches(ctx: Context) -> list[Finding]:
+    out = []
+    for n in ctx.norms.values():
+        calls = [c for c in n.calls if c.x is not None and n.uses_batch_stats(c)]
+        if len(calls) < 2:
+            continue
+        pooled = n.pooled or tuple(d for d in range(calls[0].x.ndim) if d != 1)  # type: ignore[union-attr]
+        stats = []
+        for c in calls:
+            x = c.x.double()  # type: ignore[union-attr]
+            if x.ndim <= max(pooled):
+                break
+            stats.append((x.mean(dim=pooled), x.var(dim=pooled, unbiased=False)))
+        if len(stats) < 2 or any(s[0].shape != stats[0][0].shape for s in stats):
+            continue
+        worst, at = 0.0, 1
+        for i in range(1, len(stats)):
+            (m0, v0), (m1, v1) = stats[0], stats[i]
+            z = float(((m0 - m1).abs() / ((v0 + v1) / 2 + 1e-5).sqrt()).median())
+            if z > worst:
+                worst, at = z, i
+        if worst > SPLIT_Z:
+            out.append(_f(ctx, "bn-split-batches", "warning", n.name,
+                          f"{_desc(n.module)} runs {len(calls)} times in one training-mode forward, each time on "
+                          f"its own batch (inputs {calls[0].x_shape} and {calls[at].x_shape}), and the batches differ: "
+                          f"per channel their means are {_g(worst)} std apart (median). Each batch is normalized "
+                          "with its own statistics, so what follows can tell the batches apart by their statistics "
+                          "alone (a GAN discriminator called on the real and the fake batch apart), and the running "
+                          "statistics swing between the two distributions",
+                          "normalize one mixed batch: call it once on torch.cat([a, b]) and split the output; or use "
+                          "a batch-free norm there (GroupNorm, LayerNorm; spectral norm in a GAN discriminator)",
+                          claim=None))
+    return out
+
+
+@_register("groupnorm-one-group", "GroupNorm(1, C) where a channel LayerNorm may have been meant", "C04")
+def groupnorm_one_group(ctx: Context) -> list[Finding]:
+    out = []
+    for n in ctx.norms.values():
+        m = n.module
+        if class_kind(m) != "group" or getattr(m, "num_groups", None) != 1 or getattr(m, "num_channels", 1) < 2:
+            continue
+        c = n.calls[0] if n.calls else None
+        if c is not None and (len(c.x_shape) < 3 or math.prod(c.x_shape[2:]) < 2):
+            continue  # no spatial positions: GroupNorm(1, C) is a LayerNorm over the channels there
+        shape = f" on its {c.x_shape} input" if c is not None else ""
+        out.append(_f(ctx, "groupnorm-one-group", "warning", n.name,
+                      f"{_desc(m)} has one group: it normalizes each sample over the channels and every position "
+                      f"together{shape}, one mean and variance per sample, not one per position as a LayerNorm over "
+                      "the channels (ConvNeXt's LayerNorm2d) does; a common slip when porting a channels-last "
+                      "LayerNorm to (N, C, H, W)",
+                      "if a LayerNorm over the channels was meant: nl.LayerNorm2d(C); keep GroupNorm(1, C) only if "
+                      "the per-sample statistics over (C, H, W) are intended (PoolFormer's choice)"))
+    return out
+
+
+def _lr_curve(scheduler, steps: int = 50) -> list[float]:
+    """The lr of the first param group over the scheduler's first ``steps`` steps; the scheduler is restored."""
+    import warnings
+
+    opt = scheduler.optimizer
+    state = scheduler.state_dict()
+    saved = [dict(g) for g in opt.param_groups]
+    lrs = [float(opt.param_groups[0]["lr"])]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(steps):
+                scheduler.step()
+                lrs.append(float(opt.param_groups[0]["lr"]))
+    except Exception:  # noqa: BLE001 -- e.g. OneCycleLR past its total steps: the steps so far are enough
+        pass
+    finally:
+        scheduler.load_state_dict(state)
+        for g, s in zip(opt.param_groups, saved):
+            for k, v in s.items():
+                if k != "params":
+                    g[k] = v
+    return lrs
+
+
+@_register("postln-no-warmup", "a deep post-norm stack trained with no learning-rate warm-up", "C21",
+           needs="train")
+def postln_no_warmup(ctx: Context) -> list[Finding]:
+    out = []
+    for stack, members in _placements(ctx):
+        post = [m for m in members if m[2] == "post"]
+        if len(post) < POSTLN_DEEP or len(post) * 2 < len(members):
+            continue
+        if ctx.scheduler is not None:
+            lrs = _lr_curve(ctx.scheduler)
+            if len(lrs) > 1 and lrs[0] < 0.5 * max(lrs):
+                continue  # warms up
+            seen = (f"the scheduler's lr starts at {_g(lrs[0])} and is {_g(lrs[-1])} after {len(lrs) - 1} steps "
+                    "(max " + _g(max(lrs)) + "): no warm-up")
+        else:
+            lr = float(ctx.optimizer.param_groups[0].get("lr", math.nan)) if getattr(ctx.optimizer, "param_groups",
+                                                                                       None) else math.nan
+            seen = (f"no scheduler was given, so the optimizer's lr ({_g(lr)}) is constant from the first step "
+                    "(pass scheduler= if yours warms up)")
+        out.append(_f(ctx, "postln-no-warmup", "warning", stack,
+                      f"{_q(ctx, stack) if stack else 'the model'} is a post-norm stack of {len(post)} blocks and "
+                      f"{seen}: deep post-LN transformers diverge or stall at full lr from step 0, as the gradients "
+                      "near the output are large at init (C21)",
+                      "warm the learning rate up linearly over the first few thousand steps (e.g. LambdaLR with "
+                      "min(1, step / warmup)), or use pre-norm, which trains without warm-up"))
     return out

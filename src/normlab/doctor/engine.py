@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .probe import (CONTAINERS, Probe, class_kind, effective_gamma, gamma_of, is_elementwise_class, is_weighted_class,
                     owns_matrices, probe_module)
@@ -536,11 +538,14 @@ class Context:
             bench.reset()
 
     def run_recording(self, names: list[str], *, dropout_train: bool | None = None, mode_train: bool | None = None,
-                      inputs: tuple | None = None) -> dict[str, list[tuple[Tensor, Tensor]]]:
+                      inputs: tuple | None = None, fed_by_dropout: dict[str, float] | None = None
+                      ) -> dict[str, list[tuple[Tensor, Tensor]]]:
         """Run the work copy once (no grad) and return the (input, output) of each call of ``names``.
 
         ``mode_train``: put the whole copy in train (True) or eval (False) mode first; ``dropout_train``: then
-        set every dropout module to that mode.
+        set every dropout module to that mode, and with True also turn on functional dropout
+        (``F.dropout(x, p, training=self.training)`` and its 1d/2d/3d/alpha twins).  ``fed_by_dropout``: filled
+        with {name: p} for the calls of ``names`` whose input is the output of a dropout (module or functional).
         """
         assert self.bench is not None and self.inputs is not None
         bench = self.bench
@@ -553,15 +558,19 @@ class Context:
                     m.train(dropout_train)
         seen: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in names}
 
+        mode = _DropoutOn(force=bool(dropout_train))
+
         def rec(name: str):
             def hook(mod, args, output):
                 x = next((a for a in args if isinstance(a, Tensor)), None)
                 if x is not None and isinstance(output, Tensor):
                     seen[name].append((x.detach().clone(), output.detach().clone()))
+                    if fed_by_dropout is not None and id(x) in mode.outputs:
+                        fed_by_dropout.setdefault(name, mode.outputs[id(x)][0])
             return hook
 
         try:
-            with bench.hooks({n: rec(n) for n in names}):
+            with bench.hooks({n: rec(n) for n in names}), mode:
                 bench.run(inputs if inputs is not None else self.inputs, self.kwargs)
         finally:
             bench.reset()
@@ -570,6 +579,34 @@ class Context:
     def close(self) -> None:
         if self.bench is not None:
             self.bench.close()
+
+
+_DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+
+
+class _DropoutOn(TorchFunctionMode):
+    """Sees every dropout call (functional or a module's): records {id(output): (p, output)}; with ``force``,
+    runs it in training mode whatever ``training=`` says."""
+
+    def __init__(self, force: bool):
+        super().__init__()
+        self.force = force
+        self.outputs: dict[int, tuple[float, Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func not in _DROPOUTS:
+            return func(*args, **kwargs)
+        names = ("input", "p", "training", "inplace")
+        bound = dict(zip(names, args))
+        bound.update(kwargs)
+        if self.force:
+            bound["training"] = True
+        out = func(**bound)
+        p = float(bound.get("p", 0.5))
+        if isinstance(out, Tensor) and p > 0 and bound.get("training", True):
+            self.outputs[id(out)] = (p, out)  # the tensor is kept, so its id is not reused during the run
+        return out
 
 
 def _zero(g: Tensor | None) -> bool:

@@ -161,6 +161,7 @@ class Probe:
     center: bool = False  # invariant to a shift of the input (re-centers)
     eval_pooled: tuple[int, ...] | None = None  # pooled dims in eval mode (batch norms only)
     zeros_nonfinite: bool = False  # an all-zero input gives NaN/inf (eps 0 or too small for the dtype)
+    zeros_dtype: torch.dtype | None = None  # the dtype that all-zero input was in (the module's own)
     error: str | None = None
 
     @property
@@ -258,6 +259,7 @@ def probe_module(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, 
             result = Probe(shape=shape, dtype=dtype, training=training, error=f"{type(e).__name__}: {e}")
     if result.normalizer and work is not None:
         result.zeros_nonfinite = _zeros_nonfinite(module, shape, dtype, args, kwargs, x_key, training, device)
+        result.zeros_dtype = dtype
     return result
 
 

@@ -26,6 +26,7 @@ class Finding:
         message: what was seen, with the number.
         fix: what to do, concretely.
         claim: the evidence-suite claim id that backs it (``"C09"``), or None.
+        autofix: how :meth:`Diagnosis.apply` fixes it (see :mod:`normlab.doctor.fixes`), or None.
     """
 
     check: str
@@ -34,6 +35,7 @@ class Finding:
     message: str
     fix: str
     claim: str | None = None
+    autofix: tuple | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -71,7 +73,8 @@ class Cause:
 
     def to_dict(self) -> dict[str, Any]:
         return {"check": self.check, "severity": self.severity, "count": self.count, "modules": list(self.modules),
-                "message": self.message, "fix": self.fix, "claim": self.claim}
+                "message": self.message, "fix": self.fix, "claim": self.claim,
+                "autofix": sum(f.autofix is not None for f in self.findings)}
 
 
 def group_findings(findings: list[Finding]) -> list[Cause]:
@@ -159,6 +162,27 @@ class Diagnosis:
     def __repr__(self) -> str:
         return f"Diagnosis({self.summary()})"
 
+    def fixable(self) -> list[Finding]:
+        """The findings :meth:`apply` can fix."""
+        return [f for f in self.findings if f.autofix is not None]
+
+    def apply(self, model: Any, optimizer: Any = None) -> Any:
+        """Apply the mechanical fixes to ``model`` (the model that was diagnosed) and ``optimizer``, in place.
+
+        Fixed: BatchNorm momentum in the Keras convention (outputs unchanged), eps 0 or too small for its dtype,
+        a conv/linear bias that the next norm removes (dropped, the norm's running mean moved by it: outputs
+        unchanged), weight decay on norm parameters (the optimizer's groups split as ``nl.param_groups``
+        does, its state kept; without an optimizer the groups are returned), BatchNorm with frozen gamma/beta
+        that still trains its statistics (frozen with ``nl.freeze_batchnorm``).  Nothing else is touched; run
+        the doctor again to see the result.
+
+        Returns:
+            a :class:`~normlab.doctor.fixes.Applied`: ``done``, ``skipped``, ``param_groups``.
+        """
+        from .fixes import apply_fixes
+
+        return apply_fixes(self.findings, model, optimizer)
+
     # ------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
         from .. import __version__
@@ -194,7 +218,8 @@ class Diagnosis:
             claim = f"  [{c.claim}]" if c.claim else ""
             lines.append("")
             where = c.modules[0] or "(model)" if c.count == 1 else f"{c.count} modules"
-            lines.append(f"{c.severity.upper():<8}{c.check}  {where}{claim}")
+            auto = "  (auto-fix: diagnosis.apply / --fix)" if any(f.autofix for f in c.findings) else ""
+            lines.append(f"{c.severity.upper():<8}{c.check}  {where}{claim}{auto}")
             message = c.message
             if c.count > 1:
                 lines += textwrap.wrap(f"modules: {c.modules_text()}", width, initial_indent="  ",
