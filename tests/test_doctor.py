@@ -323,6 +323,14 @@ def test_ddp_without_syncbn(tmp_path):
         assert _triples(static) == [("ddp-without-syncbn", "module.bn", "info")]
         assert not nl.doctor(nn.parallel.DistributedDataParallel(zoo.DDPNet(sync=True)), torch.randn(4, 3, 6, 6)) \
             .findings
+        model = nn.parallel.DistributedDataParallel(zoo.DDPNet(sync=False))  # the fix, applied under the wrapper
+        x = torch.randn(4, 3, 6, 6)
+        with torch.no_grad():
+            before = model(x)
+        assert nl.doctor(model, x).apply(model).checks == {"ddp-without-syncbn"}
+        assert isinstance(model.module.bn, nl.SyncBatchNorm) and not nl.doctor(model, x).findings
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), before)
     finally:
         dist.destroy_process_group()
 

@@ -278,3 +278,17 @@ def test_cli_fix_writes_only_when_asked(tmp_path, capsys):
     fixed = torch.load(target, weights_only=False)
     assert fixed[1].momentum == pytest.approx(0.01) and fixed[0].bias is None
     assert "after the fixes: 0 errors" in capsys.readouterr().err
+
+
+def test_cli_exit_code_1_only_for_errors_found(tmp_path, monkeypatch, capsys):
+    import sys
+
+    path = tmp_path / "m.py"
+    path.write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))\n")
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug in a check")
+    monkeypatch.setattr(sys.modules["normlab.doctor"], "doctor", boom)
+    assert main(["doctor", f"{path}:build", "--input-shape", "2,4"]) == 3
+    err = capsys.readouterr().err
+    assert "the doctor itself failed: RuntimeError: a bug in a check" in err and "Traceback" not in err

@@ -317,7 +317,8 @@ def ddp_without_syncbn(ctx: Context) -> list[Finding]:
                       "batches)" + ("" if batch is not None else "; fine if every process sees 16 or more samples"),
                       "convert before wrapping: model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) "
                       "(CUDA/NCCL), or use normlab.SyncBatchNorm (also CPU/gloo); DataParallel: move to "
-                      "DistributedDataParallel with SyncBatchNorm"))
+                      "DistributedDataParallel with SyncBatchNorm",
+                      autofix=("syncbn",) if ctx.wrapper == "DistributedDataParallel" else None))
     return out
 
 
@@ -1414,10 +1415,10 @@ def bn_split_batches(ctx: Context) -> list[Finding]:
         calls = [c for c in n.calls if c.x is not None and n.uses_batch_stats(c)]
         if len(calls) < 2:
             continue
-        pooled = n.pooled or tuple(d for d in range(calls[0].x.ndim) if d != 1)  # type: ignore[union-attr]
+        pooled = n.pooled or tuple(d for d in range(calls[0].x.ndim) if d != 1)
         stats = []
         for c in calls:
-            x = c.x.double()  # type: ignore[union-attr]
+            x = c.x.double()
             if x.ndim <= max(pooled):
                 break
             stats.append((x.mean(dim=pooled), x.var(dim=pooled, unbiased=False)))

@@ -133,7 +133,8 @@ class Context:
         self.user_model = model
         self.root, self.prefix, self.wrapper = _unwrap(model)
         lazy = [f"'{self.prefix + n}' ({type(m).__name__})" for n, m in self.root.named_modules()
-                if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]
+                if isinstance(m, nn.modules.lazy.LazyModuleMixin)
+                and m.has_uninitialized_params()]  # type: ignore[misc]
         if lazy:
             raise DoctorInputError(
                 f"the model has {len(lazy)} lazy module(s) not initialized yet: {', '.join(lazy[:5])}"
@@ -521,7 +522,8 @@ class Context:
                 pass
             if not got or not leaf or not got[0].requires_grad:
                 return nothing
-            x, out = got[0], []
+            x = got[0]
+            out: list[tuple[int, ...] | None] = []
             for p in points:
                 (g,) = torch.autograd.grad(x[p], leaf[0], retain_graph=True, allow_unused=True)
                 if g is None or not bool((g != 0).any()):

@@ -9,6 +9,9 @@ A finding that can be fixed carries an ``autofix`` spec, set by its check:
   stay the same in training and in eval mode.
 - ``("weight-decay", wd)``: take norm parameters and biases out of weight decay (the groups of
   :func:`normlab.param_groups`), in the optimizer's own groups so its state is kept.
+- ``("syncbn",)``: a BatchNorm under DistributedDataParallel becomes :class:`normlab.SyncBatchNorm`, sharing
+  its parameter and buffer objects (the wrapper's and the optimizer's references stay valid); with one process,
+  and in eval mode, the outputs are the same.
 - ``("freeze-bn",)``: a BatchNorm whose gamma/beta are frozen keeps its running statistics frozen too
   (:func:`normlab.freeze_batchnorm`: same parameter and buffer objects; eval outputs unchanged, training
   outputs now use the running statistics, which is the point).
@@ -25,7 +28,7 @@ from torch import nn
 __all__ = ["Applied", "apply_fixes", "EXACT"]
 
 #: fixes after which every output of the model is the same as before
-EXACT = ("set-momentum", "drop-bias", "freeze-bn (eval)")
+EXACT = ("set-momentum", "drop-bias", "syncbn (one process, or eval)", "freeze-bn (eval)")
 
 
 @dataclass
@@ -107,6 +110,14 @@ def apply_fixes(findings: list, model: nn.Module, optimizer: Any = None) -> Appl
             out.done.append((f.check, f.module, f"bias dropped ({bias.numel()} parameters); '{spec[1]}' removes "
                                                  "every per-channel constant" +
                              (", and its running_mean moved by the bias" if isinstance(rm, torch.Tensor) else "")))
+        elif kind == "syncbn":
+            from .. import SyncBatchNorm
+
+            new = SyncBatchNorm.convert_sync_batchnorm(m)
+            if new is not m:
+                _replace(model, f.module, new)
+            out.done.append((f.check, f.module, "replaced by normlab.SyncBatchNorm (the same parameter and buffer "
+                                                "objects, so the DDP wrapper and the optimizer keep working)"))
         elif kind == "freeze-bn":
             from .. import freeze_batchnorm
 

@@ -172,7 +172,8 @@ class Diagnosis:
         Fixed: BatchNorm momentum in the Keras convention (outputs unchanged), eps 0 or too small for its dtype,
         a conv/linear bias that the next norm removes (dropped, the norm's running mean moved by it: outputs
         unchanged), weight decay on norm parameters (the optimizer's groups split as ``nl.param_groups``
-        does, its state kept; without an optimizer the groups are returned), BatchNorm with frozen gamma/beta
+        does, its state kept; without an optimizer the groups are returned), BatchNorm under
+        DistributedDataParallel (made a normlab SyncBatchNorm on the same tensors), BatchNorm with frozen gamma/beta
         that still trains its statistics (frozen with ``nl.freeze_batchnorm``).  Nothing else is touched; run
         the doctor again to see the result.
 
