@@ -20,6 +20,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 Built = tuple[torch.nn.Module, tuple, dict]
 
 
+def transformers_or_skip():
+    """The transformers module, quiet; the test is skipped where it is not installed."""
+    import pytest
+
+    tf = pytest.importorskip("transformers", reason="Hugging Face transformers is not installed (a test-only "
+                                                    "dependency in requirements.lock)")
+    tf.logging.set_verbosity_error()
+    return tf
+
+
 def _g(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

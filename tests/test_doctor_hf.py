@@ -18,10 +18,7 @@ import normlab as nl
 
 @pytest.fixture(scope="module")
 def tf():
-    tf = pytest.importorskip("transformers", reason="Hugging Face transformers is not installed (a test-only "
-                                                    "dependency in requirements.lock)")
-    tf.logging.set_verbosity_error()
-    return tf
+    return H.transformers_or_skip()
 
 
 def _params(name: str):

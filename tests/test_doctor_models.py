@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import doctor_zoo as zoo
+from doctor_hf import transformers_or_skip
 import normlab as nl
 
 
@@ -60,10 +61,7 @@ def test_convnext_with_a_last_dim_layernorm():
 # ------------------------------------------------------------------------------------------ Hugging Face
 @pytest.fixture(scope="module")
 def hf():
-    tf = pytest.importorskip("transformers", reason="Hugging Face transformers is not installed (a test-only "
-                                                    "dependency in requirements.lock)")
-    tf.logging.set_verbosity_error()
-    return tf
+    return transformers_or_skip()
 
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
