@@ -276,3 +276,11 @@ def test_cli_exit_code_1_only_for_errors_found(tmp_path, monkeypatch, capsys):
     assert main(["doctor", f"{path}:build", "--input-shape", "2,4"]) == 3
     err = capsys.readouterr().err
     assert "the doctor itself failed: RuntimeError: a bug in a check" in err and "Traceback" not in err
+
+
+def test_partial_eval_silent_on_monte_carlo_dropout():
+    m = zoo.BackboneHead().eval()
+    m.head[3].train()  # dropout on at inference, on purpose; every BatchNorm in eval mode
+    assert not nl.doctor(m, torch.randn(16, 3, 8, 8)).by_check("partial-eval")
+    d = zoo.BUGS["partial-eval"](fixed=False).run()
+    assert [f.module for f in d.by_check("partial-eval")] == ["head.1", "head.3"]  # the head's BatchNorm and dropout

@@ -1394,8 +1394,12 @@ def partial_eval(ctx: Context) -> list[Finding]:
     mods = [(n, m) for n, m in ctx.user_modules.items() if n and _stateful(m)]
     evals = [n for n, m in mods if not m.training and not _frozen(m)]
     trains = [(n, m) for n, m in mods if m.training]
-    if not evals or not trains:
-        return []
+
+    def mixed(dropout: bool) -> bool:  # one kind of layer in both modes
+        kind = [m for _, m in mods if isinstance(m, nn.modules.dropout._DropoutNd) == dropout]
+        return any(m.training for m in kind) and any(not m.training and not _frozen(m) for m in kind)
+    if not evals or not trains or not (mixed(True) or mixed(False)):
+        return []  # e.g. Monte Carlo dropout: every dropout on, every BatchNorm in eval mode, on purpose
     root = "in training mode" if ctx.root.training else "in eval mode"
     return [_f(ctx, "partial-eval", "warning", n,
                f"{_desc(m)} is in training mode while {len(evals)} other BatchNorm/dropout module(s) are in eval mode "
