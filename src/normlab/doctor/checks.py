@@ -291,7 +291,7 @@ def _decay_effect(names: set[str]) -> str:
     rest = sorted(names - {"gamma", "beta"})
     if rest:
         parts.append(f"decay pulls {', '.join(rest)} toward 0")
-    return " and ".join(parts)
+    return "; ".join(parts)
 
 
 @_register("ddp-without-syncbn", "BatchNorm under (Distributed)DataParallel with small per-process batches", "C16")
