@@ -40,16 +40,18 @@ layers use autograd.Functions over the same kernels, which the compiler
 traces.  Row outputs larger than half the last-level cache are written with
 streaming stores (:func:`streaming_stores`; the same bits either way).
 
-``NORMLAB_KERNELS`` sets the mode for a process: ``auto`` (default: the
+``NORMLAB_KERNELS`` sets the default mode: ``auto`` (default: the
 order above), ``reference`` (only the reference), ``native`` (torch's
 kernels wherever the configuration is theirs, any dtype, then the
 reference), ``cpp`` (normlab's kernels where they apply, then the
-reference).  :func:`use` sets it for a block of code.
+reference).  :func:`use` sets it for a block of code, in the thread that runs the block (each thread
+starts in the default mode).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -63,7 +65,16 @@ __all__ = ["MODES", "mode", "use", "use_reference", "implementation", "dispatch"
            "streaming_stores"]
 
 MODES = ("auto", "reference", "native", "cpp")
-_stack: list[str] = []
+
+
+class _ThreadModes(threading.local):
+    """The :func:`use` blocks in force, per thread: one thread's block never changes what another runs."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+
+_modes = _ThreadModes()
 
 
 def _env_mode() -> str:
@@ -78,7 +89,8 @@ _default = _env_mode()
 
 def mode() -> str:
     """The kernel mode in force: the innermost :func:`use`, else ``NORMLAB_KERNELS`` (read at import)."""
-    return _stack[-1] if _stack else _default
+    stack = _modes.stack
+    return stack[-1] if stack else _default
 
 
 @contextmanager
@@ -86,11 +98,12 @@ def use(m: str) -> Iterator[None]:
     """Run a block with kernel mode ``m`` (one of :data:`MODES`)."""
     if m not in MODES:
         raise ValueError(f"kernel mode must be one of {', '.join(MODES)}, got {m!r}")
-    _stack.append(m)
+    stack = _modes.stack
+    stack.append(m)
     try:
         yield
     finally:
-        _stack.pop()
+        stack.pop()
 
 
 def use_reference():
@@ -290,7 +303,7 @@ def _cached_plan(norm, x: Tensor):
             or _transformed() or not norm._fast_paths_allowed():
         return None
     key = (x.shape, x.dtype, x.is_contiguous(), norm.training, norm.frozen, norm.track_running_stats,
-           _stack[-1] if _stack else _default)  # mode(), inline: this runs on every call
+           mode())
     try:
         plan = norm.__dict__["_kernel_plans"][key]
     except KeyError:

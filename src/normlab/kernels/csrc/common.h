@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 #if defined(__SSE2__)
@@ -41,12 +42,18 @@ template <typename T> using acc_t = typename AccOf<T>::type;
 inline float ld(const float* p, int64_t i) { return p[i]; }
 inline double ld(const double* p, int64_t i) { return p[i]; }
 inline float ld(const c10::BFloat16* p, int64_t i) { return std::bit_cast<float>(uint32_t(p[i].x) << 16); }
-// IEEE half -> float, denormals, inf and NaN included: the magnitude bits scaled by 2^112 as a float
+// IEEE half -> float, denormals, inf and NaN included, with no denormal float on the way: a normal
+// half by rebiasing its exponent in the integer bits, a subnormal one as its mantissa (an integer)
+// times 2^-24, which is a normal float.  (Scaling the bits as a float denormal by 2^112 is zeroed
+// when the CPU flushes denormals, as torch.set_flush_denormal(True) makes it do; every fp16
+// subnormal is a normal float32, and torch's own conversion keeps it.)
 inline float ld(const c10::Half* p, int64_t i) {
   const uint32_t h = p[i].x;
   const uint32_t em = h & 0x7FFFu;
-  const float mag = std::bit_cast<float>(em << 13) * 0x1p112f;
-  const uint32_t bits = em >= 0x7C00u ? ((em << 13) | 0x7F800000u) : std::bit_cast<uint32_t>(mag);
+  const uint32_t normal = (em << 13) + 0x38000000u;                       // exponent 15 -> 127
+  const uint32_t sub = std::bit_cast<uint32_t>(float(int32_t(em)) * 0x1p-24f);
+  const uint32_t special = (em << 13) | 0x7F800000u;                       // inf, NaN (payload kept)
+  const uint32_t bits = em >= 0x7C00u ? special : (em < 0x0400u ? sub : normal);
   return std::bit_cast<float>(bits | ((h & 0x8000u) << 16));
 }
 
@@ -142,6 +149,24 @@ struct Moments {
   acc_t<T> shift = 0, corr = 0, var = 0;
 };
 
+// A constant run's variance is 0, as the reference computes it; the sums above leave it at the
+// rounding error of shift and corr instead (~1e-21 for a row of 18 ones: with eps = 0 the output
+// is then beta where the reference's 0 * inf is NaN).  A variance within a few ulps of shift's
+// square is checked against the values themselves: only such nearly constant runs pay that pass.
+template <typename A>
+inline bool near_constant(A shift, A corr, A var) {
+  constexpr A eps = std::numeric_limits<A>::epsilon();
+  return var <= (shift * shift + corr * corr) * (A(64) * eps * eps);
+}
+
+template <typename T>
+inline bool is_constant(const T* x, int64_t n) {
+  const auto v0 = ld(x, 0);
+  for (int64_t i = 1; i < n; ++i)
+    if (ld(x, i) != v0) return false;
+  return true;
+}
+
 template <typename T>
 inline Moments<T> run_moments(const T* x, int64_t n, bool center) {
   using A = acc_t<T>;
@@ -156,6 +181,10 @@ inline Moments<T> run_moments(const T* x, int64_t n, bool center) {
   sum_dev(x, n, m.shift, sd, sq);
   m.corr = A(sd) * inv;
   m.var = std::max(A(sq) * inv - m.corr * m.corr, A(0));
+  if (m.var > A(0) && near_constant(m.shift, m.corr, m.var) && is_constant(x, n)) {
+    m.corr = ld(x, 0) - m.shift;  // exact (Sterbenz): every (x - shift) - corr is then 0
+    m.var = A(0);
+  }
   return m;
 }
 
@@ -187,6 +216,22 @@ inline void prefetch_row(const T* p, int64_t n) {
 }
 
 inline bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The ops are public (torch.ops.normlab.*): a parameter, statistic or mask of the wrong size would be
+// read past its end, so each op checks what it reads against the input's geometry.
+inline void check_numel(const c10::optional<at::Tensor>& t, int64_t n, const char* what, const char* who) {
+  if (has(t))
+    TORCH_CHECK(t->numel() == n, "normlab ", who, ": ", what, " must have ", n, " elements for this input, got ",
+                t->numel(), " (shape ", t->sizes(), ")");
+}
+
+// statistics of the accumulation type with the given shape (what the forward op returned)
+inline void check_stats(const at::Tensor& stats, at::IntArrayRef shape, at::ScalarType acc, const char* who) {
+  TORCH_CHECK(stats.sizes() == shape && stats.scalar_type() == acc, "normlab ", who, ": stats must be ", acc, " of shape ",
+              shape, " (as the forward op returns them), got ", stats.scalar_type(), " of shape ", stats.sizes());
+}
+
+inline at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Per-thread partial sums (for parameter gradients), reduced at the end.  Each thread's part starts
 // on its own 128-byte boundary (two cache lines: the adjacent-line prefetcher pairs them): the parts

@@ -117,6 +117,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, 
   const int64_t G = groups, S = seg;
   TORCH_CHECK(G >= 1 && S >= 1 && L % S == 0, "normlab rows_fwd: bad groups/seg");
   const int64_t K = L / S;
+  check_numel(weight, G * K, "weight", "rows_fwd");
+  check_numel(bias, G * K, "bias", "rows_fwd");
+  TORCH_CHECK(R % G == 0, "normlab rows_fwd: ", R, " rows are not a multiple of groups=", G);
   at::Tensor y = at::empty_like(x);
   at::Tensor sum_out;
   at::Tensor res;
@@ -286,7 +289,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_nd(const at::Tensor& dy_
   TORCH_CHECK(dy.sizes() == x.sizes(), "normlab rows_bwd: dy must have x's shape");
   at::Tensor dsum;
   if (has(dsum_in)) dsum = dsum_in->contiguous();
+  TORCH_CHECK(groups >= 1 && seg >= 1 && L % seg == 0 && R % groups == 0, "normlab rows_bwd: bad groups/seg");
   const int64_t G = groups, S = seg, K = L / S, P = G * K;
+  check_numel(weight, P, "weight", "rows_bwd");
+  check_numel(bias_like, P, "bias", "rows_bwd");
+  check_stats(stats, {center ? 3 : 1, R}, acc_type(x), "rows_bwd");
+  TORCH_CHECK(!has(dsum_in) || dsum_in->numel() == 0 || dsum_in->sizes() == x.sizes(),
+              "normlab rows_bwd: dsum must have x's shape");
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw, db;
   const int64_t row_bytes = L * int64_t(x.element_size());
