@@ -272,3 +272,15 @@ def test_chfirst_and_batch_ops_refuse_parameters_of_the_wrong_size():
     rm, rv, nbt = torch.zeros(3), torch.ones(8), torch.tensor(0)
     with pytest.raises(RuntimeError, match=r"running_var must match running_mean"):
         ops.batch_ad(x, None, None, None, None, 1e-5, False, rm, rv, nbt, 0.1, 2, True)
+
+
+def test_add_norm_keeps_a_subclass_forward():
+    """FilterResponseNorm (a Norm whose forward adds its TLU) with one channel: a rows plan exists, but the fused
+    add + norm would skip the TLU; add_norm must give the composition."""
+    need_cpp()
+    frn = nl.FilterResponseNorm(1)
+    with torch.no_grad():
+        frn.tau.fill_(0.5)
+    x, r = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    y, s = nl.add_norm(x, r, frn)
+    torch.testing.assert_close(y, frn(x + r))
