@@ -203,15 +203,24 @@ def test_a_lock_left_by_a_killed_build_blocks_nobody(built, tmp_path, fake_cxx):
     """A build killed by SIGTERM half-way: later processes load a finished build, or take the lock over."""
     cache = _cache_with(built, tmp_path)
     key = build.build_key()
-    # the first build, killed: a process holding the build lock while its compiler runs
+    lock = os.path.join(cache, "kernels", key + ".lock")
+    # the lock files a killed build leaves (torch's in its build directory, normlab's beside it) next to a
+    # finished build: nothing waits at all
+    open(os.path.join(cache, "kernels", key, "lock"), "w").close()
+    with open(lock, "w") as f:
+        f.write("999999999")
+    p = _run(tmp_path, fake_cxx, cache=cache, timeout=30)
+    _ok(p)
+    assert _field(p, "IMPL") == "cpp:rows"
+    # no finished build: the first build, killed while its compiler runs
+    lib = _library(cache)
+    shutil.move(lib, str(tmp_path / "saved.so"))
     slow = tmp_path / "slowcc"
     slow.write_text("#!/bin/sh\nsleep 60\nexit 1\n")
     slow.chmod(0o755)
-    os.remove(_library(cache))  # no finished build yet
     first = subprocess.Popen([sys.executable, "-c", CALL], env={**os.environ, "NORMLAB_CACHE": cache,
                                                                 "CXX": str(slow), "TMPDIR": str(tmp_path)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    lock = os.path.join(cache, "kernels", key + ".lock")
     try:
         deadline = time.monotonic() + 60
         while not (os.path.exists(lock) and open(lock).read().strip() == str(first.pid)):
@@ -226,18 +235,10 @@ def test_a_lock_left_by_a_killed_build_blocks_nobody(built, tmp_path, fake_cxx):
             pass
         first.wait()
     assert os.path.exists(lock)  # left behind
-    # torch's own lock file in the build directory, as a killed torch build leaves it
-    open(os.path.join(cache, "kernels", key, "lock"), "w").close()
     p = _run(tmp_path, fake_cxx, cache=cache, timeout=30)
     _ok(p)
     assert f"process {first.pid} started building the kernels and is gone" in p.stderr, p.stderr
     assert _field(p, "IMPL") == "reference"
-    # with a finished build present, nothing waits at all
-    shutil.copy2(os.path.join(built, "normlab_kernels.so"), _library(cache))
-    shutil.copy2(os.path.join(built, "normlab_kernels.so.stamp"), _library(cache) + ".stamp")
-    p = _run(tmp_path, fake_cxx, cache=cache, timeout=30)
-    _ok(p)
-    assert _field(p, "IMPL") == "cpp:rows"
 
 
 def test_a_lock_held_by_a_live_process_is_waited_on_for_a_bounded_time(built, tmp_path, fake_cxx):

@@ -138,11 +138,11 @@ def flush_denormal():
 
 
 @pytest.mark.parametrize("make,shape,path", [
-    (lambda: nl.LayerNorm(64), (4, 64), "cpp:rows"),
+    (lambda: nl.LayerNorm(64, eps=1e-16), (4, 64), "cpp:rows"),  # eps far below the inputs' variance (~1e-12)
     (lambda: nl.RMSNorm(64, eps=1e-16), (4, 64), "cpp:rows"),
-    (lambda: nl.GroupNorm(2, 4), (2, 4, 3, 5), "cpp:rows"),
-    (lambda: nl.LayerNorm2d(4), (2, 4, 3, 5), "cpp:chfirst"),
-    (lambda: nl.BatchNorm2d(4), (3, 4, 2, 5), "cpp:batch"),
+    (lambda: nl.GroupNorm(2, 4, eps=1e-16), (2, 4, 3, 5), "cpp:rows"),
+    (lambda: nl.LayerNorm2d(4, eps=1e-16), (2, 4, 3, 5), "cpp:chfirst"),
+    (lambda: nl.BatchNorm2d(4, eps=1e-16), (3, 4, 2, 5), "cpp:batch"),
 ], ids=["LayerNorm", "RMSNorm", "GroupNorm", "LayerNorm2d", "BatchNorm2d"])
 def test_fp16_subnormal_inputs_under_flush_to_zero(make, shape, path, flush_denormal):
     """Every fp16 subnormal is a normal float32: flushing float denormals must not zero them."""
@@ -275,12 +275,14 @@ def test_chfirst_and_batch_ops_refuse_parameters_of_the_wrong_size():
 
 
 def test_add_norm_keeps_a_subclass_forward():
-    """FilterResponseNorm (a Norm whose forward adds its TLU) with one channel: a rows plan exists, but the fused
-    add + norm would skip the TLU; add_norm must give the composition."""
+    """FilterResponseNorm (a Norm whose forward adds its TLU) of one channel at one position: its plan is rows of
+    one group and one segment, which the fused add + norm takes, skipping the TLU; add_norm must give the
+    composition."""
     need_cpp()
     frn = nl.FilterResponseNorm(1)
     with torch.no_grad():
         frn.tau.fill_(0.5)
-    x, r = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    x, r = torch.randn(6, 1, 1, 1), torch.randn(6, 1, 1, 1)
+    assert nl.kernels.implementation(frn, x) == "cpp:rows"
     y, s = nl.add_norm(x, r, frn)
     torch.testing.assert_close(y, frn(x + r))
