@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from . import build
+from . import mode as _mode
 from .call import Call
 from .mode import mode
 
@@ -49,15 +50,18 @@ def transformed() -> bool:
     return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
 
 
-def eager(x) -> bool:
-    """Whether a call on ``x`` is an eager CPU one whose choice of path may be remembered per input signature.
-
-    Not while compiling, tracing (torch.jit.trace), or under a torch.func transform.
+def eager(x) -> str | None:
+    """The kernel mode in force when a call on ``x`` is an eager CPU one, whose choice of path may be
+    remembered per input signature (and mode); None while compiling, tracing (torch.jit.trace), or
+    under a torch.func transform.  Written flat: it runs on every call of every layer.
     """
     # torch._C._is_tracing is what torch.jit.is_tracing asks, without its two Python frames; it is
     # only reached when not compiling (dynamo sees is_compiling() first)
-    return isinstance(x, Tensor) and x.is_cpu and not torch.compiler.is_compiling() and not torch._C._is_tracing() \
-        and not transformed()
+    if isinstance(x, Tensor) and x.is_cpu and not torch.compiler.is_compiling() and not torch._C._is_tracing() \
+            and not torch._C._are_functorch_transforms_active() and _forward_ad._current_level < 0:
+        stack = _mode._modes.stack  # mode(), inline
+        return stack[-1] if stack else _mode._default
+    return None
 
 
 def _cpp_ready(x: Tensor) -> bool:

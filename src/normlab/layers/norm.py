@@ -572,10 +572,10 @@ class Norm(NoTorchScript, nn.Module):
         The first call with a given shape, dtype, contiguity, mode and training state validates the
         input exactly as the general path does (same errors).
         """
-        if not kernels.eager(x) or not self._fast_paths_allowed():
+        m = kernels.eager(x)
+        if m is None or not self._fast_paths_allowed():
             return None
-        key = (x.shape, x.dtype, x.is_contiguous(), self.training, self.frozen, self.track_running_stats,
-               kernels.mode())
+        key = (x.shape, x.dtype, x.is_contiguous(), self.training, self.frozen, self.track_running_stats, m)
         try:
             return self._kernel_plans[key]
         except KeyError:

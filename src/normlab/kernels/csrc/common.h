@@ -29,6 +29,10 @@
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 namespace normlab {
 
@@ -307,8 +311,32 @@ inline std::atomic<int64_t>& stream_threshold() {
 // the largest row (bytes) staged through the per-thread buffer; longer rows are written directly
 constexpr int64_t kMaxStagedRow = int64_t(256) << 10;
 
-inline bool streams(int64_t out_bytes, int64_t row_bytes) {
-  return row_bytes <= kMaxStagedRow && out_bytes >= stream_threshold().load(std::memory_order_relaxed);
+// Whether the pages under an output already exist.  An output the allocator just got from the system
+// (glibc maps every allocation of 32 MB and more afresh, so a process that does not reuse its memory
+// pays this on every call) is not backed yet: each page is zeroed by the kernel at its first touch,
+// and lands in the cache, where ordinary stores then hit it; streaming stores would write it to
+// memory a second time.  One mincore() of the output's last page (the allocator writes its header at
+// the start of a fresh mapping).  Measured side by side in one process, LayerNorm 2048x4096 fp32
+// forward on fresh pages: streamed 71 ms, ordinary stores 59 ms (torch 70 ms; a loaded machine).
+inline bool backed(const void* p, int64_t bytes) {
+#if defined(__linux__)
+  static const long page = sysconf(_SC_PAGESIZE);
+  if (bytes <= 0 || page <= 0) return true;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes) - 1) & ~uintptr_t(page - 1);
+  unsigned char v = 0;
+  if (mincore(reinterpret_cast<void*>(last), size_t(page), &v) != 0) return true;  // unknown: as if backed
+  return (v & 1) != 0;
+#else
+  (void)p;
+  (void)bytes;
+  return true;
+#endif
+}
+
+// out: the main output (allocated), out_bytes: what the call writes in all
+inline bool streams(int64_t out_bytes, int64_t row_bytes, const at::Tensor& out) {
+  return row_bytes <= kMaxStagedRow && out_bytes >= stream_threshold().load(std::memory_order_relaxed) &&
+         backed(out.data_ptr(), int64_t(out.nbytes()));
 }
 
 // per-thread staging buffers (slot 0 and 1), 64-byte aligned
