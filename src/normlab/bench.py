@@ -244,6 +244,19 @@ def _check_selection(cases: list[str] | None, dtypes: Sequence[str]) -> list[Cas
     return selected
 
 
+def _setups(selected: list[Case], dtypes: Sequence[str], quick: bool):
+    """Per selected case and dtype: ``(case, shape, dtype name, inputs, torch layer, normlab layer, normlab path)``."""
+    for case in selected:
+        shape = case.quick_shape if quick else case.shape
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            gen = torch.Generator().manual_seed(0)
+            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
+            theirs = case.torch_layer(shape).to(dtype).train(case.train)
+            ours = case.normlab_layer(shape).to(dtype).train(case.train)
+            yield case, shape, dname, xs, theirs, ours, _normlab_path(ours, xs[0])
+
+
 # "RMSNorm cheaper": the shapes of these cases, timed side by side when both of a pair are selected
 _RMS_VS_LN = (("LayerNorm", "RMSNorm"), ("LayerNorm-wide", "RMSNorm-wide"))
 
@@ -274,31 +287,23 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     nl.kernels.cpp_available()  # build the kernels (once per machine) before anything is timed
     steady = _steady_allocator() if not fresh_pages else False
     rows = []
-    for case in selected:
-        shape = case.quick_shape if quick else case.shape
-        for dname in dtypes:
-            dtype = DTYPES[dname]
-            gen = torch.Generator().manual_seed(0)
-            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
-            theirs = case.torch_layer(shape).to(dtype).train(case.train)
-            ours = case.normlab_layer(shape).to(dtype).train(case.train)
-            if compile:  # a fresh dynamo cache per case: compiled modules share one code object, and past
-                torch._dynamo.reset()  # its recompile limit (8) dynamo silently runs the rest eagerly
-            compiled = torch.compile(case.torch_layer(shape).to(dtype).train(case.train)) if compile else None
-            path = _normlab_path(ours, xs[0])
-            for backward in (False, True):
-                passes = "fwd+bwd" if backward else "fwd"
-                if log:
-                    log(f"  {case.name} {shape} {dname} {passes}")
-                fns = {"copy": lambda: xs[0].clone(), "torch": _runner(theirs, xs, backward),
-                       "normlab": _runner(ours, xs, backward)}
-                if compiled is not None:
-                    fns["compiled"] = _runner(compiled, xs, backward)
-                t = _interleaved(fns, repeats, warmup)
-                rows.append(Row(case.name, tuple(shape), dname, passes, path, t["copy"][0], t["torch"][0],
-                                t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
-                                {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
-                                 "normlab_iqr_ms": t["normlab"][1]}))
+    for case, shape, dname, xs, theirs, ours, path in _setups(selected, dtypes, quick):
+        if compile:  # a fresh dynamo cache per case: compiled modules share one code object, and past
+            torch._dynamo.reset()  # its recompile limit (8) dynamo silently runs the rest eagerly
+        compiled = torch.compile(case.torch_layer(shape).to(DTYPES[dname]).train(case.train)) if compile else None
+        for backward in (False, True):
+            passes = "fwd+bwd" if backward else "fwd"
+            if log:
+                log(f"  {case.name} {shape} {dname} {passes}")
+            fns = {"copy": lambda: xs[0].clone(), "torch": _runner(theirs, xs, backward),
+                   "normlab": _runner(ours, xs, backward)}
+            if compiled is not None:
+                fns["compiled"] = _runner(compiled, xs, backward)
+            t = _interleaved(fns, repeats, warmup)
+            rows.append(Row(case.name, tuple(shape), dname, passes, path, t["copy"][0], t["torch"][0],
+                            t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
+                            {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
+                             "normlab_iqr_ms": t["normlab"][1]}))
     names = {c.name for c in selected}
     pairs = []
     for ln_case, rms_case in _RMS_VS_LN:
@@ -336,25 +341,17 @@ def run_side_by_side(*, quick: bool = False, repeats: int | None = None, cases: 
     selected = _check_selection(cases, dtypes)
     nl.kernels.cpp_available()
     rows = []
-    for case in selected:
-        shape = case.quick_shape if quick else case.shape
-        for dname in dtypes:
-            dtype = DTYPES[dname]
-            gen = torch.Generator().manual_seed(0)
-            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
-            theirs = case.torch_layer(shape).to(dtype).train(case.train)
-            ours = case.normlab_layer(shape).to(dtype).train(case.train)
-            path = _normlab_path(ours, xs[0])
-            for backward in (False, True):
-                passes = "fwd+bwd" if backward else "fwd"
-                if log:
-                    log(f"  {case.name} {shape} {dname} {passes}")
-                t = _interleaved({"torch": _runner(theirs, xs, backward), "normlab": _runner(ours, xs, backward)},
-                                 repeats, warmup)
-                rows.append({"case": case.name, "shape": list(shape), "dtype": dname, "passes": passes, "path": path,
-                             "torch_ms": t["torch"][0], "normlab_ms": t["normlab"][0],
-                             "vs_torch": t["normlab"][0] / t["torch"][0],
-                             "spread": {"torch_iqr_ms": t["torch"][1], "normlab_iqr_ms": t["normlab"][1]}})
+    for case, shape, dname, xs, theirs, ours, path in _setups(selected, dtypes, quick):
+        for backward in (False, True):
+            passes = "fwd+bwd" if backward else "fwd"
+            if log:
+                log(f"  {case.name} {shape} {dname} {passes}")
+            t = _interleaved({"torch": _runner(theirs, xs, backward), "normlab": _runner(ours, xs, backward)},
+                             repeats, warmup)
+            rows.append({"case": case.name, "shape": list(shape), "dtype": dname, "passes": passes, "path": path,
+                         "torch_ms": t["torch"][0], "normlab_ms": t["normlab"][0],
+                         "vs_torch": t["normlab"][0] / t["torch"][0],
+                         "spread": {"torch_iqr_ms": t["torch"][1], "normlab_iqr_ms": t["normlab"][1]}})
     pairs = []
     names = {c.name for c in selected}
     for ln_case, rms_case in _RMS_VS_LN:
