@@ -286,3 +286,26 @@ def test_add_norm_keeps_a_subclass_forward():
     assert nl.kernels.implementation(frn, x) == "cpp:rows"
     y, s = nl.add_norm(x, r, frn)
     torch.testing.assert_close(y, frn(x + r))
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nl.LayerNorm(4096), (1024, 4096)),
+    (lambda: nl.GroupNorm(8, 64), (16, 64, 32, 32)),
+    (lambda: nl.BatchNorm2d(64), (16, 64, 32, 32)),
+    (lambda: nl.LayerNorm2d(64), (16, 64, 32, 32)),
+], ids=["LayerNorm", "GroupNorm", "BatchNorm2d", "LayerNorm2d"])
+def test_large_outputs_on_fresh_pages_match_torch(make, shape):
+    """Outputs of 16 MB: glibc maps them afresh (the kernels then ask for huge pages and write them with ordinary
+    stores); forward and backward as torch's."""
+    need_cpp()
+    layer = make()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+    y = layer(x)
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y) / y.numel())
+    with nl.use_reference():
+        ref_layer = copy_layer(layer)
+        xr = x.detach().clone().requires_grad_(True)
+        yr = ref_layer(xr)
+        (dxr,) = torch.autograd.grad(yr, xr, torch.ones_like(yr) / yr.numel())
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx, dxr, atol=1e-8, rtol=1e-4)

@@ -436,6 +436,7 @@ std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::opt
     TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == g.N * g.S, "normlab batch: bad mask");
   }
   at::Tensor y = at::empty_like(x);
+  prepare_output(y);
   const bool dbl = x.scalar_type() == at::kDouble;
   at::Tensor stats = at::empty({given ? 0 : 4, g.C}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
   const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
@@ -500,6 +501,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_bwd(const at::Tensor& dy_in
               g.C, ", got shape ", stats_in.sizes());
   const bool batch_stats = stats_in.size(0) == 4;
   at::Tensor dx = at::empty_like(x);
+  prepare_output(dx);
   at::Tensor dw, db;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_batch_bwd", [&] {
     using A = acc_t<scalar_t>;

@@ -142,6 +142,7 @@ std::tuple<at::Tensor, at::Tensor> chfirst_fwd(const at::Tensor& x, const c10::o
   check_numel(weight, C, "weight", "chfirst_fwd");
   check_numel(bias, C, "bias", "chfirst_fwd");
   at::Tensor y = at::empty_like(x);
+  prepare_output(y);
   const bool dbl = x.scalar_type() == at::kDouble;
   at::Tensor stats = at::empty({center ? 3 : 1, N, S}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_chfirst_fwd", [&] {
@@ -245,6 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chfirst_bwd(const at::Tensor& dy_
   check_numel(bias_like, C, "bias", "chfirst_bwd");
   check_stats(stats, {center ? 3 : 1, N, S}, acc_type(x), "chfirst_bwd");
   at::Tensor dx = at::empty_like(x);
+  prepare_output(dx);
   at::Tensor dw, db;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_chfirst_bwd", [&] {
     using A = acc_t<scalar_t>;

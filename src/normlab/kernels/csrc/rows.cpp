@@ -134,7 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, 
   const int64_t row_bytes = L * int64_t(x.element_size());
   // what the call writes: y, and the sum when fused (its four tensors then overflow the cache at half
   // the size of a plain call's two; A/B at 4096x768 fp32, 2 threads: fused 0.92-1.00 ms -> 0.77-0.78)
-  const bool stream = streams((sum_out.defined() ? 2 : 1) * R * row_bytes, row_bytes, y);
+  const bool backed_y = prepare_output(y);
+  if (sum_out.defined()) prepare_output(sum_out);
+  const bool stream = streams((sum_out.defined() ? 2 : 1) * R * row_bytes, row_bytes, backed_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_fwd", [&] {
     using A = acc_t<scalar_t>;
     std::vector<A> w, b;
@@ -299,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_nd(const at::Tensor& dy_
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw, db;
   const int64_t row_bytes = L * int64_t(x.element_size());
-  const bool stream = streams(R * row_bytes, row_bytes, dx);
+  const bool stream = streams(R * row_bytes, row_bytes, prepare_output(dx));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_bwd", [&] {
     using A = acc_t<scalar_t>;
     const std::vector<A> w = as_acc<A>(weight, P, A(1));  // ones without a weight: no branch per element
