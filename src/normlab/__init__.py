@@ -8,7 +8,8 @@ formula, :class:`normlab.Norm` the general module, and the named layers
 """
 
 from . import functional, kernels
-from .kernels import add_norm, use_reference
+from .kernels import use_reference
+from .layers.norm import add_norm
 from .layers import (
     TLU,
     BatchNorm,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
-__all__ = ["cache_dir"]
+__all__ = ["cache_dir", "temp_cache_dir"]
 
 
 def cache_dir() -> str:
@@ -13,3 +14,9 @@ def cache_dir() -> str:
     if not base:
         base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normlab")
     return base
+
+
+def temp_cache_dir() -> str:
+    """This user's cache under the temporary directory: where things go when :func:`cache_dir` cannot be written."""
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return os.path.join(tempfile.gettempdir(), f"normlab-cache-{uid}")

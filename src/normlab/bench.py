@@ -33,6 +33,9 @@ one process does not average it out.  :func:`run_bench_processes` therefore
 runs the whole bench in several fresh processes and reports, per row, the
 median over processes of the times and of the per-process ratios, with the
 ratios' range.
+
+:func:`run_side_by_side` (``normlab bench --side-by-side``) times the way a user's process does:
+torch's layer and normlab's alone, interleaved in one process, the allocator as it is.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from torch import Tensor, nn
 
 import normlab as nl
 
-__all__ = ["Case", "CASES", "DTYPES", "case_names", "run_bench", "format_table", "save"]
+__all__ = ["Case", "CASES", "DTYPES", "case_names", "run_bench", "run_side_by_side", "format_table",
+           "format_side_by_side", "save"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -240,6 +244,19 @@ def _check_selection(cases: list[str] | None, dtypes: Sequence[str]) -> list[Cas
     return selected
 
 
+def _setups(selected: list[Case], dtypes: Sequence[str], quick: bool):
+    """Per selected case and dtype: ``(case, shape, dtype name, inputs, torch layer, normlab layer, normlab path)``."""
+    for case in selected:
+        shape = case.quick_shape if quick else case.shape
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            gen = torch.Generator().manual_seed(0)
+            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
+            theirs = case.torch_layer(shape).to(dtype).train(case.train)
+            ours = case.normlab_layer(shape).to(dtype).train(case.train)
+            yield case, shape, dname, xs, theirs, ours, _normlab_path(ours, xs[0])
+
+
 # "RMSNorm cheaper": the shapes of these cases, timed side by side when both of a pair are selected
 _RMS_VS_LN = (("LayerNorm", "RMSNorm"), ("LayerNorm-wide", "RMSNorm-wide"))
 
@@ -270,31 +287,23 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     nl.kernels.cpp_available()  # build the kernels (once per machine) before anything is timed
     steady = _steady_allocator() if not fresh_pages else False
     rows = []
-    for case in selected:
-        shape = case.quick_shape if quick else case.shape
-        for dname in dtypes:
-            dtype = DTYPES[dname]
-            gen = torch.Generator().manual_seed(0)
-            xs = [torch.randn(shape, generator=gen).to(dtype) for _ in range(case.inputs)]
-            theirs = case.torch_layer(shape).to(dtype).train(case.train)
-            ours = case.normlab_layer(shape).to(dtype).train(case.train)
-            if compile:  # a fresh dynamo cache per case: compiled modules share one code object, and past
-                torch._dynamo.reset()  # its recompile limit (8) dynamo silently runs the rest eagerly
-            compiled = torch.compile(case.torch_layer(shape).to(dtype).train(case.train)) if compile else None
-            path = _normlab_path(ours, xs[0])
-            for backward in (False, True):
-                passes = "fwd+bwd" if backward else "fwd"
-                if log:
-                    log(f"  {case.name} {shape} {dname} {passes}")
-                fns = {"copy": lambda: xs[0].clone(), "torch": _runner(theirs, xs, backward),
-                       "normlab": _runner(ours, xs, backward)}
-                if compiled is not None:
-                    fns["compiled"] = _runner(compiled, xs, backward)
-                t = _interleaved(fns, repeats, warmup)
-                rows.append(Row(case.name, tuple(shape), dname, passes, path, t["copy"][0], t["torch"][0],
-                                t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
-                                {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
-                                 "normlab_iqr_ms": t["normlab"][1]}))
+    for case, shape, dname, xs, theirs, ours, path in _setups(selected, dtypes, quick):
+        if compile:  # a fresh dynamo cache per case: compiled modules share one code object, and past
+            torch._dynamo.reset()  # its recompile limit (8) dynamo silently runs the rest eagerly
+        compiled = torch.compile(case.torch_layer(shape).to(DTYPES[dname]).train(case.train)) if compile else None
+        for backward in (False, True):
+            passes = "fwd+bwd" if backward else "fwd"
+            if log:
+                log(f"  {case.name} {shape} {dname} {passes}")
+            fns = {"copy": lambda: xs[0].clone(), "torch": _runner(theirs, xs, backward),
+                   "normlab": _runner(ours, xs, backward)}
+            if compiled is not None:
+                fns["compiled"] = _runner(compiled, xs, backward)
+            t = _interleaved(fns, repeats, warmup)
+            rows.append(Row(case.name, tuple(shape), dname, passes, path, t["copy"][0], t["torch"][0],
+                            t["compiled"][0] if "compiled" in t else None, t["normlab"][0],
+                            {"copy_iqr_ms": t["copy"][1], "torch_iqr_ms": t["torch"][1],
+                             "normlab_iqr_ms": t["normlab"][1]}))
     names = {c.name for c in selected}
     pairs = []
     for ln_case, rms_case in _RMS_VS_LN:
@@ -316,6 +325,74 @@ def run_bench(*, quick: bool = False, compile: bool = True, repeats: int | None 
     }
 
 
+def run_side_by_side(*, quick: bool = False, repeats: int | None = None, cases: list[str] | None = None,
+                     dtypes: Sequence[str] = ("float32", "bfloat16"), log: Callable[[str], None] | None = None,
+                     **_ignored) -> dict:
+    """torch's layer and normlab's alone, interleaved in rounds in this one process, as a user times them.
+
+    Unlike :func:`run_bench`, nothing else runs between them (no copy, no compiled variant) and the
+    allocator is left as the process has it (a large output may be a fresh mapping, with its page
+    faults, on every call: that is what a user's process pays).  Each round times both once, in a
+    seeded shuffled order; rows give the medians and normlab / torch.  "RMSNorm vs LayerNorm" is timed
+    the same way (normlab's RMSNorm against torch's LayerNorm on the same input).
+    """
+    repeats = repeats or (5 if quick else 25)
+    warmup = 2 if quick else 5
+    selected = _check_selection(cases, dtypes)
+    nl.kernels.cpp_available()
+    rows = []
+    for case, shape, dname, xs, theirs, ours, path in _setups(selected, dtypes, quick):
+        for backward in (False, True):
+            passes = "fwd+bwd" if backward else "fwd"
+            if log:
+                log(f"  {case.name} {shape} {dname} {passes}")
+            t = _interleaved({"torch": _runner(theirs, xs, backward), "normlab": _runner(ours, xs, backward)},
+                             repeats, warmup)
+            rows.append({"case": case.name, "shape": list(shape), "dtype": dname, "passes": passes, "path": path,
+                         "torch_ms": t["torch"][0], "normlab_ms": t["normlab"][0],
+                         "vs_torch": t["normlab"][0] / t["torch"][0],
+                         "spread": {"torch_iqr_ms": t["torch"][1], "normlab_iqr_ms": t["normlab"][1]}})
+    pairs = []
+    names = {c.name for c in selected}
+    for ln_case, rms_case in _RMS_VS_LN:
+        if ln_case in names and rms_case in names:
+            case = next(c for c in selected if c.name == ln_case)
+            shape = case.quick_shape if quick else case.shape
+            for dname in dtypes:
+                x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(DTYPES[dname])
+                for backward in (False, True):
+                    layers = {"torch_ln": nn.LayerNorm(shape[-1]), "normlab_rms": nl.RMSNorm(shape[-1])}
+                    t = _interleaved({k: _runner(m.to(DTYPES[dname]), [x], backward) for k, m in layers.items()},
+                                     repeats, warmup)
+                    pairs.append({"shape": list(shape), "dtype": dname, "passes": "fwd+bwd" if backward else "fwd",
+                                  "torch_ln_ms": t["torch_ln"][0], "normlab_rms_ms": t["normlab_rms"][0],
+                                  "rms_vs_torch_ln": t["normlab_rms"][0] / t["torch_ln"][0]})
+    return {"env": {"torch": torch.__version__, "normlab": nl.__version__, "python": platform.python_version(),
+                    "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "dtypes": list(dtypes), "repeats": repeats, "quick": quick,
+                    "kernels": nl.kernels.mode(), "mode": "side-by-side"},
+            "rows": rows, "rms_vs_ln": pairs}
+
+
+def format_side_by_side(result: dict) -> str:
+    """The table of :func:`run_side_by_side`."""
+    env = result["env"]
+    head = (f"normlab bench, side by side in one process: torch {env['torch']}, {env['threads']} CPU threads, "
+            f"median of {env['repeats']} interleaved rounds of torch's layer and normlab's"
+            f"{' (quick shapes)' if env['quick'] else ''}, allocator as the process has it, kernels mode "
+            f"{env.get('kernels')}\nratios are normlab time / torch time (lower is better)\n")
+    cols = ["layer", "shape", "dtype", "pass", "normlab path", "torch ms", "normlab ms", "/torch"]
+    lines = [[r["case"], "x".join(map(str, r["shape"])), r["dtype"], r["passes"], r["path"], f"{r['torch_ms']:.3f}",
+              f"{r['normlab_ms']:.3f}", f"{r['vs_torch']:.2f}"] for r in result["rows"]]
+    widths = [max(len(c), *(len(line[i]) for line in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    fmt = lambda row: "  ".join(v.ljust(w) if i < 5 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
+    notes = ["normlab RMSNorm vs torch LayerNorm, side by side:"] if result.get("rms_vs_ln") else []
+    for q in result.get("rms_vs_ln", []):
+        notes.append(f"  {'x'.join(map(str, q['shape']))} {q['dtype']} {q['passes']}: {q['normlab_rms_ms']:.3f} ms "
+                     f"= {q['rms_vs_torch_ln']:.2f}x torch LayerNorm ({q['torch_ln_ms']:.3f} ms)")
+    return "\n".join([head, fmt(cols), *(fmt(line) for line in lines), "", *notes])
+
+
 def _child_main() -> None:
     """Entry point of one bench process: the arguments as JSON on stdin, the result as JSON on stdout."""
     import sys
@@ -330,8 +407,8 @@ def _child_main() -> None:
 _RESULT_MARK = "normlab-bench-result:"
 
 
-def run_bench_processes(processes: int, *, threads: int | None = None,
-                        log: Callable[[str], None] | None = None, **kwargs) -> dict:
+def run_bench_processes(processes: int, *, threads: int | None = None, log: Callable[[str], None] | None = None,
+                        side_by_side: bool = False, **kwargs) -> dict:
     """:func:`run_bench` in ``processes`` fresh Python processes, one after another; the rows combined.
 
     Each row's times are the medians over processes of the per-process medians; ``vs_*`` are the medians
@@ -343,6 +420,13 @@ def run_bench_processes(processes: int, *, threads: int | None = None,
 
     if processes < 1:
         raise ValueError(f"processes must be a positive integer, got {processes}")
+    if side_by_side:
+        if processes > 1:
+            raise ValueError(f"the side-by-side mode times one process, as a user does: drop --processes "
+                             f"(got {processes})")
+        if threads:
+            torch.set_num_threads(threads)
+        return run_side_by_side(log=log, **kwargs)
     if processes == 1:
         if threads:
             torch.set_num_threads(threads)
@@ -397,6 +481,8 @@ def combine(results: Sequence[dict]) -> dict:
 
 def format_table(result: dict) -> str:
     env = result["env"]
+    if env.get("mode") == "side-by-side":
+        return format_side_by_side(result)
     procs = env.get("processes", 1)
     over = f" per process, medians over {procs} fresh processes" if procs > 1 else ""
     quick = " (quick shapes)" if env["quick"] else ""

@@ -36,7 +36,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
         result = bench.run_bench_processes(args.processes, threads=args.threads, log=log, quick=args.quick,
                                            compile=not args.no_compile, repeats=args.repeats, cases=cases,
-                                           dtypes=dtypes, fresh_pages=args.fresh_pages)
+                                           dtypes=dtypes, fresh_pages=args.fresh_pages,
+                                           side_by_side=args.side_by_side)
     except ValueError as e:
         print(f"normlab bench: {e}", file=sys.stderr)
         return 2
@@ -509,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--processes", type=_positive_int, default=1,
                    help="run the bench in this many fresh processes and report medians over them, with the "
                         "range of the ratios (a process's memory layout can shift one variant by 10-20%%)")
+    b.add_argument("--side-by-side", action="store_true",
+                   help="time torch's layer and normlab's alone, interleaved in this one process, the allocator "
+                        "as it is (the way a user times them)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=_cmd_bench)

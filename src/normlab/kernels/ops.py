@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .call import Running
+
 __all__ = ["register", "rows", "rows_eager", "chfirst", "batch", "batch_eager"]
 
 _registered = False
@@ -276,19 +278,17 @@ def batch(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, 
 
 
 def batch_eager(x: Tensor, weight: Tensor | None, bias: Tensor | None, *, eps: float, cols: bool,
-                mean: Tensor | None = None, var: Tensor | None = None, update=None
+                mean: Tensor | None = None, var: Tensor | None = None, update: Running | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`batch` (no mask) for eager CPU calls: the op whose autograd is in C++ (``normlab::batch_ad``).
 
-    With ``update`` (a normlab Norm in training, batch statistics) the same op folds the batch
-    statistics into its running ones (``Norm._update_running_stats``'s rule).  Returns ``(y, stats, bad)``:
+    With ``update`` (running statistics, in training: batch statistics) the same op folds the batch
+    statistics into them (the rule of :class:`~normlab.kernels.call.Running`).  Returns ``(y, stats, bad)``:
     ``bad`` is empty unless some channel's batch statistics were non-finite (then the bool per channel).
     Not for tracing (torch.compile uses :func:`batch`, whose autograd.Function it can trace).
     """
     if update is None:
         return torch.ops.normlab.batch_ad(x, weight, bias, mean, var, eps, cols)
     momentum = -1.0 if update.momentum is None else float(update.momentum)
-    return torch.ops.normlab.batch_ad(x, weight, bias, None, None, eps, cols, update.running_mean, update.running_var,
-                                      update.num_batches_tracked, momentum, update._min_count(),
-                                      update._counts_batches or update.momentum is None)
-
+    return torch.ops.normlab.batch_ad(x, weight, bias, None, None, eps, cols, update.mean, update.var,
+                                      update.batches, momentum, update.min_count, update.count_batch)

@@ -70,6 +70,8 @@ class EvoNormS0(Norm):
     Normalization-Activation Layers", NeurIPS 2020.
     """
 
+    _fused_add = False  # its forward computes more than the fused add + norm kernel does
+
     _shape_arg = "num_features"
 
     def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5, affine: bool = True,
@@ -164,6 +166,8 @@ class EvoNormB0(Norm):
     Paper: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving
     Normalization-Activation Layers", NeurIPS 2020.
     """
+
+    _fused_add = False  # its forward computes more than the fused add + norm kernel does
 
     _shape_arg = "num_features"
     _min_count_training = 2

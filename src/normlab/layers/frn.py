@@ -67,6 +67,8 @@ class FilterResponseNorm(Norm):
     CVPR 2020 (arXiv 1911.09737, 2019).
     """
 
+    _fused_add = False  # its forward computes more than the fused add + norm kernel does
+
     _shape_arg = "num_features"
 
     def __init__(self, num_features: int, eps: float = 1e-6, learnable_eps: bool = False, affine: bool = True,

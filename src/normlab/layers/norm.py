@@ -13,7 +13,7 @@ from .. import functional as NF
 from .. import kernels
 from ._script import NoTorchScript
 
-__all__ = ["Norm"]
+__all__ = ["Norm", "add_norm"]
 
 
 def _host_checks(t: Tensor) -> bool:
@@ -217,6 +217,7 @@ class Norm(NoTorchScript, nn.Module):
         self.zero_centered_gamma = zero_centered_gamma
         self.min_ndim = max(min_ndim, len(self.shape))
         self.frozen = False
+        self._kernel_plans: dict[tuple, tuple | bool] = {}  # see _plan
         if affine:
             self.weight = nn.Parameter(torch.empty(self.shape, **factory_kwargs))
             self.bias = nn.Parameter(torch.empty(self.shape, **factory_kwargs)) if bias else None
@@ -508,29 +509,134 @@ class Norm(NoTorchScript, nn.Module):
         """Whether :mod:`normlab.kernels` may compute this layer's calls (SyncBatchNorm: not across processes)."""
         return True
 
+    # --------------------------------------------------------- kernel calls
+    def _call_params(self, x: Tensor) -> tuple[Tensor | None, Tensor | None, float]:
+        """The (weight, bias, eps) a call on ``x`` uses, in ``shape``: detached when frozen, 1 + weight when
+        zero-centered, eps None as the compute dtype's machine epsilon."""
+        p = self._parameters  # read directly (Module.__getattr__ costs ~0.4 us a lookup); a property (a
+        w = p["weight"] if "weight" in p else self.weight  # parametrization) is not in there
+        b = p["bias"] if "bias" in p else self.bias
+        if self.frozen:  # no gradient to gamma/beta, even if someone re-enabled requires_grad
+            w = None if w is None else w.detach()
+            b = None if b is None else b.detach()
+        if w is not None and self.zero_centered_gamma:
+            w = w + 1
+        eps = self.eps
+        return w, b, (eps if eps is not None else self._eps(x))
+
     def _prepared(self, x: Tensor, mask: Tensor | None):
         """Validate a call; ``(rdims, pdims, mask, weight, bias, eps)`` with the parameters laid along pdims."""
         rdims, pdims = self._layout(x)
         mask = self._mask(mask, x, pdims)
-        weight, bias = self.weight, self.bias
-        if self.frozen:  # no gradient to gamma/beta, even if someone re-enabled requires_grad
-            weight = None if weight is None else weight.detach()
-            bias = None if bias is None else bias.detach()
-        if weight is not None and self.zero_centered_gamma:
-            weight = weight + 1
-        weight = self._param_view(weight, x, pdims)
-        bias = self._param_view(bias, x, pdims)
-        return rdims, pdims, mask, weight, bias, self._eps(x)
+        weight, bias, eps = self._call_params(x)
+        return rdims, pdims, mask, self._param_view(weight, x, pdims), self._param_view(bias, x, pdims), eps
+
+    def _running(self) -> kernels.Running | None:
+        """The running statistics as the kernels read them or fold a batch's into them."""
+        if not self.track_running_stats:
+            return None
+        b = self._buffers
+        return kernels.Running(b["running_mean"], b["running_var"], b["num_batches_tracked"], self.momentum,
+                               self._min_count(), self._counts_batches or self.momentum is None)
+
+    def _describe(self, rdims: tuple[int, ...], pdims: tuple[int, ...]) -> kernels.Call | None:
+        """This layer's call for :mod:`normlab.kernels`; None where no fast path may compute it."""
+        if not self._fast_paths_allowed():
+            return None
+        return kernels.Call(rdims, pdims, center=self.center, affine=self.weight is not None or self.bias is not None,
+                            groups=self.num_groups, group_dim=self.group_dim, batch_stats=self._use_batch_stats(),
+                            running=self._running(), update=self._updates_running_stats())
+
+    def kernel_call(self, x: Tensor, mask: Tensor | None = None):
+        """``(call, x, mask)``: the :class:`normlab.kernels.Call` of ``self(x, mask=mask)`` (None where no fast
+        path may compute it), with the input and mask as the statistics see them; validates as forward does."""
+        x, mask = self._as_batched(x, mask)
+        rdims, pdims = self._layout(x)
+        return self._describe(rdims, pdims), x, self._mask(mask, x, pdims)
+
+    def _check_shape_count(self, x: Tensor, mask: Tensor | None, rdims: tuple[int, ...]) -> None:
+        """The reference's refusal of statistics from too few values, where the count is the shape's."""
+        if self._use_batch_stats() and self.num_groups is None and mask is None and x.numel():
+            self._check_count(_prod([x.shape[d] for d in rdims]), x)
+
+    #: the most input signatures a layer remembers a plan for
+    _max_plans = 32
+    #: whether :func:`add_norm` may compute ``self(x + r)`` by the fused kernel: False for a subclass whose
+    #: forward computes more than the normalization (FilterResponseNorm's TLU, EvoNorm's nonlinearity)
+    _fused_add = True
+
+    def _plan(self, x: Tensor):
+        """``(layout, rdims, pdims)`` of a C++ kernel for ``x``, or False (none), remembered per input signature.
+
+        None when no plan applies to this call at all (not an eager CPU call, or no fast path allowed).
+        The first call with a given shape, dtype, contiguity, mode and training state validates the
+        input exactly as the general path does (same errors).
+        """
+        m = kernels.eager(x)
+        if m is None or not self._fast_paths_allowed():
+            return None
+        key = (x.shape, x.dtype, x.is_contiguous(), self.training, self.frozen, self.track_running_stats, m)
+        try:
+            return self._kernel_plans[key]
+        except KeyError:
+            pass
+        except AttributeError:  # a layer unpickled from before plans were kept
+            self._kernel_plans = {}
+        rdims, pdims = self._layout(x)
+        lay = kernels.choose(self._describe(rdims, pdims), x)[1]
+        if lay is not None:
+            self._check_shape_count(x, None, rdims)
+        plan = (lay, rdims, pdims) if lay is not None else False
+        if len(self._kernel_plans) >= self._max_plans:
+            self._kernel_plans.clear()
+        self._kernel_plans[key] = plan
+        return plan
+
+    def _planned(self, x: Tensor) -> Tensor | None:
+        """The common call (no mask, eager, a C++ kernel applies) with its validation done once per signature."""
+        plan = self._plan(x)
+        if not plan:
+            return None
+        lay, rdims, pdims = plan
+        w, b, eps = self._call_params(x)
+        track = self.track_running_stats
+        batch_stats = not track or (self.training and not self.frozen)  # _use_batch_stats, inline
+        y, stats, bad = kernels.run_planned(lay, x, w, b, eps, self.center,
+                                            self._running() if track and lay[0] != "rows" else None, batch_stats)
+        if stats is not None and track and batch_stats:  # running statistics over rows (InstanceNorm)
+            keep = [1 if d in rdims else s for d, s in enumerate(x.shape)]
+            self._update_running_stats((stats[0] + stats[1]).view(keep), stats[2].view(keep),
+                                       _prod([x.shape[d] for d in rdims]), rdims, pdims)
+        if bad is not None and bad.numel():
+            self._warn_non_finite(bad)
+        return y
+
+    def _add_norm(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(self(x + residual), x + residual)`` by the fused rows kernel, or None where it does not apply."""
+        if self.num_groups is not None or self.track_running_stats:
+            return None
+        plan = self._plan(x)
+        if plan is None:  # compiling or tracing: validate on every call
+            rdims, pdims = self._layout(x)
+            lay = kernels.choose(self._describe(rdims, pdims), x)[1]
+        else:
+            lay = plan[0] if plan else None
+        if lay is None or lay[0] != "rows" or lay[3] != 1 or lay[4] != 1:
+            return None
+        w, b, eps = self._call_params(x)
+        return kernels.run_add_norm(lay, x, residual, w, b, eps, self.center, eager=bool(plan))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None:
-            y = kernels.cached_forward(self, x)
+            y = self._planned(x)
             if y is not None:
                 return y
         rdims, pdims, mask, weight, bias, eps = self._prepared(x, mask)
-        fast = kernels.dispatch(self, x, mask, rdims, pdims, weight, bias, eps)
-        if fast is not None:  # a fused kernel computed the call (see normlab.kernels)
-            y, moments = fast
+        call = self._describe(rdims, pdims)
+        name, lay = kernels.choose(call, x, mask) if call is not None else ("reference", None)
+        if call is not None and name != "reference":  # a fused kernel computes the call (see normlab.kernels)
+            self._check_shape_count(x, mask, rdims)
+            y, moments = kernels.run(name, lay, call, x, mask, weight, bias, eps)
             if moments is not None:
                 mean, var, count = moments
                 self._check_count(count, x)
@@ -573,3 +679,48 @@ def _group_error(num_groups: int, num_channels: int) -> str:
     valid = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
     return (f"GroupNorm needs num_channels divisible by num_groups: got {num_channels} channels, "
             f"{num_groups} groups (valid group counts: {', '.join(map(str, valid))})")
+
+
+def _prod(xs) -> int:
+    n = 1
+    for v in xs:
+        n *= v
+    return n
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Hooks on the norm (instruments reading its input) need its own forward to run."""
+    from torch.nn.modules import module as _m
+
+    return bool(m._forward_hooks or m._forward_pre_hooks or _m._global_forward_hooks
+                or _m._global_forward_pre_hooks)
+
+
+def add_norm(x: Tensor, residual: Tensor, norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(norm(x + residual), x + residual)``, fused into one pass where a kernel can.
+
+    The residual add of a pre-LN block and the norm that follows it read
+    and write the residual stream once instead of twice (as Transformer
+    Engine, Liger and flash-attn's fused add + LayerNorm do on GPU).  The sum
+    is rounded to ``x``'s dtype and normalized from that rounded value,
+    exactly as the unfused code computes it, so both paths agree.  Any
+    module works: one without a fused path (or with forward hooks, which
+    need its own forward to run) gets the plain composition.
+
+    Example::
+
+        >>> import torch, normlab as nl
+        >>> ln = nl.LayerNorm(16)
+        >>> x, r = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+        >>> y, s = nl.add_norm(x, r, ln)
+        >>> torch.allclose(s, x + r) and torch.allclose(y, ln(x + r), atol=1e-6)
+        True
+    """
+    if isinstance(norm, Norm) and norm._fused_add and not _has_hooks(norm) \
+            and isinstance(x, Tensor) and isinstance(residual, Tensor) and x.shape == residual.shape \
+            and x.dtype == residual.dtype:
+        fused = norm._add_norm(x, residual)
+        if fused is not None:
+            return fused
+    s = x + residual
+    return norm(s), s

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._checks import check_bool, check_choice, check_float, check_int
 from ..layers import BatchNorm, DyT, LayerNorm, RMSNorm, ScaleNorm
-from ..kernels import add_norm
+from ..layers.norm import add_norm
 from ..layers.norm import _host_checks
 
 __all__ = ["GPT", "GPTConfig", "NORMS", "PLACEMENTS", "QK_NORMS"]

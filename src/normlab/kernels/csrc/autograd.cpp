@@ -9,6 +9,7 @@
 // recomputes the gradient by autograd through the reference formula written with ATen ops, so the
 // result is differentiable; the fused backward kernel is used otherwise.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -103,6 +104,22 @@ inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
+// A gradient without storage of its own (a batched one: autograd.grad(is_grads_batched=True),
+// jacobian/hessian(vectorize=True) run the backward under vmap) cannot be read by the kernels
+// directly: such a backward calls the backward op through the dispatcher, whose batching fallback
+// runs the kernel once per batch entry.
+inline bool plain(const at::Tensor& t) { return !t.defined() || t.has_storage(); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_dispatched(
+    const at::Tensor& dy, const at::Tensor& src, const at::Tensor& w, const at::Tensor& stats, const at::Tensor& dsum,
+    int64_t groups, int64_t seg, double eps, bool center, bool need_w, bool need_b, const at::Tensor& b, int64_t row) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("normlab::rows_bwd", "").typed<decltype(rows_bwd)>();
+  auto rows = [&](const at::Tensor& t) { return row == 0 || !t.defined() ? t : t.reshape({-1, row}); };
+  auto [dx, dw, db] = op.call(rows(dy), rows(src), opt(w), stats, opt(rows(dsum)), groups, seg, eps, center, need_w,
+                              need_b, opt(b));
+  return {row == 0 ? dx : dx.reshape(src.sizes()), dw, db};
+}
+
 struct RowsFunction : public torch::autograd::Function<RowsFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
@@ -153,8 +170,12 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     }
     const bool need_w = w.defined() && param_needs_grad(ctx, "weight_edge");
     const bool need_b = b.defined() && param_needs_grad(ctx, "bias_edge");
-    std::tie(dx, dw, db) = rows_bwd_nd(dy, src, opt(w), stats, opt(dsum), groups, seg, eps, center, need_w, need_b,
-                                       opt(b), row);
+    if (plain(dy) && plain(dsum))
+      std::tie(dx, dw, db) = rows_bwd_nd(dy, src, opt(w), stats, opt(dsum), groups, seg, eps, center, need_w, need_b,
+                                         opt(b), row);
+    else
+      std::tie(dx, dw, db) = rows_bwd_dispatched(dy, src, w, stats, dsum, groups, seg, eps, center, need_w, need_b, b,
+                                                 row);
     return {dx, need_w ? dw : none, need_b ? db : none, fused ? dx : none, none, none, none, none, none};
   }
 };
@@ -234,7 +255,14 @@ struct BatchFunction : public torch::autograd::Function<BatchFunction> {
     }
     const bool need_w = w.defined() && param_needs_grad(ctx, "weight_edge");
     const bool need_b = b.defined() && param_needs_grad(ctx, "bias_edge");
-    auto [dx, dw, db] = batch_bwd(dy, x, opt(w), c10::nullopt, used, eps, cols, need_w, need_b, opt(b));
+    at::Tensor dx, dw, db;
+    if (plain(dy)) {
+      std::tie(dx, dw, db) = batch_bwd(dy, x, opt(w), c10::nullopt, used, eps, cols, need_w, need_b, opt(b));
+    } else {  // batched (see plain())
+      static auto op =
+          c10::Dispatcher::singleton().findSchemaOrThrow("normlab::batch_bwd", "").typed<decltype(batch_bwd)>();
+      std::tie(dx, dw, db) = op.call(dy, x, opt(w), c10::nullopt, used, eps, cols, need_w, need_b, opt(b));
+    }
     return {ctx->needs_input_grad(0) ? dx : none, need_w ? dw : none, need_b ? db : none, none, none, none, none};
   }
 };

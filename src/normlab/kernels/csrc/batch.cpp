@@ -425,12 +425,18 @@ std::tuple<at::Tensor, at::Tensor> batch_fwd(const at::Tensor& x, const c10::opt
                                              const c10::optional<at::Tensor>& var, double eps, bool cols) {
   const Geometry g = geometry(x, cols);
   const bool given = has(mean);
+  TORCH_CHECK(given == has(var), "normlab batch_fwd: give both mean and var (running statistics) or neither");
+  check_numel(weight, g.C, "weight", "batch_fwd");
+  check_numel(bias, g.C, "bias", "batch_fwd");
+  check_numel(mean, g.C, "mean", "batch_fwd");
+  check_numel(var, g.C, "var", "batch_fwd");
   at::Tensor mask;
   if (has(mask_in)) {
     mask = mask_in->contiguous();
     TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == g.N * g.S, "normlab batch: bad mask");
   }
   at::Tensor y = at::empty_like(x);
+  prepare_output(y);
   const bool dbl = x.scalar_type() == at::kDouble;
   at::Tensor stats = at::empty({given ? 0 : 4, g.C}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
   const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
@@ -484,9 +490,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_bwd(const at::Tensor& dy_in
   const at::Tensor dy = dy_in.contiguous();
   TORCH_CHECK(dy.sizes() == x.sizes(), "normlab batch_bwd: dy must have x's shape");
   at::Tensor mask;
-  if (has(mask_in)) mask = mask_in->contiguous();
+  if (has(mask_in)) {
+    mask = mask_in->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == g.N * g.S, "normlab batch_bwd: bad mask");
+  }
+  check_numel(weight, g.C, "weight", "batch_bwd");
+  check_numel(bias_like, g.C, "bias", "batch_bwd");
+  TORCH_CHECK(stats_in.dim() == 2 && (stats_in.size(0) == 4 || stats_in.size(0) == 2) && stats_in.size(1) == g.C,
+              "normlab batch_bwd: stats must be the (4, C) batch statistics or the (2, C) given mean and var, C = ",
+              g.C, ", got shape ", stats_in.sizes());
   const bool batch_stats = stats_in.size(0) == 4;
   at::Tensor dx = at::empty_like(x);
+  prepare_output(dx);
   at::Tensor dw, db;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_batch_bwd", [&] {
     using A = acc_t<scalar_t>;
@@ -532,6 +547,12 @@ at::Tensor batch_update(at::Tensor& running_mean, at::Tensor& running_var, const
                         const at::Tensor& stats_in, double momentum, int64_t min_count) {
   TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), "normlab batch_update: contiguous buffers");
   const int64_t C = running_mean.numel();
+  TORCH_CHECK(running_var.numel() == C && running_var.scalar_type() == running_mean.scalar_type(),
+              "normlab batch_update: running_var must match running_mean (", C, " elements)");
+  TORCH_CHECK(stats_in.dim() == 2 && stats_in.size(0) == 4 && stats_in.size(1) == C,
+              "normlab batch_update: stats must be the (4, C) batch statistics, C = ", C, ", got shape ",
+              stats_in.sizes());
+  TORCH_CHECK(num_batches_tracked.numel() == 1, "normlab batch_update: num_batches_tracked must have one element");
   const at::Tensor stats = stats_in.to(at::kDouble).contiguous();
   const double* sp = stats.data_ptr<double>();
   const double factor = momentum >= 0 ? momentum : 1.0 / double(std::max<int64_t>(num_batches_tracked.item<int64_t>(), 1));

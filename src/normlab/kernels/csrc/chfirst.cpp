@@ -19,6 +19,15 @@ inline int64_t tile_for(int64_t C, int64_t S) {
 
 constexpr int64_t kChanChunk = 256;
 
+// whether x[c * S] is the same for every channel c (one position of an (N, C, S) sample)
+template <typename T>
+inline bool column_constant(const T* x, int64_t C, int64_t S) {
+  const auto v0 = ld(x, 0);
+  for (int64_t c = 1; c < C; ++c)
+    if (ld(x, c * S) != v0) return false;
+  return true;
+}
+
 // per-position sums over c of f(x[c, s]) for one tile, chunked over c into double
 template <typename T, typename F>
 inline void tile_sums(const T* x, int64_t C, int64_t S, int64_t ts, F f, std::vector<double>& out,
@@ -89,6 +98,10 @@ void fwd_impl(const T* x, T* y, acc_t<T>* stats, const acc_t<T>* w, const acc_t<
         for (int64_t i = 0; i < ts; ++i) {
           corr[i] = A(acc[i]) * inv;
           var[i] = std::max(A(acc2[i]) * inv - corr[i] * corr[i], A(0));
+          if (var[i] > A(0) && near_constant(shift[i], corr[i], var[i]) && column_constant(xt + i, C, S)) {
+            corr[i] = ld(xt, i) - shift[i];  // a constant position: variance 0, as the reference (see common.h)
+            var[i] = A(0);
+          }
         }
       } else {
         tile_sums(xt, C, S, ts, [](A v, int64_t) { return v * v; }, acc, part);
@@ -126,7 +139,10 @@ std::tuple<at::Tensor, at::Tensor> chfirst_fwd(const at::Tensor& x, const c10::o
                                                const c10::optional<at::Tensor>& bias, double eps, bool center) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "normlab chfirst_fwd: expects a contiguous (N, C, S) input");
   const int64_t N = x.size(0), C = x.size(1), S = x.size(2);
+  check_numel(weight, C, "weight", "chfirst_fwd");
+  check_numel(bias, C, "bias", "chfirst_fwd");
   at::Tensor y = at::empty_like(x);
+  prepare_output(y);
   const bool dbl = x.scalar_type() == at::kDouble;
   at::Tensor stats = at::empty({center ? 3 : 1, N, S}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_chfirst_fwd", [&] {
@@ -225,7 +241,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chfirst_bwd(const at::Tensor& dy_
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "normlab chfirst_bwd: expects a contiguous (N, C, S) input");
   const at::Tensor dy = dy_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), S = x.size(2);
+  TORCH_CHECK(dy.sizes() == x.sizes(), "normlab chfirst_bwd: dy must have x's shape");
+  check_numel(weight, C, "weight", "chfirst_bwd");
+  check_numel(bias_like, C, "bias", "chfirst_bwd");
+  check_stats(stats, {center ? 3 : 1, N, S}, acc_type(x), "chfirst_bwd");
   at::Tensor dx = at::empty_like(x);
+  prepare_output(dx);
   at::Tensor dw, db;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_chfirst_bwd", [&] {
     using A = acc_t<scalar_t>;

@@ -117,6 +117,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, 
   const int64_t G = groups, S = seg;
   TORCH_CHECK(G >= 1 && S >= 1 && L % S == 0, "normlab rows_fwd: bad groups/seg");
   const int64_t K = L / S;
+  check_numel(weight, G * K, "weight", "rows_fwd");
+  check_numel(bias, G * K, "bias", "rows_fwd");
+  TORCH_CHECK(R % G == 0, "normlab rows_fwd: ", R, " rows are not a multiple of groups=", G);
   at::Tensor y = at::empty_like(x);
   at::Tensor sum_out;
   at::Tensor res;
@@ -131,7 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_fwd_nd(const at::Tensor& x, 
   const int64_t row_bytes = L * int64_t(x.element_size());
   // what the call writes: y, and the sum when fused (its four tensors then overflow the cache at half
   // the size of a plain call's two; A/B at 4096x768 fp32, 2 threads: fused 0.92-1.00 ms -> 0.77-0.78)
-  const bool stream = streams((sum_out.defined() ? 2 : 1) * R * row_bytes, row_bytes);
+  const bool backed_y = prepare_output(y);
+  if (sum_out.defined()) prepare_output(sum_out);
+  const bool stream = streams((sum_out.defined() ? 2 : 1) * R * row_bytes, row_bytes, backed_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_fwd", [&] {
     using A = acc_t<scalar_t>;
     std::vector<A> w, b;
@@ -286,11 +291,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd_nd(const at::Tensor& dy_
   TORCH_CHECK(dy.sizes() == x.sizes(), "normlab rows_bwd: dy must have x's shape");
   at::Tensor dsum;
   if (has(dsum_in)) dsum = dsum_in->contiguous();
+  TORCH_CHECK(groups >= 1 && seg >= 1 && L % seg == 0 && R % groups == 0, "normlab rows_bwd: bad groups/seg");
   const int64_t G = groups, S = seg, K = L / S, P = G * K;
+  check_numel(weight, P, "weight", "rows_bwd");
+  check_numel(bias_like, P, "bias", "rows_bwd");
+  check_stats(stats, {center ? 3 : 1, R}, acc_type(x), "rows_bwd");
+  TORCH_CHECK(!has(dsum_in) || dsum_in->numel() == 0 || dsum_in->sizes() == x.sizes(),
+              "normlab rows_bwd: dsum must have x's shape");
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw, db;
   const int64_t row_bytes = L * int64_t(x.element_size());
-  const bool stream = streams(R * row_bytes, row_bytes);
+  const bool stream = streams(R * row_bytes, row_bytes, prepare_output(dx));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "normlab_rows_bwd", [&] {
     using A = acc_t<scalar_t>;
     const std::vector<A> w = as_acc<A>(weight, P, A(1));  // ones without a weight: no branch per element
