@@ -1,0 +1,93 @@
+r"""The layers :func:`normlab.convert` puts in place of other libraries' norms where normlab's own presets
+round differently: an :class:`RMSNorm` that keeps the casting order of the module it replaced."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..layers.rmsnorm import RMSNorm
+
+__all__ = ["CastRMSNorm", "CASTS"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+#: where the replaced module rounds: "output" once at the end (normlab's own order: Gemma, Cohere, OLMo-2);
+#: "input" the normalized values to the input dtype before the weight multiplies them (Llama:
+#: ``weight * x_hat.to(input_dtype)``); "weight" to the weight's dtype when that is fp16/bf16 (T5)
+CASTS = ("output", "input", "weight")
+
+
+class CastRMSNorm(RMSNorm):
+    r""":class:`~normlab.RMSNorm` that rounds where the module it replaced rounds.
+
+    ``cast="input"`` (Llama and its ~140 copies in transformers) computes
+    ``weight * (x / rms(x)).to(x.dtype)``: the normalized values are
+    rounded to the input dtype, then multiplied by the weight in the
+    weight's and input's promoted dtype (a float32 weight on a bf16 input
+    gives a float32 output, as in the original).  ``cast="weight"`` (T5)
+    rounds them to the weight's dtype when that is fp16/bf16 and otherwise
+    multiplies in float32.  ``cast="output"`` rounds once, at the end
+    (normlab's own order).  Where the cast is a no-op (float32 input and
+    weight) the fused kernel computes the whole call; otherwise the
+    normalization runs fused and the weight multiplies in a second op, in
+    the original's order, so outputs match the original's to its rounding.
+
+    A state dict without normlab's metadata (the original module's) holds
+    ``weight`` as the original stored it: with ``zero_centered_gamma``
+    (Gemma: ``1 + weight``) it is read as the offset, never shifted by 1.
+
+    Example::
+
+        >>> import torch
+        >>> m = CastRMSNorm(8, eps=1e-6, cast="input").bfloat16()
+        >>> x = torch.randn(2, 8, dtype=torch.bfloat16)
+        >>> xf = x.float()
+        >>> ref = m.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+        >>> torch.equal(m(x), ref)
+        True
+    """
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True, device=None,
+                 dtype=None, *, zero_centered_gamma: bool = False, cast: str = "output") -> None:
+        if cast not in CASTS:
+            raise ValueError(f"CastRMSNorm: cast must be one of {CASTS}, got {cast!r}")
+        if cast != "output" and zero_centered_gamma:
+            raise ValueError("CastRMSNorm: a zero-centered gamma is supported with cast='output' only "
+                             f"(Gemma's order), got cast={cast!r}")
+        super().__init__(normalized_shape, eps, elementwise_affine, device, dtype,
+                         zero_centered_gamma=zero_centered_gamma)
+        self.cast = cast
+
+    def _normalized(self, x: Tensor) -> Tensor:
+        """``x / rms(x)`` in x's dtype, by normlab's fused kernel (an affine-free twin, created once)."""
+        plain = self.__dict__.get("_plain")
+        if plain is None or plain.normalized_shape != self.normalized_shape:
+            plain = RMSNorm(self.normalized_shape, self.eps, elementwise_affine=False)
+            self.__dict__["_plain"] = plain
+        plain.eps = self.eps
+        return plain(x)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no mask: torch's signature
+        w = self.weight
+        if w is None or self.cast == "output" or not isinstance(x, Tensor):
+            return super().forward(x)
+        if self.cast == "input":
+            if x.dtype not in _HALF and torch.promote_types(w.dtype, x.dtype) == x.dtype:
+                return super().forward(x)  # the cast back to x's dtype is exact: one fused call
+            return w * self._normalized(x)
+        # "weight" (T5): x * rsqrt(...) is float32 (x's dtype if wider); rounded to the weight's dtype if half
+        if w.dtype == x.dtype and x.dtype not in _HALF:
+            return super().forward(x)
+        if w.dtype in _HALF:
+            y = self._normalized(x if x.dtype in (w.dtype, torch.float32) else x.float())
+            return w * y.to(w.dtype)
+        return w * self._normalized(x.float() if x.dtype in _HALF else x)
+
+    def _convert_gamma(self, state_dict, prefix: str, local_metadata: dict) -> None:
+        if local_metadata.get("zero_centered_gamma") is None:
+            return  # the replaced module's own state dict: its convention is this layer's
+        super()._convert_gamma(state_dict, prefix, local_metadata)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cast={self.cast!r}"
