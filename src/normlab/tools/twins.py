@@ -33,6 +33,10 @@ class CastRMSNorm(RMSNorm):
     normalization runs fused and the weight multiplies in a second op, in
     the original's order, so outputs match the original's to its rounding.
 
+    A zero-centered gamma over a half-precision weight is formed as
+    ``1 + weight.float()`` (Gemma's order) and passed to the fused kernel in
+    float32; normlab's own layer would form it in the weight's dtype.
+
     A state dict without normlab's metadata (the original module's) holds
     ``weight`` as the original stored it: with ``zero_centered_gamma``
     (Gemma: ``1 + weight``) it is read as the offset, never shifted by 1.
@@ -58,18 +62,37 @@ class CastRMSNorm(RMSNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype,
                          zero_centered_gamma=zero_centered_gamma)
         self.cast = cast
+        # the helpers exist before any call: building a module inside a torch.compile trace breaks the graph
+        self._helper("_plain", False)
+        if zero_centered_gamma:
+            self._helper("_gamma32", True)
+
+    def _helper(self, key: str, affine: bool) -> RMSNorm:
+        """A normlab RMSNorm of this layer's shape and eps that is not a submodule (no state-dict entries)."""
+        helper = self.__dict__.get(key)
+        if helper is None or helper.normalized_shape != self.normalized_shape:
+            helper = RMSNorm(self.normalized_shape, self.eps, elementwise_affine=affine)
+            self.__dict__[key] = helper
+        helper.eps = self.eps
+        return helper
 
     def _normalized(self, x: Tensor) -> Tensor:
-        """``x / rms(x)`` in x's dtype, by normlab's fused kernel (an affine-free twin, created once)."""
-        plain = self.__dict__.get("_plain")
-        if plain is None or plain.normalized_shape != self.normalized_shape:
-            plain = RMSNorm(self.normalized_shape, self.eps, elementwise_affine=False)
-            self.__dict__["_plain"] = plain
-        plain.eps = self.eps
-        return plain(x)
+        """``x / rms(x)`` in x's dtype, by normlab's fused kernel."""
+        return self._helper("_plain", False)(x)
+
+    def _scaled_fp32_gamma(self, x: Tensor, w: Tensor) -> Tensor:
+        """``x / rms(x) * (1 + w.float())`` rounded once: the fused kernel with gamma formed in float32 (as Gemma
+        does), not in the half weight's dtype where ``1 + w`` would round."""
+        helper = self._helper("_gamma32", True)
+        helper._parameters["weight"] = 1 + w.float()  # type: ignore[assignment]  # differentiable: grads reach w
+        y = helper(x)
+        helper._parameters["weight"] = None  # (no try/finally: torch.compile breaks the graph at one)
+        return y
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no mask: torch's signature
         w = self.weight
+        if w is not None and self.zero_centered_gamma and w.dtype in _HALF and isinstance(x, Tensor):
+            return self._scaled_fp32_gamma(x, w)
         if w is None or self.cast == "output" or not isinstance(x, Tensor):
             return super().forward(x)
         if self.cast == "input":
