@@ -275,3 +275,66 @@ def test_fold_batchnorm_returns_the_model_and_the_report_on_request():
     assert isinstance(folded, nn.Module) and isinstance(folded[1], nn.Identity)
     folded, report = nl.fold_batchnorm(net, report=True)
     assert [e.folded for e in report] == [True]
+
+
+# ------------------------------------------------------------------------------------------------- timm
+def _timm_norm_module():
+    """timm.layers.norm: imported normally, or -- where timm is installed but its package import fails (it
+    needs torchvision, whose PyPI wheel does not load against a CPU-only torch) -- loaded alone under its
+    own name (it imports only timm.layers.fast_norm)."""
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("timm.layers.norm")
+    except ModuleNotFoundError as e:
+        if e.name == "timm":
+            pytest.skip("timm is not installed")
+    except Exception:
+        pass
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("timm is not installed")
+    root = list(spec.submodule_search_locations)[0]
+    saved = {k: sys.modules.get(k) for k in ("timm", "timm.layers")}
+    try:
+        for name, path in (("timm", root), ("timm.layers", os.path.join(root, "layers"))):
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [path]
+            sys.modules[name] = pkg
+        for sub in ("fast_norm", "norm"):
+            full = f"timm.layers.{sub}"
+            s = importlib.util.spec_from_file_location(full, os.path.join(root, "layers", f"{sub}.py"))
+            mod = importlib.util.module_from_spec(s)
+            sys.modules[full] = mod
+            s.loader.exec_module(mod)
+        return sys.modules["timm.layers.norm"]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+@pytest.mark.parametrize("cls, shape", [("LayerNorm", (2, 5, 24)), ("LayerNorm2d", (2, 24, 3, 4)),
+                                        ("RmsNorm", (2, 5, 24)), ("GroupNorm1", (2, 24, 3, 4))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_timm_norms_match_the_original(cls, shape, dtype):
+    norm = _timm_norm_module()
+    gen = torch.Generator().manual_seed(4)
+    orig = _nontrivial(getattr(norm, cls)(24), 1.0, gen).to(dtype)
+    conv, rep = nl.convert(copy.deepcopy(orig), report=True)
+    assert rep.counts() == {"class": 1, "behaviour": 0, "left": 0}, str(rep)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    a, b = orig(x), conv(x2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=1e-2)
+    torch.testing.assert_close(b, a, **tol)
+    dy = torch.randn(shape, generator=gen).to(dtype)
+    a.backward(dy)
+    b.backward(dy)
+    assert _rel(x2.grad, x.grad) <= (1e-5 if dtype == torch.float32 else 2e-2)
+    back = nl.to_torch(conv)
+    assert type(back) is type(orig) and list(back.state_dict()) == list(orig.state_dict())
