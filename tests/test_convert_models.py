@@ -179,6 +179,21 @@ def test_probe_refuses_look_alikes_that_differ(cls, reason):
     assert "left 0 (" in str(rep)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_probe_finds_debertas_casting_order(dtype):
+    """DeBERTa's LayerNorm (not in the class tables) rounds x_hat to the input dtype before weight and bias."""
+    gen = torch.Generator().manual_seed(5)
+    orig = _nontrivial(_hf("deberta", "DebertaLayerNorm")(48), 1.0, gen).to(dtype)
+    conv, rep = nl.convert(copy.deepcopy(orig), report=True)
+    assert rep.counts() == {"class": 0, "behaviour": 1, "left": 0}
+    assert "LayerNorm, rounded to the input dtype before the weight" in rep.converted[0].detail
+    x = (torch.randn(4, 7, 48, generator=gen) * 2 + 1).to(dtype)
+    a, b = orig(x), conv(x)
+    if dtype == torch.bfloat16:  # the casting order kept: bit-identical but for float32 sum-order flips
+        assert (a == b).float().mean().item() >= 0.995
+    torch.testing.assert_close(b, a, rtol=1e-5 if dtype == torch.float32 else 2 ** -7, atol=1e-5)
+
+
 def test_probe_leaves_the_module_it_looks_at_untouched():
     m = UserRMSNorm(8)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..layers import LayerNorm, Norm
 from ..layers._swap import tensor_kwargs
 from .families import eps_of, unexpected_state
-from .twins import CastRMSNorm
+from .twins import CASTS, CastLayerNorm, CastRMSNorm
 
 __all__ = ["probe", "looks_like_norm", "Candidate"]
 
@@ -76,6 +76,8 @@ def _build(c: Candidate, d: int, eps: float, weight: bool, bias: bool, kw: dict)
         if not weight:
             return Norm(None, dims=-1, center=False, affine=False, eps=eps)
         return CastRMSNorm(d, eps, True, zero_centered_gamma=c.zero_centered, cast=c.cast, **kw)
+    if c.cast == "input":
+        return CastLayerNorm(d, eps, weight, bias, cast="input", **kw)
     return LayerNorm(d, eps, weight, bias, zero_centered_gamma=c.zero_centered, **kw)
 
 
@@ -83,7 +85,8 @@ def _candidates(weight: bool, bias: bool) -> list[Candidate]:
     out = []
     for center in ((True,) if bias else (False, True)):
         for zero in ((False, True) if weight else (False,)):
-            for cast in (("output", "input", "weight") if weight and not center and not zero else ("output",)):
+            casts = ("output",) if not weight or zero else (("output", "input") if center else CASTS)
+            for cast in casts:
                 out.append(Candidate(center, zero, cast))
     return out
 

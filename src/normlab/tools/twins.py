@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..layers.layernorm import LayerNorm
 from ..layers.rmsnorm import RMSNorm
 
-__all__ = ["CastRMSNorm", "CASTS"]
+__all__ = ["CastRMSNorm", "CastLayerNorm", "CASTS"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -111,6 +112,44 @@ class CastRMSNorm(RMSNorm):
         if local_metadata.get("zero_centered_gamma") is None:
             return  # the replaced module's own state dict: its convention is this layer's
         super()._convert_gamma(state_dict, prefix, local_metadata)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cast={self.cast!r}"
+
+
+class CastLayerNorm(LayerNorm):
+    r""":class:`~normlab.LayerNorm` over the last dim that rounds the normalized values to the input dtype
+    before ``weight * x_hat + bias`` (``cast="input"``, DeBERTa's order), or once at the end (``"output"``).
+
+    Example::
+
+        >>> import torch
+        >>> m = CastLayerNorm(8, eps=1e-7, cast="input").bfloat16()
+        >>> x = torch.randn(2, 8, dtype=torch.bfloat16)
+        >>> xf = x.float()
+        >>> xhat = ((xf - xf.mean(-1, keepdim=True)) / torch.sqrt(xf.var(-1, unbiased=False, keepdim=True) + 1e-7))
+        >>> torch.equal(m(x), m.weight * xhat.to(x.dtype) + m.bias)
+        True
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None, *, cast: str = "output") -> None:
+        if cast not in ("output", "input"):
+            raise ValueError(f"CastLayerNorm: cast must be 'output' or 'input', got {cast!r}")
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+        self.cast = cast
+        self.__dict__["_plain"] = LayerNorm(self.normalized_shape, eps, elementwise_affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # no mask: torch's signature
+        w, b = self.weight, self.bias
+        if w is None or self.cast == "output" or not isinstance(x, Tensor):
+            return super().forward(x)
+        if x.dtype not in _HALF and torch.promote_types(w.dtype, x.dtype) == x.dtype:
+            return super().forward(x)
+        plain = self.__dict__["_plain"]
+        plain.eps = self.eps
+        y = w * plain(x)
+        return y if b is None else y + b
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, cast={self.cast!r}"
