@@ -85,7 +85,7 @@ class CastRMSNorm(RMSNorm):
         """``x / rms(x) * (1 + w.float())`` rounded once: the fused kernel with gamma formed in float32 (as Gemma
         does), not in the half weight's dtype where ``1 + w`` would round."""
         helper = self._helper("_gamma32", True)
-        helper._parameters["weight"] = 1 + w.float()  # type: ignore[assignment]  # differentiable: grads reach w
+        helper._parameters["weight"] = 1 + w.float()  # differentiable: grads reach w
         y = helper(x)
         helper._parameters["weight"] = None  # (no try/finally: torch.compile breaks the graph at one)
         return y
