@@ -86,6 +86,21 @@ def test_family_matches_the_original_forward_and_backward(family, dtype):
         assert _rel(pb.grad, pa.grad) <= tol, n
 
 
+def test_a_class_that_shares_gemmas_forward_but_normalizes_in_groups_is_not_taken_by_class():
+    """Qwen4Exp's RMSNorm has Gemma's forward code and a _norm over groups of group_size features (the sweep
+    of benchmarks/real_models.py found it 2000x off when it sat in the Gemma table)."""
+    cls = _hf("qwen4_exp", "Qwen4ExpTextRMSNorm")
+    gen = torch.Generator().manual_seed(6)
+    grouped = _nontrivial(cls(48, group_size=16), 0.0, gen)
+    conv, rep = nl.convert(nn.Sequential(copy.deepcopy(grouped)), report=True)
+    assert rep.counts() == {"class": 0, "behaviour": 0, "left": 1} and type(conv[0]) is cls
+    plain = _nontrivial(cls(48), 0.0, gen)  # without groups it is Gemma's: the probe finds it
+    conv, rep = nl.convert(nn.Sequential(copy.deepcopy(plain)), report=True)
+    assert rep.counts() == {"class": 0, "behaviour": 1, "left": 0}
+    x = torch.randn(3, 48, generator=gen)
+    torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
 def test_llama_order_differs_from_one_rounding_so_the_test_above_can_fail():
     """In bf16 a single rounding (normlab's own order) disagrees with Llama's weight * x_hat.to(bf16) often."""
     gen = torch.Generator().manual_seed(2)

@@ -1,7 +1,9 @@
 r"""The normalization classes of transformers and timm that :func:`normlab.convert` knows by class.
 
 Each table lists exact class names whose ``forward`` computes one formula with one casting order (the
-lists were read off transformers 5.24's sources, grouped by identical ``forward`` code); a module
+lists were read off transformers 5.24's sources: grouped by identical ``forward`` code, then each class's
+whole source, its helpers such as ``_norm`` included, compared with its family's reference -- Qwen4Exp's
+RMSNorm shares Gemma's ``forward`` but normalizes in groups, and is left to the probe); a module
 matches only if its class has that name *and* is defined in the library's own package, so a user's
 class of the same name is probed instead (:mod:`normlab.tools.probe`).  Everything else that looks
 like a norm is probed by behaviour.
@@ -59,7 +61,7 @@ T5 = frozenset({
 #: RMSNorm, ``(x / rms(x) * (1 + weight.float())).type_as(x)``: a zero-centered gamma, one rounding (Gemma)
 GEMMA = frozenset({
     "Gemma2RMSNorm", "Gemma3RMSNorm", "GemmaRMSNorm", "MiniMaxM3VLRMSNorm", "MuseGlimmerTextCenteredRMSNorm",
-    "Qwen3NextRMSNorm", "Qwen3_5MoeRMSNorm", "Qwen3_5RMSNorm", "Qwen4ExpTextRMSNorm", "RecurrentGemmaRMSNorm",
+    "Qwen3NextRMSNorm", "Qwen3_5MoeRMSNorm", "Qwen3_5RMSNorm", "RecurrentGemmaRMSNorm",
     "Step3p7RMSNorm", "T5Gemma2RMSNorm", "T5GemmaRMSNorm", "VaultGemmaRMSNorm",
 })
 #: RMSNorm in float32 with a plain weight (or none), one rounding (OLMo-2, Gemma-3n, Moshi, Helium, GPT-OSS)

@@ -72,9 +72,9 @@ def _size(m: nn.Module) -> int | None:
 
 
 def _build(c: Candidate, d: int, eps: float, weight: bool, bias: bool, kw: dict) -> nn.Module:
+    if not weight:  # no parameters: any feature size
+        return Norm(None, dims=-1, center=c.center, affine=False, eps=eps)
     if not c.center:
-        if not weight:
-            return Norm(None, dims=-1, center=False, affine=False, eps=eps)
         return CastRMSNorm(d, eps, True, zero_centered_gamma=c.zero_centered, cast=c.cast, **kw)
     if c.cast == "input":
         return CastLayerNorm(d, eps, weight, bias, cast="input", **kw)
@@ -119,6 +119,8 @@ def probe(m: nn.Module) -> tuple[nn.Module, Candidate] | str:
     if why:
         return why
     d = _size(m)
+    if d is None and m._parameters.get("weight") is None and m._parameters.get("bias") is None:
+        d = 32  # a module without parameters normalizes any size: probe it at one
     if d is None:
         w = m._parameters.get("weight")
         return (f"its weight has shape {tuple(w.shape)}, not (D,)" if w is not None
