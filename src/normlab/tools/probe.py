@@ -2,12 +2,12 @@ r"""By behaviour: is an unknown module a normalization over its last dim that a 
 
 The probe runs copies of the module and of each candidate twin (RMSNorm or LayerNorm; a plain or a
 zero-centered weight; rounding once at the end, or before the weight as Llama does) on a few inputs:
-random rows, rows with a large mean, rows of small magnitude (where eps matters), with a non-trivial
-weight and bias, in float32 and in bfloat16.  A candidate is accepted only if it matches every output
-to the dtype's rounding: float32 within 1e-4 relative (plus 1e-5 of the output's RMS), bfloat16 within
-one unit in the last place (2**-7 relative, plus 2**-8 of the output's RMS); among several, the one with
-the most bit-identical bf16 outputs wins.  The module
-itself is never run: only deep copies, without gradients.
+random rows, rows with a large mean, rows of small magnitude (where eps matters), rows of uneven
+scale, with a non-trivial weight and bias, in float32 and in bfloat16.  A candidate is accepted only if
+it matches every output to the dtype's rounding: float32 within 1e-4 relative (plus 1e-5 of the
+output's RMS), bfloat16 within one unit in the last place (2**-7 relative, plus 2**-8 of the output's
+RMS); among several, the one with the most bit-identical bf16 outputs wins.  The module itself is never
+run: only deep copies, without gradients.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _candidates(weight: bool, bias: bool) -> list[Candidate]:
 def _inputs(d: int, dtype: torch.dtype, gen: torch.Generator) -> list[Tensor]:
     def r(*s):
         return torch.randn(*s, generator=gen, dtype=torch.float64)
-    xs = [r(3, 5, d), r(2, 4, d) * 3 + 8, r(4, d) * 1e-3, r(2, 3, d) * (1 + torch.arange(d) % 7)]
+    xs = [r(3, 5, d), r(2, 4, d) * 3 + 8, r(4, 2, d) + 5, r(4, d) * 1e-3, r(2, 3, d) * (1 + torch.arange(d) % 7)]
     return [x.to(dtype) for x in xs]
 
 
@@ -158,6 +158,9 @@ def probe(m: nn.Module) -> tuple[nn.Module, Candidate] | str:
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
                     if not isinstance(a, Tensor):
                         return f"its forward returns {type(a).__name__}, not one tensor"
+                    if a.shape != x.shape:
+                        return (f"its output has shape {tuple(a.shape)} for an input of shape {tuple(x.shape)} "
+                                "(a norm's output has its input's shape)")
                     if not (isinstance(a2, Tensor) and torch.equal(a, a2)):
                         return "its forward is not deterministic (two calls on one input differ)"
                     ok, ratio, same = _matches(a, twin(x.clone()), dtype)
