@@ -262,7 +262,8 @@ def build_model(name: str, d: int, layers: int, batch: int, seq: int, image: int
         return _lm_config(name, d, layers), {"input_ids": ids, "labels": ids}
     if name == "t5":
         cfg = transformers.T5Config(vocab_size=1024, d_model=d, d_ff=4 * d, d_kv=64, num_heads=d // 64,
-                                    num_layers=layers, num_decoder_layers=layers)
+                                    num_layers=layers, num_decoder_layers=layers, decoder_start_token_id=0,
+                                    pad_token_id=0)
         return transformers.T5ForConditionalGeneration(cfg), {"input_ids": ids, "labels": ids}
     if name == "bert":
         cfg = transformers.BertConfig(vocab_size=1024, hidden_size=d, num_hidden_layers=layers,

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..layers import GroupNorm, LayerNorm, LayerNorm2d, Norm
+from ..layers import GroupNorm, LayerNorm, Norm
 from ..layers._swap import tensor_kwargs
-from .twins import CastRMSNorm
+from .twins import CastRMSNorm, ChannelsFirstLayerNorm
 
 __all__ = ["hf_builder", "timm_builder", "HF_FAMILIES", "TIMM_NORMS", "eps_of"]
 
@@ -179,7 +179,7 @@ def _layernorm_like(m: nn.Module, channels_first: bool) -> nn.Module | str:
         return LayerNorm(shape, m.eps, affine, bias, **kw)
     if len(shape) != 1:
         return f"channels-first over {len(shape)} dims (normlab's LayerNorm2d normalizes one)"
-    return LayerNorm2d(shape[0], m.eps, affine, **kw, bias=bias)
+    return ChannelsFirstLayerNorm(shape[0], m.eps, affine, **kw, bias=bias)
 
 
 def _convnext(m: nn.Module) -> nn.Module | str:
