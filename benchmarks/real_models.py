@@ -317,6 +317,30 @@ def _max_diff(name: str, args, dtype: torch.dtype) -> float:
     return (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
 
 
+def norm_share(model: nn.Module, batch: dict, calls: int = 3) -> float:
+    """The share of an eval forward's time spent inside the model's norm modules (timed by hooks around them)."""
+    spent = [0.0]
+    starts: list[float] = []
+    hooks = []
+    for m in model.modules():
+        if is_norm_name(m) or isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or isinstance(m, nl.Norm):
+            hooks.append(m.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter())))
+            hooks.append(m.register_forward_hook(lambda *_: spent.__setitem__(0, spent[0] + time.perf_counter()
+                                                                             - starts.pop())))
+    shares = []
+    try:
+        with torch.no_grad():
+            for _ in range(calls):
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                _forward(model.eval(), batch)
+                shares.append(spent[0] / (time.perf_counter() - t0))
+    finally:
+        for h in hooks:
+            h.remove()
+    return statistics.median(shares)
+
+
 def time_model(name: str, args, dtype: torch.dtype, rounds: int, warmup: int) -> dict:
     model, batch = build_model(name, *args)
     model = model.to(dtype)
@@ -342,7 +366,8 @@ def time_model(name: str, args, dtype: torch.dtype, rounds: int, warmup: int) ->
             if r >= warmup:
                 res["eval"][k].append((t1 - t0) * 1e3)
                 res["train"][k].append((t2 - t1) * 1e3)
-    out = {"model": name, "norms": _norm_count(model), "converted": len(rep.converted), "left": len(rep.left)}
+    out = {"model": name, "norms": _norm_count(model), "converted": len(rep.converted), "left": len(rep.left),
+           "share_torch": norm_share(model, batch), "share_normlab": norm_share(conv, batch)}
     for mode in ("eval", "train"):
         t, c = res[mode]["torch"], res[mode]["normlab"]
         ratios = sorted(b / a for a, b in zip(t, c))
@@ -386,8 +411,10 @@ def timing_main(argv) -> None:
     print(f"torch {torch.__version__}, normlab {nl.__version__}, {platform.machine()}, {torch.get_num_threads()} "
           f"thread(s), timed in {a.dtype}; d={a.d}, {a.layers} layers, batch {a.batch}, seq {a.seq}, image "
           f"{a.image}; {a.rounds} rounds after {a.warmup} warm-up, torch and normlab interleaved, order alternating")
-    print("ratio = normlab / torch time, median over rounds [interquartile range]; max|diff| relative to max|output|")
-    head = (f"{'model':14s} {'norms':>5s} {'conv':>4s} {'diff f32':>9s} {'diff bf16':>9s} | {'eval torch':>10s} "
+    print("ratio = normlab / torch time, median over rounds [interquartile range]; max|diff| relative to max|output|;"
+          " norm share = time inside the norm modules / eval forward time, torch -> normlab (hooks around them)")
+    head = (f"{'model':14s} {'norms':>5s} {'conv':>4s} {'diff f32':>9s} {'diff bf16':>9s} {'norm share':>11s} | "
+            f"{'eval torch':>10s} "
             f"{'normlab':>8s} {'ratio [IQR]':>20s} | {'train torch':>11s} {'normlab':>8s} {'ratio [IQR]':>20s} | verdict")
     print(head)
     for name in names:
@@ -399,7 +426,8 @@ def timing_main(argv) -> None:
             continue
         e, t = r["eval"], r["train"]
         verdict = f"eval {_verdict(e)}, train {_verdict(t)}"
-        print(f"{name:14s} {r['norms']:5d} {r['converted']:4d} {diffs[0]:9.1e} {diffs[1]:9.1e} | "
+        share = f"{100 * r['share_torch']:4.1f}->{100 * r['share_normlab']:4.1f}%"
+        print(f"{name:14s} {r['norms']:5d} {r['converted']:4d} {diffs[0]:9.1e} {diffs[1]:9.1e} {share:>11s} | "
               f"{e['torch_ms']:8.2f}ms {e['normlab_ms']:6.2f}ms {e['ratio']:6.3f} [{e['q1']:.3f}, {e['q3']:.3f}] | "
               f"{t['torch_ms']:9.2f}ms {t['normlab_ms']:6.2f}ms {t['ratio']:6.3f} [{t['q1']:.3f}, {t['q3']:.3f}] | "
               f"{verdict}", flush=True)
