@@ -317,7 +317,7 @@ def _max_diff(name: str, args, dtype: torch.dtype) -> float:
     return (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
 
 
-def norm_share(model: nn.Module, batch: dict, calls: int = 3) -> float:
+def norm_share(model: nn.Module, batch: dict, calls: int = 5) -> float:
     """The share of an eval forward's time spent inside the model's norm modules (timed by hooks around them)."""
     spent = [0.0]
     starts: list[float] = []

@@ -188,7 +188,14 @@ def test_probe_converts_look_alikes_that_match_and_says_how():
     torch.testing.assert_close(out(x), ref, rtol=1e-5, atol=1e-5)
 
 
+class GatedRMSNorm(UserRMSNorm):
+    def forward(self, x, gate=None):
+        y = super().forward(x)
+        return y if gate is None else y * torch.sigmoid(gate)
+
+
 @pytest.mark.parametrize("cls, reason", [
+    (GatedRMSNorm, r"its forward takes \(x, gate=None\), not one tensor"),
     (OtherDimRMSNorm, "no normlab layer matches its outputs"),
     (AddsRMSNorm, "no normlab layer matches its outputs"),
     (LearnedEpsRMSNorm, r"its eps \('eps'\) is a tensor \(learned\)"),

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..layers import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm, InstanceNorm1d,
                       InstanceNorm2d, InstanceNorm3d, LayerNorm, Norm, RMSNorm)
-from ..layers._swap import TORCH_BATCHNORM_TYPES, replace_modules, take_tensors
+from ..layers._swap import TORCH_BATCHNORM_TYPES, take_tensors
 from ..layers._swap import tensor_kwargs as _tensor_kwargs
 from ._common import is_normlab_layer
 from .families import TIMM_NORMS, hf_builder, timm_builder
@@ -308,21 +308,30 @@ def convert(module: nn.Module, *, types: Iterable[type] | None = None, probe: bo
         made, cand = found
         return _adopt(m, made), cand.describe()
 
-    def visit(m: nn.Module, name: str) -> nn.Module:
+    def visit(m: nn.Module, name: str) -> nn.Module | None:
         found = twin_of(m, name)
-        if found is not None:
-            new, detail = found
-            rep.converted.append(Converted(name, type(m).__name__, type(new).__name__,
-                                           "behaviour" if detail else "class", detail))
-            return new
-        for child_name, child in list(m.named_children()):
-            replaced = visit(child, f"{name}.{child_name}" if name else child_name)
-            if replaced is not child:
-                setattr(m, child_name, replaced)
-        return m
+        if found is None:
+            return None
+        new, detail = found
+        rep.converted.append(Converted(name, type(m).__name__, type(new).__name__,
+                                       "behaviour" if detail else "class", detail))
+        return new
 
-    out = visit(module, "")
+    out = _walk(module, visit)
     return (out, rep) if report else out
+
+
+def _walk(module: nn.Module, fn: Callable[[nn.Module, str], nn.Module | None], name: str = "") -> nn.Module:
+    """``fn(m, qualified name)`` (a replacement or None) on ``module`` and, where it gives none, on every
+    child, in place; returns ``module`` or its replacement."""
+    new = fn(module, name)
+    if new is not None:
+        return new
+    for child_name, child in list(module.named_children()):
+        replaced = _walk(child, fn, f"{name}.{child_name}" if name else child_name)
+        if replaced is not child:
+            setattr(module, child_name, replaced)
+    return module
 
 
 _probe = probe
@@ -618,22 +627,18 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
     _ranks_from_producers(module, info)
     left: list[str] = []
 
-    def visit(m: nn.Module, name: str) -> nn.Module:
+    def visit(m: nn.Module, name: str) -> nn.Module | None:
         if "_nl_origin" in m.__dict__:  # a twin convert built for another library's module: that module back
             return _restore(m)
-        if is_normlab_layer(m):
-            twin = _torch_twin(m, info.get(name), inference)
-            if isinstance(twin, str):
-                left.append(f"{name or '(the module)'} ({type(m).__name__}): {twin}")
-            else:
-                return twin
-        for child_name, child in list(m.named_children()):
-            new = visit(child, f"{name}.{child_name}" if name else child_name)
-            if new is not child:
-                setattr(m, child_name, new)
-        return m
+        if not is_normlab_layer(m):
+            return None
+        twin = _torch_twin(m, info.get(name), inference)
+        if isinstance(twin, str):
+            left.append(f"{name or '(the module)'} ({type(m).__name__}): {twin}")
+            return None
+        return twin
 
-    out = visit(module, "")
+    out = _walk(module, visit)
     if left:
         msg = f"to_torch left {len(left)} normlab layer(s) in place: " + "; ".join(left)
         if strict:

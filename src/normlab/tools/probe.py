@@ -13,6 +13,7 @@ run: only deep copies, without gradients.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,13 @@ def probe(m: nn.Module) -> tuple[nn.Module, Candidate] | str:
     eps = eps_of(m)
     if isinstance(eps, str):
         return eps
+    try:
+        params = list(inspect.signature(m.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature (a builtin)
+        params = []
+    if len(params) != 1 or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        # the model may pass the other arguments (a gate, a mask); the twin takes one tensor
+        return f"its forward takes {inspect.signature(m.forward) if params else '?'}, not one tensor"
     why = unexpected_state(m)
     if why:
         return why
