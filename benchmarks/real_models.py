@@ -317,28 +317,35 @@ def _max_diff(name: str, args, dtype: torch.dtype) -> float:
     return (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
 
 
-def norm_share(model: nn.Module, batch: dict, calls: int = 5) -> float:
-    """The share of an eval forward's time spent inside the model's norm modules (timed by hooks around them)."""
-    spent = [0.0]
-    starts: list[float] = []
-    hooks = []
-    for m in model.modules():
-        if is_norm_name(m) or isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or isinstance(m, nl.Norm):
-            hooks.append(m.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter())))
-            hooks.append(m.register_forward_hook(lambda *_: spent.__setitem__(0, spent[0] + time.perf_counter()
-                                                                             - starts.pop())))
-    shares = []
+def _norm_calls(model: nn.Module, batch: dict) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Every call of a norm module in one eval forward, with its input (recorded by hooks)."""
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: calls.append((mod, args[0].detach().clone())))
+             for m in model.modules()
+             if is_norm_name(m) or isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nl.Norm))]
     try:
         with torch.no_grad():
-            for _ in range(calls):
-                spent[0] = 0.0
-                t0 = time.perf_counter()
-                _forward(model.eval(), batch)
-                shares.append(spent[0] / (time.perf_counter() - t0))
+            _forward(model.eval(), batch)
     finally:
         for h in hooks:
             h.remove()
-    return statistics.median(shares)
+    return calls
+
+
+def norm_times(arms: dict[str, nn.Module], batch: dict, rounds: int) -> dict[str, float]:
+    """Per arm, the time of all its norm calls of one eval forward, replayed on their recorded inputs (median over
+    rounds, the arms interleaved): what the norms cost in the forward, without the rest of the model."""
+    calls = {k: _norm_calls(m, batch) for k, m in arms.items()}
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    with torch.no_grad():
+        for r in range(rounds + 1):
+            for k in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+                t0 = time.perf_counter()
+                for m, x in calls[k]:
+                    m(x)
+                if r:
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_model(name: str, args, dtype: torch.dtype, rounds: int, warmup: int) -> dict:
@@ -367,7 +374,7 @@ def time_model(name: str, args, dtype: torch.dtype, rounds: int, warmup: int) ->
                 res["eval"][k].append((t1 - t0) * 1e3)
                 res["train"][k].append((t2 - t1) * 1e3)
     out = {"model": name, "norms": _norm_count(model), "converted": len(rep.converted), "left": len(rep.left),
-           "share_torch": norm_share(model, batch), "share_normlab": norm_share(conv, batch)}
+           "norm_ms": norm_times(arms, batch, rounds)}
     for mode in ("eval", "train"):
         t, c = res[mode]["torch"], res[mode]["normlab"]
         ratios = sorted(b / a for a, b in zip(t, c))
@@ -412,8 +419,8 @@ def timing_main(argv) -> None:
           f"thread(s), timed in {a.dtype}; d={a.d}, {a.layers} layers, batch {a.batch}, seq {a.seq}, image "
           f"{a.image}; {a.rounds} rounds after {a.warmup} warm-up, torch and normlab interleaved, order alternating")
     print("ratio = normlab / torch time, median over rounds [interquartile range]; max|diff| relative to max|output|;"
-          " norm share = time inside the norm modules / eval forward time, torch -> normlab (hooks around them)")
-    head = (f"{'model':14s} {'norms':>5s} {'conv':>4s} {'diff f32':>9s} {'diff bf16':>9s} {'norm share':>11s} | "
+          " norms = the norm calls of one eval forward replayed alone, torch -> normlab, ms (and % of the forward)")
+    head = (f"{'model':14s} {'norms':>5s} {'conv':>4s} {'diff f32':>9s} {'diff bf16':>9s} {'norms ms (% of eval)':>25s} | "
             f"{'eval torch':>10s} "
             f"{'normlab':>8s} {'ratio [IQR]':>20s} | {'train torch':>11s} {'normlab':>8s} {'ratio [IQR]':>20s} | verdict")
     print(head)
@@ -421,13 +428,15 @@ def timing_main(argv) -> None:
         try:
             diffs = [_max_diff(name, args, dt) for dt in (torch.float32, torch.bfloat16)]
             r = time_model(name, args, dtype, a.rounds, a.warmup)
-        except Exception as e:  # e.g. timm without a working torchvision
-            print(f"{name:14s} not run: {type(e).__name__}: {str(e).splitlines()[0][:90] if str(e) else ''}")
+        except Exception as err:  # e.g. timm without a working torchvision
+            why = str(err).splitlines()[0][:90] if str(err) else ""
+            print(f"{name:14s} not run: {type(err).__name__}: {why}")
             continue
         e, t = r["eval"], r["train"]
         verdict = f"eval {_verdict(e)}, train {_verdict(t)}"
-        share = f"{100 * r['share_torch']:4.1f}->{100 * r['share_normlab']:4.1f}%"
-        print(f"{name:14s} {r['norms']:5d} {r['converted']:4d} {diffs[0]:9.1e} {diffs[1]:9.1e} {share:>11s} | "
+        nt, nn_ = r["norm_ms"]["torch"], r["norm_ms"]["normlab"]
+        share = f"{nt:.2f}->{nn_:.2f} ({100 * nt / e['torch_ms']:.1f}->{100 * nn_ / e['normlab_ms']:.1f}%)"
+        print(f"{name:14s} {r['norms']:5d} {r['converted']:4d} {diffs[0]:9.1e} {diffs[1]:9.1e} {share:>25s} | "
               f"{e['torch_ms']:8.2f}ms {e['normlab_ms']:6.2f}ms {e['ratio']:6.3f} [{e['q1']:.3f}, {e['q3']:.3f}] | "
               f"{t['torch_ms']:9.2f}ms {t['normlab_ms']:6.2f}ms {t['ratio']:6.3f} [{t['q1']:.3f}, {t['q3']:.3f}] | "
               f"{verdict}", flush=True)
