@@ -211,7 +211,7 @@ def summarize(result: dict) -> str:
     errors = [r for r in rows if "check" in r and "error" in r["check"]]
     lines.append(f"converted modules vs originals: worst max|diff| / rounding allowance float32 {worst['float32']:.3g}, "
                  f"bfloat16 {worst['bfloat16']:.3g} (<= 1: within rounding); {len(errors)} check errors")
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for r in rows:
         if r["how"] == "left":
             reasons[r["reason"].split(" (closest")[0].split(":")[0][:90]] += 1
