@@ -126,7 +126,7 @@ def _check_twin(orig: nn.Module, twin: nn.Module, gen: torch.Generator) -> dict:
     out = {}
     w = orig._parameters.get("weight")
     d = getattr(twin, "shape", ()) or (tuple(w.shape) if w is not None else ())
-    chfirst = type(twin).__name__ in ("LayerNorm2d",)
+    chfirst = type(twin).__name__ in ("LayerNorm2d", "ChannelsFirstLayerNorm")
     shapes = [(2, d[0], 3, 3)] if chfirst else ([(2, 3, *d)] if d else [(2, 3, 32)])
     for dtype in (torch.float32, torch.bfloat16):
         o, t = copy.deepcopy(orig).to(dtype), copy.deepcopy(twin).to(dtype)
