@@ -126,6 +126,8 @@ def _share(old: nn.Module, new: nn.Module) -> nn.Module:
         if name in old._buffers and old._buffers[name] is not None:
             new._buffers[name] = old._buffers[name]
     return new.train(old.training)
+
+
 @dataclass(frozen=True)
 class Converted:
     """A module :func:`convert` replaced: its qualified name, its class, the twin's class, and how it was matched:
