@@ -31,7 +31,7 @@ import torch
 
 from normlab.bench import _steady_allocator
 from normlab.experiments.stats import interval
-from normlab.layers import fold_batchnorm
+from normlab import fold_batchnorm
 from normlab.models import ConvNet, ConvNetConfig
 
 MODELS = {
@@ -59,7 +59,7 @@ def build(name: str, seed: int = 0) -> ConvNet:
 
 def measure(name: str, batch: int, rounds: int, calls: int, warmup: int = 2) -> dict:
     net = build(name)
-    folded, report = fold_batchnorm(net)
+    folded, report = fold_batchnorm(net, report=True)
     cfg = MODELS[name]
     x = torch.randn(batch, 1, *(cfg["input_size"],) * cfg["dim"], generator=torch.Generator().manual_seed(1))
     models = {"original": net, "folded": folded}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import normlab as nl
-from normlab.layers.conversion import CONVERTIBLE_TYPES
+from normlab.tools.conversion import CONVERTIBLE_TYPES
 
 
 class TinyResNet(nn.Module):

@@ -12,8 +12,8 @@ from torch import nn
 
 from normlab.layers import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchRenorm, EvoNormB0, EvoNormS0,
                             FilterResponseNorm, GhostBatchNorm, GroupNorm, InstanceNorm, InstanceNorm2d, LayerNorm,
-                            LayerNorm2d, RMSNorm, SyncBatchNorm, WSConv1d, WSConv2d, convert, fold_batchnorm,
-                            freeze_batchnorm, recompute_batchnorm_stats, to_torch, weight_norm)
+                            LayerNorm2d, RMSNorm, SyncBatchNorm, WSConv1d, WSConv2d, weight_norm)
+from normlab.tools import convert, fold_batchnorm, freeze_batchnorm, recompute_batchnorm_stats, to_torch
 from normlab.models import CONV_NORMS, ConvNet, ConvNetConfig
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -148,7 +148,7 @@ def _conv_bn(dtype):
 def test_fold_is_exact_to_float_rounding(dtype, tol):
     net = _conv_bn(dtype)
     x = torch.randn(4, 3, 8, 8, dtype=dtype)
-    folded, report = fold_batchnorm(net, x)
+    folded, report = fold_batchnorm(net, x, report=True)
     assert [(e.norm, e.folded, e.into) for e in report] == [("1", True, "0"), ("4", True, "3"), ("7", True, "6")]
     assert [type(m).__name__ for m in folded] == ["Conv2d", "Identity", "ReLU", "Conv2d", "Identity", "Flatten",
                                                   "Linear", "Identity"]
@@ -163,7 +163,7 @@ def test_fold_folds_every_batchnorm_of_the_resnet_convnet(dim, size):
     net = _randomize_bn(ConvNet(ConvNetConfig(dim=dim, input_size=size, arch="resnet", widths=(8, 16)))).double()
     net.eval()
     x = torch.randn(3, 1, *(size,) * dim, dtype=torch.float64)
-    folded, report = fold_batchnorm(net, x)
+    folded, report = fold_batchnorm(net, x, report=True)
     assert report and all(e.folded for e in report), [e for e in report if not e.folded]
     assert folded.norm_layers() == {} and len(net.norm_layers()) == len(report)
     with torch.no_grad():
@@ -186,7 +186,7 @@ def test_fold_leaves_what_does_not_directly_follow_a_conv_and_says_why():
                         BatchNorm2d(4))
     net.eval()
     net[9].train()
-    _, report = fold_batchnorm(net)
+    _, report = fold_batchnorm(net, report=True)
     why = {e.norm: e.reason for e in report}
     assert not any(e.folded for e in report)
     assert why["2"] == "follows MaxPool2d '1', not a conv or linear layer"
@@ -211,7 +211,7 @@ def test_fold_reports_untraceable_parents_reused_modules_and_checks_outputs():
 
     net = _randomize_bn(Checks()).eval()
     x = torch.randn(2, 2, 5)
-    folded, report = fold_batchnorm(net, x)
+    folded, report = fold_batchnorm(net, x, report=True)
     entries = {e.norm: e for e in report}
     assert entries["inner.1"].folded  # traced inside the child
     assert not entries["bn"].folded and "could not trace" in entries["bn"].reason
@@ -219,26 +219,26 @@ def test_fold_reports_untraceable_parents_reused_modules_and_checks_outputs():
         torch.testing.assert_close(folded(x), net(x))
     conv, bn = nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3)
     twice = nn.Sequential(conv, bn, conv, nn.BatchNorm1d(3)).eval()
-    _, report = fold_batchnorm(twice)
+    _, report = fold_batchnorm(twice, report=True)
     assert [e.folded for e in report] == [False, False]
     assert "is called 2 times" in report[0].reason
     # the fold is in place when asked, and a single module is refused by type
     net2 = _conv_bn(torch.float32)
-    folded2, _ = fold_batchnorm(net2, inplace=True)
+    folded2 = fold_batchnorm(net2, inplace=True)
     assert folded2 is net2 and isinstance(net2[1], nn.Identity)
-    with pytest.raises(TypeError, match="expects an nn.Module, got Tensor"):
+    with pytest.raises(TypeError, match=r"expects an nn.Module \(the model to fold\), got Tensor"):
         fold_batchnorm(torch.zeros(1))
 
 
 def test_fold_into_a_linear_before_a_channel_last_batchnorm():
     net = _randomize_bn(nn.Sequential(nn.Linear(6, 5), BatchNorm(5, channel_dim=-1))).double().eval()
     x = torch.randn(2, 7, 6, dtype=torch.float64)
-    folded, report = fold_batchnorm(net, x)
+    folded, report = fold_batchnorm(net, x, report=True)
     assert report[0].folded
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), **F64)
     lin4d = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm2d(6)).eval()
-    assert "not the Linear's features" in fold_batchnorm(lin4d)[1][0].reason
+    assert "not the Linear's features" in fold_batchnorm(lin4d, report=True)[1][0].reason
 
 
 # ---------------------------------------------------------------------------------------------- to torch

@@ -21,7 +21,6 @@ from .layers import (
     EvoNormB0,
     EvoNormS0,
     FilterResponseNorm,
-    FoldEntry,
     GhostBatchNorm,
     GroupNorm,
     InstanceNorm,
@@ -37,12 +36,16 @@ from .layers import (
     WSConv1d,
     WSConv2d,
     WSConv3d,
+    weight_norm,
+)
+from .tools import (
+    ConversionReport,
+    FoldEntry,
     convert,
     fold_batchnorm,
     freeze_batchnorm,
     recompute_batchnorm_stats,
     to_torch,
-    weight_norm,
 )
 from .doctor import Diagnosis, Finding, doctor
 from .train.param_groups import param_groups
@@ -55,5 +58,5 @@ __all__ = [
     "SyncBatchNorm", "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "weight_norm", "kernels", "add_norm",
     "use_reference", "doctor", "Diagnosis", "Finding", "param_groups", "BatchRenorm", "GhostBatchNorm",
     "FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0", "WSConv1d", "WSConv2d", "WSConv3d",
-    "recompute_batchnorm_stats", "fold_batchnorm", "FoldEntry", "to_torch", "__version__",
+    "recompute_batchnorm_stats", "fold_batchnorm", "FoldEntry", "to_torch", "ConversionReport", "__version__",
 ]

@@ -183,7 +183,7 @@ def _random_bn_state(net, gen) -> None:
     """Give every BatchNorm non-trivial running statistics and affine parameters, so folding has work to do."""
     import torch
 
-    from ..layers.precise import batchnorm_layers
+    from ..tools.precise import batchnorm_layers
 
     with torch.no_grad():
         for m in batchnorm_layers(net).values():
@@ -235,13 +235,13 @@ def _time_fold(config: dict, seed: int, threads: int, steady: bool) -> dict:
     """In a fresh process: interleaved rounds of the original and the folded net (float32, no grad)."""
     import torch
 
-    from ..layers import fold_batchnorm
+    from ..tools import fold_batchnorm
 
     torch.set_num_threads(threads)
     steady = _steady_allocator() if steady else False
     model, batch = config["model"], config["batch"]
     net = _c36_net(model, seed, torch.float32)
-    folded, _ = fold_batchnorm(net)
+    folded = fold_batchnorm(net)
     x = _c36_input(model, batch, seed, torch.float32)
     fns = {"original": net, "folded": folded}
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -272,7 +272,7 @@ def fold_run(config: dict, seed: int) -> dict:
 
     import torch
 
-    from ..layers import fold_batchnorm
+    from ..tools import fold_batchnorm
 
     model = config["model"]
     errors: dict[str, list[float]] = {}
@@ -281,7 +281,7 @@ def fold_run(config: dict, seed: int) -> dict:
         for k in range(config["nets"]):
             net = _c36_net(model, 1000 * seed + k, dtype)
             x = _c36_input(model, 8, 1000 * seed + k, dtype)
-            folded, report = fold_batchnorm(net)
+            folded, report = fold_batchnorm(net, report=True)
             with torch.no_grad():
                 a, b = net(x), folded(x)
             errors.setdefault(name, []).append(((a - b).abs().max() / a.abs().max()).item())
@@ -443,8 +443,8 @@ def precise_run(config: dict, seed: int) -> dict:
     one pass of the (shuffled) training set in batches of the training size; how far the two statistics differ."""
     import torch
 
-    from ..layers import recompute_batchnorm_stats
-    from ..layers.precise import batchnorm_layers
+    from ..tools import recompute_batchnorm_stats
+    from ..tools.precise import batchnorm_layers
 
     net, data, rec = train_net(config, seed)
     acc_ema = test_accuracy(net, data)

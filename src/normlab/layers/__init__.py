@@ -1,17 +1,16 @@
-"""normlab's normalization modules: the general :class:`Norm` and its named presets."""
+"""normlab's normalization modules: the general :class:`Norm` and its named presets.
 
-from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, freeze_batchnorm
-from .conversion import convert, to_torch
+The whole-model tools (``convert``, ``to_torch``, ``fold_batchnorm``, ...) live in :mod:`normlab.tools`."""
+
+from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .dyt import DyT
 from .evonorm import EvoNormB0, EvoNormS0
-from .folding import FoldEntry, fold_batchnorm
 from .frn import TLU, FilterResponseNorm
 from .ghost import GhostBatchNorm
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm, LayerNorm2d
 from .norm import Norm
-from .precise import recompute_batchnorm_stats
 from .renorm import BatchRenorm
 from .rmsnorm import RMSNorm
 from .scalenorm import ScaleNorm
@@ -22,7 +21,7 @@ from .wsconv import WSConv1d, WSConv2d, WSConv3d, standardize_weight
 __all__ = [
     "Norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LayerNorm2d", "RMSNorm", "GroupNorm", "SyncBatchNorm",
-    "convert", "freeze_batchnorm", "DyT", "ScaleNorm", "WeightNorm", "weight_norm", "remove_weight_norm",
+    "DyT", "ScaleNorm", "WeightNorm", "weight_norm", "remove_weight_norm",
     "BatchRenorm", "GhostBatchNorm", "FilterResponseNorm", "TLU", "EvoNormB0", "EvoNormS0", "WSConv1d", "WSConv2d",
-    "WSConv3d", "standardize_weight", "recompute_batchnorm_stats", "fold_batchnorm", "FoldEntry", "to_torch",
+    "WSConv3d", "standardize_weight",
 ]

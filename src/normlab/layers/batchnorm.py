@@ -6,7 +6,7 @@ from torch import nn
 
 from .norm import Norm
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "freeze_batchnorm"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 class BatchNorm(Norm):
@@ -109,28 +109,3 @@ class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` that, like ``torch.nn.BatchNorm3d``, accepts only (N, C, D, H, W)."""
 
     _ndims, _ndims_hint = (5,), " (N, C, D, H, W)"
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Freeze every BatchNorm in ``module`` (see :meth:`BatchNorm.freeze`) and return the module.
-
-    ``torch.nn`` BatchNorm layers are first replaced in place by their
-    normlab twins (same parameters and buffers, see :func:`normlab.convert`),
-    because torch's own layers cannot stay frozen through ``.train()``.
-
-    Example::
-
-        >>> import torch
-        >>> from normlab import freeze_batchnorm
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
-        >>> net = freeze_batchnorm(net).train()     # BN stays in eval mode
-        >>> net[1].training, net[1].weight.requires_grad
-        (False, False)
-    """
-    from .conversion import BATCHNORM_TYPES, convert
-
-    module = convert(module, types=BATCHNORM_TYPES)
-    for m in module.modules():
-        if isinstance(m, BatchNorm) and m.track_running_stats:
-            m.freeze()
-    return module

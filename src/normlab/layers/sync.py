@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import functional as NF
+from ._swap import TORCH_BATCHNORM_TYPES, replace_modules, take_tensors
 from .batchnorm import BatchNorm
 
 __all__ = ["SyncBatchNorm", "all_reduce_sum"]
@@ -140,16 +141,14 @@ class SyncBatchNorm(BatchNorm):
             >>> type(net[1]).__name__
             'SyncBatchNorm'
         """
-        from .conversion import BATCHNORM_TYPES, _replace, _swap, convert
-
-        module = convert(module, types=BATCHNORM_TYPES)
-
         def to_sync(m: nn.Module) -> nn.Module | None:
-            if not isinstance(m, BatchNorm) or isinstance(m, SyncBatchNorm):
+            torch_bn = type(m) in TORCH_BATCHNORM_TYPES
+            if not (torch_bn or isinstance(m, BatchNorm)) or isinstance(m, SyncBatchNorm):
                 return None
-            new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, process_group,
-                      device="meta", bias=m.bias is not None, channel_dim=m.channel_dim)
-            return _swap(m, new)
+            group = m.process_group if type(m) is nn.SyncBatchNorm else process_group  # torch's keeps its group
+            new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, group,
+                      device="meta", bias=m.bias is not None, channel_dim=1 if torch_bn else m.channel_dim)
+            return take_tensors(m, new)
 
-        return _replace(module, to_sync)
+        return replace_modules(module, to_sync)
 

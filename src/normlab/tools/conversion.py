@@ -1,30 +1,30 @@
-r"""Swap ``torch.nn`` (and timm) normalization layers for their normlab twins, in place, keeping every tensor;
-and back: :func:`to_torch` turns normlab layers into ``torch.nn`` ones where torch has an exact equivalent."""
+r"""Swap a model's normalization layers for normlab's, in place, keeping every tensor: ``torch.nn``'s and
+timm's by class, transformers' families by class (:mod:`normlab.tools.families`), any other module that
+behaves like a norm by a probe (:mod:`normlab.tools.probe`); and back: :func:`to_torch`."""
 
 from __future__ import annotations
 
 import copy
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import torch
 from torch import nn
 
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from .groupnorm import GroupNorm
-from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .layernorm import LayerNorm
-from .norm import Norm
-from .rmsnorm import RMSNorm
+from ..layers import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm, InstanceNorm1d,
+                      InstanceNorm2d, InstanceNorm3d, LayerNorm, Norm, RMSNorm)
+from ..layers._swap import TORCH_BATCHNORM_TYPES, take_tensors
+from ..layers._swap import tensor_kwargs as _tensor_kwargs
+from ._common import is_normlab_layer
+from .families import TIMM_NORMS, hf_builder, timm_builder
+from .probe import looks_like_norm, probe
 
-__all__ = ["convert", "to_torch", "BATCHNORM_TYPES", "CONVERTIBLE_TYPES", "TIMM_CONVERTIBLE"]
+__all__ = ["convert", "to_torch", "freeze_batchnorm", "ConversionReport", "Converted", "Left", "BATCHNORM_TYPES",
+           "CONVERTIBLE_TYPES", "TIMM_CONVERTIBLE", "is_normlab_layer"]
 
-
-def _tensor_kwargs(m: nn.Module) -> dict:
-    for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
-        if t.is_floating_point():
-            return {"device": t.device, "dtype": t.dtype}
-    return {}
+BATCHNORM_TYPES = TORCH_BATCHNORM_TYPES
 
 
 def _has_bias(m: nn.Module) -> bool:
@@ -42,7 +42,7 @@ def _instancenorm(cls):
 
 
 def _syncbatchnorm(m):
-    from .sync import SyncBatchNorm
+    from ..layers import SyncBatchNorm
 
     return SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, m.process_group,
                          **_tensor_kwargs(m), bias=_has_bias(m))
@@ -69,7 +69,7 @@ CONVERTIBLE_TYPES: tuple[type, ...] = tuple(_BUILDERS)
 
 # ---------------------------------------------------------------- timm's layers (matched by name: timm is optional)
 def _timm_evonorm_b0(m):
-    from .evonorm import EvoNormB0
+    from ..layers import EvoNormB0
 
     if getattr(m, "v", None) is None:  # timm's apply_act=False is an affine only: no normlab twin
         return None
@@ -77,7 +77,7 @@ def _timm_evonorm_b0(m):
 
 
 def _timm_evonorm_s0(m):
-    from .evonorm import EvoNormS0
+    from ..layers import EvoNormS0
 
     if getattr(m, "v", None) is None:
         return None
@@ -85,14 +85,14 @@ def _timm_evonorm_s0(m):
 
 
 def _timm_frn(m):
-    from .frn import FilterResponseNorm
+    from ..layers import FilterResponseNorm
 
     return FilterResponseNorm(m.weight.numel(), eps=m.eps, tlu=getattr(m, "tau", None) is not None,
                               **_tensor_kwargs(m))
 
 
 def _timm_stdconv(m):
-    from .wsconv import WSConv2d
+    from ..layers import WSConv2d
 
     if m.padding_mode != "zeros":  # timm's forward ignores padding_mode; ours would not
         return None
@@ -107,7 +107,7 @@ _TIMM_BUILDERS: dict[str, Callable[[nn.Module], nn.Module | None]] = {
     "FilterResponseNormTlu2d": _timm_frn,
     "StdConv2d": _timm_stdconv,
 }
-TIMM_CONVERTIBLE: tuple[str, ...] = tuple(_TIMM_BUILDERS)
+TIMM_CONVERTIBLE: tuple[str, ...] = (*_TIMM_BUILDERS, *TIMM_NORMS)
 
 
 def _timm_builder(t: type) -> Callable[[nn.Module], nn.Module | None] | None:
@@ -126,93 +126,242 @@ def _share(old: nn.Module, new: nn.Module) -> nn.Module:
         if name in old._buffers and old._buffers[name] is not None:
             new._buffers[name] = old._buffers[name]
     return new.train(old.training)
-BATCHNORM_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def _swap(old: nn.Module, new: Norm) -> Norm:
-    """Give ``new`` the very parameter and buffer objects of ``old``, and its train/eval state."""
-    for name in ("weight", "bias"):
-        p = getattr(old, name, None)
-        if (p is None) != (getattr(new, name) is None):
-            raise ValueError(f"cannot convert {type(old).__name__}: {name} is "
-                             f"{'missing' if p is None else 'present'} but the twin expects otherwise")
-        if p is not None:
-            setattr(new, name, p)
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        if name in new._buffers:
-            new._buffers[name] = getattr(old, name, None)
-    if getattr(old, "frozen", False):
-        new.frozen = True
-    return new.train(old.training)
+@dataclass(frozen=True)
+class Converted:
+    """A module :func:`convert` replaced: its qualified name, its class, the twin's class, and how it was matched:
+    ``"class"`` (a known class) or ``"behaviour"`` (the probe; ``detail`` names the matched configuration)."""
+
+    name: str
+    original: str
+    twin: str
+    how: str
+    detail: str = ""
 
 
-def _replace(module: nn.Module, fn: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
-    """Apply ``fn`` (a replacement or None) to ``module`` and every descendant, in place."""
-    new = fn(module)
-    if new is not None:
-        return new
-    for name, child in module.named_children():
-        replaced = _replace(child, fn)
-        if replaced is not child:
-            setattr(module, name, replaced)
-    return module
+@dataclass(frozen=True)
+class Left:
+    """A module that looks like a norm and that :func:`convert` left in place, and why."""
+
+    name: str
+    original: str
+    reason: str
 
 
-def convert(module: nn.Module, *, types: Iterable[type] | None = None) -> nn.Module:
-    """Replace every ``torch.nn`` (and timm) normalization layer in ``module`` by its normlab twin.
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did: every module it converted and every norm-like module it left, with the reason."""
 
-    Converted: ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``InstanceNorm1d/2d/3d``,
-    ``LayerNorm``, ``GroupNorm``, ``RMSNorm``; and, when the model holds them,
-    timm's ``EvoNorm2dB0`` / ``EvoNorm2dS0`` (with their activation) ->
-    :class:`EvoNormB0` / :class:`EvoNormS0`, ``FilterResponseNormTlu2d`` ->
-    :class:`FilterResponseNorm`, ``StdConv2d`` -> :class:`WSConv2d` (timm is
-    not needed to import normlab: its classes are recognised by name).  torch
-    and timm have no Batch Renormalization or Ghost BatchNorm layer.  Only these exact types are
-    replaced: a subclass (timm's ``BatchNormAct2d``, a channels-first
-    ``LayerNorm2d`` built on ``nn.LayerNorm``) may change ``forward`` and is
-    left alone.  The twin takes over the *same* parameter and buffer objects
-    (so an optimizer built before the conversion still works), the device,
-    dtype, ``requires_grad`` and train/eval state; the converted model's
-    outputs equal the original's.
+    converted: list[Converted] = field(default_factory=list)
+    left: list[Left] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """``{"class": ..., "behaviour": ..., "left": ...}``."""
+        return {"class": sum(c.how == "class" for c in self.converted),
+                "behaviour": sum(c.how == "behaviour" for c in self.converted), "left": len(self.left)}
+
+    def __str__(self) -> str:
+        n = self.counts()
+        lines = [f"converted {n['class'] + n['behaviour']} module(s) ({n['class']} by class, {n['behaviour']} by "
+                 f"behaviour), left {n['left']}"]
+        lines += [f"  {c.name or '(the module)'}: {c.original} -> {c.twin} (by {c.how}"
+                  f"{': ' + c.detail if c.detail else ''})" for c in self.converted]
+        lines += [f"  left {x.name or '(the module)'} ({x.original}): {x.reason}" for x in self.left]
+        return "\n".join(lines)
+
+
+def _shell(old: nn.Module) -> nn.Module:
+    """``old`` without its tensors (their names kept): what :func:`to_torch` rebuilds the original class from."""
+    sh = copy.copy(old)
+    sh._parameters = dict.fromkeys(old._parameters)
+    sh._buffers = dict.fromkeys(old._buffers)
+    sh._modules = dict.fromkeys(old._modules)
+    for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+                 "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        if attr in sh.__dict__:
+            sh.__dict__[attr] = type(sh.__dict__[attr])()
+    return sh
+
+
+def _adopt(old: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` with ``old``'s very tensors (same names), its train/eval state, and a shell to go back by."""
+    _share(old, new)
+    for name in new._parameters:
+        if new._parameters[name] is not None and name not in old._parameters:
+            raise AssertionError(f"twin parameter {name!r} has no counterpart in {type(old).__name__}")
+    new.__dict__["_nl_origin"] = _shell(old)
+    return new
+
+
+def _restore(m: nn.Module) -> nn.Module:
+    """The module :func:`convert` replaced by ``m``, rebuilt around ``m``'s current tensors."""
+    sh = m.__dict__["_nl_origin"]
+    orig = copy.copy(sh)
+    orig._parameters = {k: m._parameters.get(k) for k in sh._parameters}
+    orig._buffers = {k: m._buffers.get(k) for k in sh._buffers}
+    orig._modules = {k: m._modules.get(k) for k in sh._modules}
+    return orig.train(m.training)
+
+
+@overload
+def convert(module: nn.Module, *, types: Iterable[type] | None = ..., probe: bool = ...,
+            report: Literal[False] = ...) -> nn.Module: ...
+@overload
+def convert(module: nn.Module, *, types: Iterable[type] | None = ..., probe: bool = ...,
+            report: Literal[True]) -> tuple[nn.Module, ConversionReport]: ...
+def convert(module: nn.Module, *, types: Iterable[type] | None = None, probe: bool = True,
+            report: bool = False) -> nn.Module | tuple[nn.Module, ConversionReport]:
+    """Replace every normalization layer in ``module`` by a normlab layer that computes the same, in place.
+
+    Matched by exact class (a subclass may change ``forward``):
+
+    - ``torch.nn``: ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``,
+      ``InstanceNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``;
+    - timm (recognised by name; timm is not needed to import normlab):
+      ``LayerNorm``, ``LayerNorm2d``, ``RmsNorm``, ``GroupNorm1``,
+      ``EvoNorm2dB0`` / ``EvoNorm2dS0`` (with their activation),
+      ``FilterResponseNormTlu2d``, ``StdConv2d`` -> :class:`WSConv2d`;
+    - transformers: the families of :mod:`normlab.tools.families` -- the
+      Llama-style RMSNorm and its ~140 copies, T5's, Gemma's ``1 + weight``,
+      OLMo-2's, Cohere's (QK-norm too), OLMo's, ConvNeXt's channels-first /
+      channels-last LayerNorm -- each with its casting order kept
+      (:class:`~normlab.tools.twins.CastRMSNorm`).
+
+    Any other module that looks like a norm (class name ending in ``Norm``,
+    or a 1-D ``weight`` and an eps attribute) is probed by behaviour
+    (:func:`normlab.tools.probe.probe`): copies of it and of candidate
+    normlab layers run on a few inputs in float32 and bfloat16, and it is
+    converted only where one candidate matches it to the dtype's rounding.
+
+    The twin takes over the *same* parameter and buffer objects (so an
+    optimizer built before the conversion still works), their names (state
+    dicts load both ways), the device, dtype, ``requires_grad`` and
+    train/eval state; the converted model's outputs equal the original's to
+    the dtype's rounding.  :func:`to_torch` takes the twins back.
 
     Args:
         module: any ``nn.Module``; changed in place.
-        types: only convert these torch types (default: all of the above).
+        types: only convert these exact classes (torch's or timm's above);
+            nothing is probed.
+        probe: probe unknown norm-like modules (default True).
+        report: also return a :class:`ConversionReport`: what was converted,
+            how, and why each other norm-like module was left.
 
     Returns:
-        The module, or its replacement if ``module`` itself is a norm layer.
+        The module (or its replacement, if ``module`` itself is a norm layer);
+        with ``report=True``, ``(module, report)``.
 
     Example::
 
         >>> import torch
         >>> import normlab
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
-        >>> net = normlab.convert(net)
-        >>> type(net[1]).__name__
-        'BatchNorm2d'
-        >>> isinstance(net[1], normlab.BatchNorm)
-        True
+        >>> net, rep = normlab.convert(net, report=True)
+        >>> type(net[1]).__name__, isinstance(net[1], normlab.BatchNorm)
+        ('BatchNorm2d', True)
+        >>> rep.counts()
+        {'class': 1, 'behaviour': 0, 'left': 0}
     """
-    wanted = set(CONVERTIBLE_TYPES if types is None else types)
-    unknown = {t for t in wanted if t not in CONVERTIBLE_TYPES and _timm_builder(t) is None}
-    if unknown:
-        names = ", ".join(sorted(getattr(t, "__name__", repr(t)) for t in unknown))
-        raise TypeError(f"convert cannot convert {names}; it converts "
-                        f"{', '.join(t.__name__ for t in CONVERTIBLE_TYPES)} and timm's "
-                        f"{', '.join(TIMM_CONVERTIBLE)}")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"convert expects an nn.Module (a model or a layer whose norms to replace), got "
+                        f"{type(module).__name__}: {module!r:.60}")
+    wanted = None if types is None else set(types)
+    if wanted is not None:
+        unknown = {t for t in wanted if t not in CONVERTIBLE_TYPES and _timm_builder(t) is None
+                   and timm_builder(t) is None}
+        if unknown:
+            names = ", ".join(sorted(getattr(t, "__name__", repr(t)) for t in unknown))
+            raise TypeError(f"convert cannot convert {names}; it converts "
+                            f"{', '.join(t.__name__ for t in CONVERTIBLE_TYPES)} and timm's "
+                            f"{', '.join(TIMM_CONVERTIBLE)}")
+    rep = ConversionReport()
 
-    def to_twin(m: nn.Module) -> nn.Module | None:
-        if type(m) in _BUILDERS:
-            if type(m) not in wanted:  # a lazy layer becomes its torch type at its first forward
-                return None
-            return _swap(m, _BUILDERS[type(m)](m))
-        build = _timm_builder(type(m))
-        if build is None or (types is not None and type(m) not in wanted):
+    def twin_of(m: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+        """(twin, "" if matched by class, else the probe's description of the match), or None."""
+        t = type(m)
+        if wanted is not None and t not in wanted:
             return None
-        new = build(m)
-        return None if new is None else _share(m, new)
+        if t in _BUILDERS:
+            return take_tensors(m, _BUILDERS[t](m)), ""
+        old_timm = _timm_builder(t)
+        if old_timm is not None:
+            new = old_timm(m)
+            if new is None:
+                rep.left.append(Left(name, t.__name__, "this configuration has no exact normlab twin"))
+                return None
+            return _share(m, new), ""
+        build = timm_builder(t)
+        hf = hf_builder(t) if build is None else None
+        if hf is not None:
+            build = hf[1]
+        if build is not None:
+            made = build(m)
+            if isinstance(made, str):
+                rep.left.append(Left(name, t.__name__, made))
+                return None
+            return _adopt(m, made), ""
+        if wanted is not None or not probe or is_normlab_layer(m) or not looks_like_norm(m):
+            return None
+        found = _probe(m)
+        if isinstance(found, str):
+            rep.left.append(Left(name, t.__name__, found))
+            return None
+        made, cand = found
+        return _adopt(m, made), cand.describe()
 
-    return _replace(module, to_twin)
+    def visit(m: nn.Module, name: str) -> nn.Module | None:
+        found = twin_of(m, name)
+        if found is None:
+            return None
+        new, detail = found
+        rep.converted.append(Converted(name, type(m).__name__, type(new).__name__,
+                                       "behaviour" if detail else "class", detail))
+        return new
+
+    out = _walk(module, visit)
+    return (out, rep) if report else out
+
+
+def _walk(module: nn.Module, fn: Callable[[nn.Module, str], nn.Module | None], name: str = "") -> nn.Module:
+    """``fn(m, qualified name)`` (a replacement or None) on ``module`` and, where it gives none, on every
+    child, in place; returns ``module`` or its replacement."""
+    new = fn(module, name)
+    if new is not None:
+        return new
+    for child_name, child in list(module.named_children()):
+        replaced = _walk(child, fn, f"{name}.{child_name}" if name else child_name)
+        if replaced is not child:
+            setattr(module, child_name, replaced)
+    return module
+
+
+_probe = probe
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Freeze every BatchNorm in ``module`` (see :meth:`BatchNorm.freeze`) and return the module.
+
+    ``torch.nn`` BatchNorm layers are first replaced in place by their
+    normlab twins (same parameters and buffers, see :func:`normlab.convert`),
+    because torch's own layers cannot stay frozen through ``.train()``.
+
+    Example::
+
+        >>> import torch
+        >>> from normlab import freeze_batchnorm
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+        >>> net = freeze_batchnorm(net).train()     # BN stays in eval mode
+        >>> net[1].training, net[1].weight.requires_grad
+        (False, False)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"freeze_batchnorm expects an nn.Module, got {type(module).__name__}")
+    module = convert(module, types=BATCHNORM_TYPES)
+    for m in module.modules():
+        if isinstance(m, BatchNorm) and m.track_running_stats:
+            m.freeze()
+    return module
 
 
 # ------------------------------------------------------------------------------------------------ to torch
@@ -234,7 +383,7 @@ def _observe(module: nn.Module, example_inputs) -> dict[str, dict]:
         return hook
 
     for name, m in probe.named_modules():
-        if _is_normlab(m):
+        if is_normlab_layer(m):
             hooks.append(m.register_forward_pre_hook(make(name), with_kwargs=True))
     try:
         with torch.no_grad():
@@ -249,9 +398,7 @@ def _ranks_from_producers(module: nn.Module, info: dict[str, dict]) -> None:
     """Where no input was seen, the input rank of a rank-generic BatchNorm/InstanceNorm from the layer that feeds it
     in a torch.fx trace: a ConvNd's output has N + 2 dims; a Linear's output suits ``nn.BatchNorm1d`` (2-D or 3-D:
     it normalizes dim 1, as the normlab layer does)."""
-    from .batchnorm import BatchNorm
     from .folding import producers
-    from .instancenorm import InstanceNorm
 
     generic = [n for n, m in module.named_modules()
                if type(m).__name__ in ("BatchNorm", "BatchRenorm", "GhostBatchNorm", "InstanceNorm")
@@ -271,21 +418,13 @@ def _ranks_from_producers(module: nn.Module, info: dict[str, dict]) -> None:
             info.setdefault(name, {"ranks": set(), "masked": False})["ranks"] = {rank}
 
 
-def _is_normlab(m: nn.Module) -> bool:
-    """A normlab layer (models built of torch and normlab layers, e.g. normlab.models.ConvNet, are not)."""
-    return type(m).__module__.startswith("normlab.layers")
-
-
 def _rank(info: dict | None) -> int | None:
     ranks = (info or {}).get("ranks") or set()
     return next(iter(ranks)) if len(ranks) == 1 else None
 
 
 def _torch_batchnorm(m, info: dict | None, inference: bool) -> nn.Module | str:
-    from .batchnorm import BatchNorm
-    from .ghost import GhostBatchNorm
-    from .renorm import BatchRenorm
-    from .sync import SyncBatchNorm
+    from ..layers import BatchRenorm, GhostBatchNorm, SyncBatchNorm
 
     exact = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm, BatchRenorm, GhostBatchNorm)
     if type(m) not in exact:
@@ -320,8 +459,6 @@ def _torch_batchnorm(m, info: dict | None, inference: bool) -> nn.Module | str:
 
 
 def _torch_instancenorm(m, info: dict | None, inference: bool) -> nn.Module | str:
-    from .instancenorm import InstanceNorm
-
     if type(m) not in (InstanceNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d):
         return f"a subclass of InstanceNorm ({type(m).__name__}) whose forward may differ"
     if (info or {}).get("masked"):
@@ -398,10 +535,7 @@ _NO_TWIN = {
 
 def _torch_twin(m: nn.Module, info: dict | None, inference: bool) -> nn.Module | str:
     """The torch.nn layer computing exactly what normlab layer ``m`` computes, or why there is none."""
-    from .batchnorm import BatchNorm
-    from .instancenorm import InstanceNorm
-    from .weightnorm import WeightNorm
-    from .wsconv import WSConv1d, WSConv2d, WSConv3d
+    from ..layers import WeightNorm, WSConv1d, WSConv2d, WSConv3d
 
     if isinstance(m, BatchNorm):
         return _torch_batchnorm(m, info, inference)
@@ -431,7 +565,9 @@ def _torch_weight_norm(m, info: dict | None, inference: bool) -> nn.Module | str
 
 
 def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False, strict: bool = False) -> nn.Module:
-    """Replace normlab layers by the ``torch.nn`` layers that compute exactly the same, in place.
+    """Replace normlab layers by the ``torch.nn`` layers that compute exactly the same, in place; and the
+    layers :func:`convert` made from another library's modules (transformers', timm's, probed ones) by
+    those modules, of their original class, holding the current tensors.
 
     The way back from :func:`convert`, so that a model built with normlab
     ships without it: the result's outputs equal the normlab model's (to
@@ -478,7 +614,7 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
     Example::
 
         >>> import torch
-        >>> from normlab.layers import BatchNorm2d, LayerNorm, to_torch
+        >>> from normlab import BatchNorm2d, LayerNorm, to_torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8), torch.nn.Flatten(),
         ...                           LayerNorm(8 * 4 * 4))
         >>> x = torch.randn(2, 3, 6, 6)
@@ -493,20 +629,18 @@ def to_torch(module: nn.Module, *, example_inputs=None, inference: bool = False,
     _ranks_from_producers(module, info)
     left: list[str] = []
 
-    def visit(m: nn.Module, name: str) -> nn.Module:
-        if _is_normlab(m):
-            twin = _torch_twin(m, info.get(name), inference)
-            if isinstance(twin, str):
-                left.append(f"{name or '(the module)'} ({type(m).__name__}): {twin}")
-            else:
-                return twin
-        for child_name, child in list(m.named_children()):
-            new = visit(child, f"{name}.{child_name}" if name else child_name)
-            if new is not child:
-                setattr(m, child_name, new)
-        return m
+    def visit(m: nn.Module, name: str) -> nn.Module | None:
+        if "_nl_origin" in m.__dict__:  # a twin convert built for another library's module: that module back
+            return _restore(m)
+        if not is_normlab_layer(m):
+            return None
+        twin = _torch_twin(m, info.get(name), inference)
+        if isinstance(twin, str):
+            left.append(f"{name or '(the module)'} ({type(m).__name__}): {twin}")
+            return None
+        return twin
 
-    out = visit(module, "")
+    out = _walk(module, visit)
     if left:
         msg = f"to_torch left {len(left)} normlab layer(s) in place: " + "; ".join(left)
         if strict:

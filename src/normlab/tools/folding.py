@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 
-from .batchnorm import BatchNorm
+from ..layers.batchnorm import BatchNorm
+from ._common import is_normlab_layer
 from .precise import batchnorm_layers
 
 __all__ = ["fold_batchnorm", "FoldEntry", "FOLDABLE_TYPES"]
@@ -36,7 +38,7 @@ class _Tracer(torch.fx.Tracer):
     """torch.fx tracer that keeps torch.nn layers and every normlab layer as single calls."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return super().is_leaf_module(m, module_qualified_name) or type(m).__module__.startswith("normlab.layers")
+        return super().is_leaf_module(m, module_qualified_name) or is_normlab_layer(m)
 
 
 def _graphs(module: nn.Module, prefix: str, out: list, failures: dict[str, str], tracer_leaf) -> None:
@@ -146,8 +148,14 @@ def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-10, torch.float32: 1e-4}.get(dtype, 1e-2)
 
 
-def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = False
-                   ) -> tuple[nn.Module, list[FoldEntry]]:
+@overload
+def fold_batchnorm(model: nn.Module, example_inputs=..., *, inplace: bool = ...,
+                   report: Literal[False] = ...) -> nn.Module: ...
+@overload
+def fold_batchnorm(model: nn.Module, example_inputs=..., *, inplace: bool = ...,
+                   report: Literal[True]) -> tuple[nn.Module, list[FoldEntry]]: ...
+def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = False, report: bool = False
+                   ) -> nn.Module | tuple[nn.Module, list[FoldEntry]]:
     r"""Fold every eval-mode BatchNorm that directly follows a conv or linear layer into that layer.
 
     In eval mode a BatchNorm is a per-channel affine map, so a convolution
@@ -187,18 +195,20 @@ def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = Fal
             beyond float rounding (relative 1e-10 in float64, 1e-4 in float32).
         inplace: fold ``model`` itself (default: a deep copy; the original keeps
             its BatchNorms, e.g. to train on).
+        report: also return what was done with each BatchNorm.
 
     Returns:
-        ``(folded_model, report)``: the report has one :class:`FoldEntry` per
-        BatchNorm, in ``model.named_modules()`` order.
+        The folded model; with ``report=True``, ``(folded_model, entries)``
+        where ``entries`` has one :class:`FoldEntry` per BatchNorm, in
+        ``model.named_modules()`` order.
 
     Example::
 
         >>> import torch
         >>> from torch import nn
-        >>> from normlab.layers import BatchNorm2d, fold_batchnorm
+        >>> from normlab import BatchNorm2d, fold_batchnorm
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), BatchNorm2d(8)).eval()
-        >>> folded, report = fold_batchnorm(net)
+        >>> folded, report = fold_batchnorm(net, report=True)
         >>> [(e.norm, e.folded) for e in report]
         [('1', True), ('4', False)]
         >>> report[1].reason
@@ -208,7 +218,7 @@ def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = Fal
         True
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"fold_batchnorm expects an nn.Module (the model to fold), got {type(model).__name__}")
     target = model if inplace else copy.deepcopy(model)
     bns = batchnorm_layers(target)
     graphs, failures = _trace(target)
@@ -238,18 +248,18 @@ def fold_batchnorm(model: nn.Module, example_inputs=None, *, inplace: bool = Fal
     for name, bn, producer, into in plan:
         _fold_into(producer, bn)
         _set(target, name, nn.Identity())
-    report = []
+    entries = []
     for name, bn in bns.items():
         if name in decided:
-            report.append(decided[name])
+            entries.append(decided[name])
             continue
         parents = [p for p in failures if name.startswith(p + ".") or not p]
         why = (f"not reached by a traced forward: torch.fx could not trace {parents[-1] or 'the model'!r} "
                f"({failures[parents[-1]]})") if parents else "not called in the model's traced forward"
-        report.append(FoldEntry(name, False, None, why))
+        entries.append(FoldEntry(name, False, None, why))
     if example_inputs is not None:
         _check_outputs(model, target, example_inputs)
-    return target, report
+    return (target, entries) if report else target
 
 
 def _check(node: torch.fx.Node, root: nn.Module, bn: nn.Module, calls: dict[int, int],

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import BatchNorm
+from ..layers.batchnorm import BatchNorm
 
 __all__ = ["recompute_batchnorm_stats", "batchnorm_layers"]
 
@@ -153,7 +153,7 @@ def recompute_batchnorm_stats(model: nn.Module, batches: Iterable, num_batches: 
     Example::
 
         >>> import torch
-        >>> from normlab.layers import BatchNorm2d, recompute_batchnorm_stats
+        >>> from normlab import BatchNorm2d, recompute_batchnorm_stats
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8)).eval()
         >>> data = [torch.randn(16, 3, 10, 10) for _ in range(4)]
         >>> _ = recompute_batchnorm_stats(net, data)
