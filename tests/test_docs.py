@@ -12,21 +12,17 @@ under CI, where it fails.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from browser import dump_dom, require_chromium
 
 ROOT = Path(__file__).parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</title></head><body>
 <iframe id="f" style="width:1280px;height:900px"></iframe>
@@ -129,21 +125,10 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav():
 
 
 def test_the_site_renders_in_headless_chromium(site, tmp_path):
-    _require(CHROMIUM is not None, "chromium (apt-get install chromium)")
+    require_chromium()
     (site / "harness.html").write_text(HARNESS, encoding="utf-8")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/harness.html"
-        proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--timeout=120000", "--dump-dom", url],  # a hard stop; the DOM is dumped once the harness is done
-            capture_output=True, text=True, timeout=240)
-    finally:
-        server.shutdown()
+    # --timeout is a hard stop; the DOM is dumped once the harness is done
+    proc = dump_dom(site, "harness.html", tmp_path / "profile", stop="--timeout=120000", timeout=240)
     m = re.search(r"RESULT (\{.*\})", proc.stdout)
     assert m, f"the harness did not report (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     result = json.loads(m.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
