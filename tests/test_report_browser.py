@@ -6,20 +6,12 @@ is missing the test is skipped, except under CI, where it fails.
 
 from __future__ import annotations
 
-import functools
-import http.server
-import os
 import re
-import shutil
-import subprocess
-import threading
 
-import pytest
+from browser import dump_dom, require_chromium
 
 from normlab.experiments import Verdict
 from normlab.report import render
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</title></head><body>
 <iframe id="f" src="index.html" style="width:1200px;height:900px"></iframe>
@@ -64,24 +56,9 @@ def _report(tmp_path):
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    require_chromium()
     out = _report(tmp_path)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/harness.html"
-        proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=15000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
+    proc = dump_dom(out, "harness.html", tmp_path / "profile", stop="--virtual-time-budget=15000", timeout=120)
     m = re.search(r"RESULT images=(\d+) decoded=(\d+) sections=(\d+)", proc.stdout)
     assert m, f"the harness did not report (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     images, decoded, sections = map(int, m.groups())

@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import socket
 import sys
 
 __all__ = ["main"]
+
+#: what the evidence suite imports beyond the core (torch, numpy, ninja), by module -> package to install
+SUITE_MODULES = {"sklearn": "scikit-learn", "scipy": "scipy", "mnist1d": "mnist1d", "requests": "requests",
+                 "matplotlib": "matplotlib"}
+#: how long ``--backend ray --address HOST:PORT`` waits for the cluster's port to answer
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: import blocked
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _needs_extra(cmd: str, modules: dict[str, str], extra: str, what: str) -> int:
+    """0 when ``modules`` are importable, else one line naming the extra to install (exit code 2)."""
+    missing = [pkg for mod, pkg in modules.items() if not _installed(mod)]
+    if not missing:
+        return 0
+    return _fail(cmd, f"{what} needs packages that are not installed ({', '.join(missing)}): "
+                      f"pip install 'normlab[{extra}]'")
 
 
 def _positive_int(text: str) -> int:
@@ -103,7 +129,7 @@ class _Progress:
 
     def __init__(self):
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and _installed("rich"):
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -171,9 +197,50 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_address_error(address: str | None) -> str | None:
+    """Why ``--backend ray`` cannot start with this address (None when it can), found in seconds, not on retries.
+
+    Ray itself is imported only by the runs; here only whether it is installed, whether Ray Client
+    (``ray://``) has its gRPC package, and whether the cluster's port answers within
+    :data:`RAY_CONNECT_TIMEOUT_S` are checked.
+    """
+    if not _installed("ray"):
+        return "--backend ray needs Ray, which is not installed: pip install 'normlab[ray]'"
+    addr = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    source = "--address" if address else "RAY_ADDRESS"
+    if not addr or addr in ("auto", "local"):
+        return None
+    client = addr.startswith("ray://")
+    if client and not _installed("grpc"):
+        return (f"{source} {addr} is a Ray Client address, which needs ray[client] (its gRPC package, grpcio, "
+                f"is not installed): pip install 'normlab[ray]'")
+    hostport = addr[len("ray://"):] if client else addr
+    host, sep, port_text = hostport.rstrip("/").rpartition(":")
+    if not sep:
+        if not client:
+            return None  # a name Ray resolves itself
+        host, port_text = hostport.rstrip("/"), "10001"  # Ray Client's default port
+    try:
+        port = int(port_text)
+    except ValueError:
+        return f"{source} {addr}: expected ray://HOST:PORT or HOST:PORT, got the port {port_text!r}"
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        return (f"cannot reach the Ray cluster at {addr} ({reason} within {RAY_CONNECT_TIMEOUT_S:g} s): check the "
+                f"address and that the head node runs Ray" + (" with its client server on that port "
+                                                                "(ray start --head; 10001 by default)" if client
+                                                                else ""))
+    return None
+
+
 def _run_and_judge(args: argparse.Namespace, cmd: str):
     import time
 
+    rc = _needs_extra(cmd, SUITE_MODULES, "suite", "the evidence suite")
+    if rc:
+        return rc, None
     from .experiments.suite import judge, run_missing
 
     try:
@@ -194,18 +261,46 @@ def _run_and_judge(args: argparse.Namespace, cmd: str):
 
         print(f"paper mode: sizes close to the papers'; estimated time of the runs still missing in {args.out}:\n"
               + format_estimate(exps, mode, args.out, plan_workers(args.workers, 1)[0]), file=sys.stderr, flush=True)
+    if args.backend == "ray":
+        reason = _ray_address_error(args.address)
+        if reason:
+            return _fail(cmd, reason), None
     start = time.perf_counter()
     try:
         with _Progress() as progress:
-            run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context, log=progress,
+            summaries = run_missing(exps, mode, args.out, workers=args.workers, seeds=args.seeds, context=context, log=progress,
                         backend=args.backend, address=args.address)
     except RuntimeError as e:
         if "needs Ray" in str(e):
             return _fail(cmd, str(e)), None
         raise
+    except ConnectionError as e:  # Ray Client gave up on the cluster after its own retries
+        if args.backend != "ray":
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return _fail(cmd, f"cannot connect to the Ray cluster at {args.address or os.environ.get('RAY_ADDRESS')}: "
+                          f"{first}"), None
     plots = os.path.join(args.out, "plots")
     results = [judge(e, mode, args.out, seeds=args.seeds, plots_dir=plots, context=context) for e in exps]
-    return 0, (results, mode, time.perf_counter() - start)
+    failed = sum(1 for s in summaries or [] if s.get("status") != "ok")
+    return 0, (results, mode, time.perf_counter() - start, failed)
+
+
+def tally(results: list[dict], mode: str, failed_runs: int = 0) -> str:
+    """One line: how many claims got each verdict, with the ids of those not supported or inconclusive."""
+    by: dict[str, list[str]] = {}
+    for r in results:
+        by.setdefault(r["verdict"]["status"], []).append(r["claim"])
+    parts = []
+    for status in ("supported", "not supported", "inconclusive"):
+        ids = by.pop(status, [])
+        listed = f" ({', '.join(ids)})" if ids and status != "supported" else ""
+        parts.append(f"{len(ids)} {status}{listed}")
+    parts += [f"{len(ids)} {status} ({', '.join(ids)})" for status, ids in sorted(by.items())]
+    line = f"{len(results)} claim{'s' if len(results) != 1 else ''} ({mode} mode): {', '.join(parts)}"
+    if failed_runs:
+        line += f"; {failed_runs} run{'s' if failed_runs != 1 else ''} failed (run the same command again to retry)"
+    return line
 
 
 def _print_results(results: list[dict], *, statement: bool = False) -> None:
@@ -232,19 +327,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import render
-
     rc, payload = _run_and_judge(args, "report")
     if not payload:
         return rc
-    results, mode, took = payload
+    from .report import render
+
+    results, mode, took, failed = payload
     path = render(results, args.out, mode=mode, wall_time_s=took)
-    _print_results(results)
-    print(f"\nreport: {path}  ({took / 60:.1f} min)")
+    if args.verbose:
+        _print_results(results)
+        print()
+    flags = "".join(f" {f}" for f in _rerun_flags(args))
+    print(tally(results, mode, failed))
+    print(f"report: {path}  ({took / 60:.1f} min; each claim's verdict: normlab show CLAIM{flags}, or --verbose)")
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    rc = _needs_extra("show", SUITE_MODULES, "suite", "the evidence suite")
+    if rc:
+        return rc
     from .experiments.suite import judge
 
     try:
@@ -261,12 +363,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return _fail("show", str(e))
     results = [judge(e, mode, args.out, seeds=args.seeds, context=context) for e in exps]
     _print_results([r for r in results if r["runs_finished"]], statement=True)
-    empty = [r["claim"] for r in results if not r["runs_finished"]]
+    empty = [(e, r["claim"]) for e, r in zip(exps, results) if not r["runs_finished"]]
     if empty:
         flags = "".join(f" {f}" for f in _rerun_flags(args))
-        for claim in empty:
+        for exp, claim in empty:
+            others = [m for m in ("quick", "full") if m != mode
+                      and judge(exp, m, args.out, seeds=args.seeds, context=context)["runs_finished"]]
+            hint = ""
+            if others:
+                other = argparse.Namespace(**{**vars(args), "quick": others[0] == "quick",
+                                              "mode": None if others[0] == "quick" else "full"})
+                hint = (f" ({others[0]}-mode records are there: `normlab show {claim}"
+                        f"{''.join(f' {f}' for f in _rerun_flags(other))}`)")
             print(f"normlab show: {claim}: no records yet in {args.out} ({mode} mode): "
-                  f"run `normlab run {claim}{flags}` first", file=sys.stderr)
+                  f"run `normlab run {claim}{flags}` first{hint}", file=sys.stderr)
         return 1
     return 0
 
@@ -460,6 +570,38 @@ def _doctor_fix(args: argparse.Namespace, diagnosis, model, inputs, kwargs, opti
     return 1 if after.errors else 0
 
 
+def _kernel_libraries(where: str) -> list[str]:
+    """The compiled kernel libraries under ``where``, newest first."""
+    found = [os.path.join(d, f) for d, _, files in os.walk(where) for f in files if f.endswith(".so")]
+    return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from ._cache import cache_dir
+
+    where = os.path.join(cache_dir(), "kernels")
+    if not args.build:
+        libs = _kernel_libraries(where) if os.path.isdir(where) else []
+        print(f"kernel cache: {where} (set NORMLAB_CACHE to move it)")
+        print(f"{len(libs)} build{'s' if len(libs) != 1 else ''} there" + "".join(f"\n  {lib}" for lib in libs))
+        print("`normlab kernels --build` builds (if needed) and loads the build for this machine and torch")
+        return 0
+    import warnings
+
+    from . import kernels
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = kernels.cpp_available(build_now=True)
+    if not ok:
+        reasons = [str(w.message) for w in caught] or ["the build or the load failed"]
+        print(f"normlab kernels: {reasons[0]}", file=sys.stderr)
+        return 1
+    libs = _kernel_libraries(where)
+    print(f"normlab kernels: the C++ CPU kernels are built and load; cache: {libs[0] if libs else where}")
+    return 0
+
+
 def _add_suite_args(p: argparse.ArgumentParser, *, run: bool = True) -> None:
     p.add_argument("--quick", action="store_true", help="the quick mode: small models, few steps, fewer seeds "
                                                         "(each claim's own quick count; full mode: drop --quick)")
@@ -525,16 +667,28 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--document", action="store_true", help="print the claims document shipped with normlab "
                                                              "(every claim in full, with its sources) instead")
     lst.set_defaults(func=_cmd_list)
-    run = sub.add_parser("run", help="run one claim's experiment (what is missing) and print its verdict")
+    run = sub.add_parser("run", help="run one claim's experiment (what is missing) and print its verdict",
+                         description="Run the runs of one claim (or several) that have no record in --out yet, "
+                                     "then judge the claim from all its records and print the verdict with the "
+                                     "intervals it was judged on. Finished runs are never redone.")
     run.add_argument("claim", help="a claim id such as C21 (or several: C21,C22)")
     _add_suite_args(run)
     run.set_defaults(func=_cmd_run)
-    rep = sub.add_parser("report", help="run what is missing, then write the HTML report")
+    rep = sub.add_parser("report", help="run what is missing, then write the HTML report",
+                         description="Run every claim's runs that have no record in --out yet (all claims, or "
+                                     "--claims), judge each claim from its records, write the HTML report "
+                                     "(--out/index.html) and print a one-line tally of the verdicts. Interrupted "
+                                     "or repeated, it resumes: finished runs are never redone.")
+    rep.add_argument("--verbose", action="store_true",
+                     help="also print each claim's verdict, intervals and rule (as normlab show does)")
     rep.add_argument("--claims", default=None, help="comma-separated claim ids, e.g. C18,C22 (default: all; "
                                                     "an empty list is an error)")
     _add_suite_args(rep)
     rep.set_defaults(func=_cmd_report)
-    show = sub.add_parser("show", help="print a claim's verdict from the records already there")
+    show = sub.add_parser("show", help="print a claim's verdict from the records already there",
+                          description="Judge one claim (or several) from the records already in --out, without "
+                                      "running anything, and print the verdict, the intervals and the rule. "
+                                      "Give the mode the records were made in (--quick for quick-mode records).")
     show.add_argument("claim", help="a claim id such as C22 (or several: C21,C22); exits 1 when one has "
                                     "no records yet")
     _add_suite_args(show, run=False)
@@ -562,13 +716,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the model is a causal sequence model (dim 1 of the input is time): check for norms that "
                           "leak the future")
     doc.set_defaults(func=_cmd_doctor)
+    ker = sub.add_parser("kernels", help="where the compiled C++ kernels are cached; --build prebuilds them",
+                         description="normlab's fused C++ CPU kernels are compiled once per machine on first use "
+                                     "(20-60 s) and cached (under $NORMLAB_CACHE, else ~/.cache/normlab). "
+                                     "Without options: print the cache and the builds in it. With --build: build "
+                                     "them now (for a container image or a CI cache) and load them; exit 1 with "
+                                     "the reason if they cannot be built.")
+    ker.add_argument("--build", action="store_true", help="build (if needed) and load the kernels for this machine "
+                                                          "and torch, then print where the build is")
+    ker.set_defaults(func=_cmd_kernels)
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; an unknown option is reported with the usage of the subcommand it was given to."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subs.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (| head) is handled below
+        return rc
+    except BrokenPipeError:  # `normlab list | head -1`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not fail again
+        os.close(devnull)
+        return 141  # the shell's code for a process ended by SIGPIPE
     except KeyboardInterrupt as e:  # one line, no traceback, the shell's code for SIGINT
         runner = sys.modules.get("normlab.experiments.runner")  # no import while interrupted
         if runner is None or not isinstance(e, runner.Interrupted):  # else the runner said it already

@@ -76,7 +76,10 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0,
         >>> d.x_train.shape[1:], d.num_classes
         (torch.Size([1, 8, 8]), 10)
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise _missing("digits()", "scikit-learn") from e
 
     bunch = load_digits()
     x = bunch.images.astype(np.float64)[:, None]  # (N, 1, 8, 8)
@@ -87,6 +90,12 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0,
                               torch.from_numpy(x_te).float(), torch.from_numpy(y[te]), 10, mean, std, "digits")
 
 
+def _missing(what: str, packages: str) -> ImportError:
+    """The error for a data set whose package belongs to the ``suite`` extra and is not installed."""
+    return ImportError(f"normlab.data.{what} needs {packages}, which is not installed: "
+                       "pip install 'normlab[suite]'")
+
+
 #: the generator settings of the original MNIST-1D (mnist1d.data.get_dataset_args, without its download url)
 MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "template_len": 12, "padding": [36, 60],
                     "scale_coeff": 0.4, "max_translation": 48, "corr_noise_scale": 0.25, "iid_noise_scale": 2e-2,
@@ -94,8 +103,11 @@ MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "template_len": 12,
 
 
 def _generate_mnist1d(settings: dict) -> dict[str, np.ndarray]:
-    from mnist1d.data import make_dataset
-    from mnist1d.utils import ObjectView
+    try:
+        from mnist1d.data import make_dataset
+        from mnist1d.utils import ObjectView
+    except ImportError as e:
+        raise _missing("mnist1d()", "mnist1d (and its requests and matplotlib)") from e
 
     state = np.random.get_state()  # the generator seeds numpy's global RNG: leave the caller's alone
     try:

@@ -60,8 +60,7 @@ class SyncBatchNorm(BatchNorm):
     initialized process group, it is exactly :class:`BatchNorm`.
 
     Args:
-        num_features, eps, momentum, affine, track_running_stats, bias,
-        channel_dim: as :class:`BatchNorm`.
+        num_features, eps, momentum, affine, track_running_stats, bias, channel_dim: as :class:`BatchNorm`.
         process_group: the group to synchronize over (default: the world).
 
     Shape:

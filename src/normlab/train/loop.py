@@ -42,7 +42,10 @@ def _progress(cfg: TrainConfig):
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     if not show:
         return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:  # rich comes with the suite extra; a lean install trains without the bar
+        return None
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} it/s"),
