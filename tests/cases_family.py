@@ -1,4 +1,4 @@
-"""Synthetic records for the verdicts of normlab.experiments.family (C35-C38): claim -> [(records, expected status)]."""
+"""Synthetic records for the verdicts of normlab.experiments.claims (C35-C38): claim -> [(records, expected status)]."""
 
 from __future__ import annotations
 

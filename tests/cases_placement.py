@@ -1,10 +1,10 @@
-"""Synthetic records for the verdicts of normlab.experiments.placement: claim -> [(records, expected status)]."""
+"""Synthetic records for the verdicts of normlab.experiments.claims: claim -> [(records, expected status)]."""
 
 from __future__ import annotations
 
 from cases_common import lm_rec, profile, rec
 
-from normlab.experiments.placement import C22_ARMS
+from normlab.experiments.claims.c22_grad_profile import ARMS as C22_ARMS
 
 
 def _c22(post, pre, pre_profiles=None):

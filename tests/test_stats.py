@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from normlab.experiments.spec import combine_verdicts, compare, equivalent, threshold
+from normlab.experiments.verdicts import combine_verdicts, compare, equivalent, threshold
 from normlab.experiments.stats import (bootstrap_ci, difference_ci, judge_direction, judge_equivalence,
                                        judge_threshold, mean_ci)
 

@@ -7,7 +7,8 @@ import os
 import traceback
 from collections.abc import Callable
 
-from .runner import execute_runs, load_records, pending_runs
+from .records import load_records, pending_runs
+from .runner import execute_runs
 from .spec import Experiment, Verdict
 
 __all__ = ["run_missing", "judge", "status_of"]
