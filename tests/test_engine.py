@@ -283,3 +283,85 @@ def test_exclusive_runs_go_last_and_alone(tmp_path, monkeypatch):
     shared = [s for s in order if (s["name"], s["seed"]) not in {(r.name, r.seed) for _, r in jobs[:2]}]
     assert order[:len(shared)] == shared  # every shared run finished before the exclusive ones began
     assert all(s["status"] == "ok" for s in order) and len(order) == len(jobs)
+
+
+# ------------------------------------------------------- what the reader sees (issue 27)
+def _first_case(claim, status="supported"):
+    return next(r for r, e in CLAIM_CASES[claim] if e == status)
+
+
+_NEGATIVE_ZERO = re.compile(r"(?<![\w.])-0(?![\d.eE])|(?<![\w.])-0\.0+(?![\d1-9])")
+
+
+@pytest.mark.parametrize("claim", sorted(CLAIM_CASES))
+def test_no_rule_summary_or_key_number_prints_minus_zero(claim):
+    for records, _ in CLAIM_CASES[claim]:
+        v = get(claim).verdict(records)
+        for text in (v.rule, v.summary, v.key_number, *(t["rule"] for t in v.tests)):
+            assert not _NEGATIVE_ZERO.search(text), text
+
+
+def _overlapping_tick_labels(ax) -> bool:
+    """Neighbouring x tick labels collide: boxes overlap (horizontal labels), or rotated labels sit closer than
+    their line height (the boxes of rotated labels always overlap; their glyphs need only the perpendicular
+    gap)."""
+    import math
+
+    labels = [lab for lab in ax.get_xticklabels() if lab.get_visible() and lab.get_text()]
+    for a, b in zip(labels, labels[1:]):
+        angle = math.radians(a.get_rotation() % 180)
+        if angle == 0:
+            if a.get_window_extent().overlaps(b.get_window_extent()):
+                return True
+            continue
+        xa = ax.transData.transform((a.get_position()[0], 0))[0]
+        xb = ax.transData.transform((b.get_position()[0], 0))[0]
+        lines = max(len(a.get_text().splitlines()), len(b.get_text().splitlines()))
+        height = a.get_fontsize() * ax.figure.dpi / 72 * 1.2 * lines
+        if abs(xb - xa) * math.sin(angle) < height:
+            return True
+    return False
+
+
+def test_plots_have_no_quoted_legends_and_no_overlapping_tick_labels(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    seen: dict[str, list] = {}
+    current = {"claim": None}
+    real = Figure.savefig
+
+    def inspect(fig, *args, **kwargs):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            texts = [t.get_text() for t in legend.get_texts()] if legend else []
+            seen.setdefault(current["claim"], []).extend(texts)
+            for quote in ("'", '"'):
+                assert not any(t.startswith(quote) or t.endswith(quote) for t in texts), (current["claim"], texts)
+            assert not _overlapping_tick_labels(ax), (current["claim"], [lab.get_text() for lab in ax.get_xticklabels()])
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", inspect)
+    drawn = 0
+    for claim in sorted(CLAIM_CASES):
+        exp = get(claim)
+        if exp.plot is None:
+            continue
+        records = _first_case(claim)
+        current["claim"] = claim
+        try:
+            paths = exp.plot(records, exp.verdict(records), str(tmp_path / claim))
+        except (KeyError, IndexError, TypeError, ValueError):  # synthetic records lack what some plots draw
+            continue
+        drawn += bool(paths)
+    assert drawn >= 20, drawn
+
+
+def test_c17_tick_labels_do_not_overlap_on_its_own_records(tmp_path):
+    from normlab.experiments.claims import c17_rmsnorm_speed as c17
+
+    records = _first_case("C17")
+    assert c17.plot(records, c17.verdict(records), str(tmp_path / "C17"))  # the overlap check runs in the test above

@@ -78,7 +78,7 @@ def plot(records, verdict, prefix):
                  if r["config"]["lr"] == lr] for lr in lrs]
         ax.plot(lrs, [mean(a) for a in accs], marker="o", color=f"C{i}", label=norm)
         ax.fill_between(lrs, [min(a) for a in accs], [max(a) for a in accs], color=f"C{i}", alpha=0.2)
-    ax.axhline(STABLE_ACC, color="k", ls=":", lw=0.8, label="'trains' threshold")
+    ax.axhline(STABLE_ACC, color="k", ls=":", lw=0.8, label="accuracy a run must reach to count as trained")
     ax.set_xscale("log")
     ax.set_xlabel("SGD learning rate (momentum 0.9, no warm-up, no clipping)")
     ax.set_ylabel("final test accuracy (0 = diverged)")
