@@ -219,7 +219,8 @@ def test_report_is_self_contained_and_images_decode(tmp_path):
                                    versus_paper="paper: 26.8 vs 26.6 BLEU; here: 1.52 vs 1.53 nats").to_dict()}]
     path = render(results, str(tmp_path / "report"), mode="quick", wall_time_s=12.0)
     page = Path(path).read_text()
-    assert "<b>" not in page.split("<h1>")[1].split("</table>")[0].replace("<b>quick</b>", "")  # escaped
+    head = page.split("<h1>")[1].split("</table>")[0]
+    assert "<b>" not in head.replace("<b>quick</b>", "").replace("<b>Quick mode.</b>", "")  # escaped
     assert "t &lt;b&gt;" in page and "Mode: <b>quick</b>" in page
     assert re.search(r"<td>loss: a - b</td><td>1.07</td><td>\[0\.\d+, 1\.\d+\]</td><td>95%</td><td>3\+3</td>"
                      r"<td>Welch t</td>", page)
@@ -365,3 +366,126 @@ def test_c17_tick_labels_do_not_overlap_on_its_own_records(tmp_path):
 
     records = _first_case("C17")
     assert c17.plot(records, c17.verdict(records), str(tmp_path / "C17"))  # the overlap check runs in the test above
+
+
+@pytest.mark.parametrize("claim", sorted(CLAIM_CASES))
+def test_every_claim_has_a_short_key_phrase_with_its_estimate_and_interval(claim):
+    from normlab.experiments.verdicts import key_phrase
+
+    for records, _ in CLAIM_CASES[claim]:
+        phrase = key_phrase(get(claim).verdict(records).to_dict())
+        assert len(phrase) <= 100, phrase
+        assert re.search(r"\[[^\]]*,[^\]]*\]|\bexact\b|no interval|no CI", phrase), phrase
+
+
+def test_quick_setups_that_differ_say_how():
+    from normlab.experiments.suite import quick_differences
+
+    c09 = quick_differences(get("C09"))
+    assert "batch of 8" in c09 and "leaves out" in c09 and "per-worker 2" in c09.split("leaves out")[1]
+    assert "another model" in quick_differences(get("C13"))
+    assert "2 processes x 2" in quick_differences(get("C16"))
+    assert quick_differences(get("C18")) == ""  # the same configurations, only smaller
+
+
+_MODE_PLUGIN = """
+from normlab.experiments import Verdict, compare, experiment
+
+def run(config, seed):
+    return {"value": config["gap"] + 0.01 * seed}
+
+def verdict(records):
+    a = [r["result"]["value"] for r in records if r["name"] == "a"]
+    return compare(a, [0.0] * len(a), expect="greater", what="value", label_a="a", label_b="zero", paired=True)
+
+SPEC = experiment(claim="C95", title="mode fake", statement="a > 0", setup="none", seeds={"quick": 3, "full": 3},
+                  grid=lambda mode: [("a", {"gap": 1.0 if mode == "quick" else -1.0})], run=run, verdict=verdict)
+"""
+
+
+def _write_records(out, exp, mode, wall=30.0):
+    from normlab.experiments.records import record_path
+    from normlab.train.record import write_record
+
+    for run in exp.runs(mode):
+        write_record(record_path(str(out), run, exp.code_version()),
+                     {"claim": run.claim, "name": run.name, "seed": run.seed, "config": run.config, "mode": mode,
+                      "status": "ok", "result": exp.run(run.config, run.seed), "wall_time_s": wall})
+
+
+def test_a_quick_report_says_so_shows_full_mode_beside_it_and_marks_a_flip(tmp_path, monkeypatch):
+    from normlab.experiments import registry
+    from normlab.experiments.suite import judge
+
+    (tmp_path / "mode_plugin.py").write_text(_MODE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NORMLAB_EXPERIMENTS", "mode_plugin")
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    exp, out = get("C95"), tmp_path / "out"
+    _write_records(out, exp, "quick")
+    page = Path(render([judge(exp, "quick", str(out))], str(out), mode="quick", wall_time_s=2.0)).read_text()
+    assert "Quick mode." in page and "(quick mode)</h1>" in page
+    assert "full:</span>" not in page and "a flip" not in page  # no full-mode records yet: nothing beside
+    # the header counts the compute of the runs it holds (3 x 30 s), not this invocation's 2 s
+    assert "3 runs, 1.5 min of compute" in page and "this invocation took 0.0 min" in page
+    _write_records(out, exp, "full")
+    page = Path(render([judge(exp, "quick", str(out))], str(out), mode="quick", wall_time_s=2.0)).read_text()
+    assert "full:</span>" in page and "a flip: the quick verdict differs" in page
+    assert page.count("class=\"v not-supported\"") + page.count("class='v not-supported'") >= 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["full_mode_beside"]["C95"]["verdict"]["status"] == "not supported"
+    assert results["compute_s"] == pytest.approx(90.0)
+    # paper column: a claim without a paper line says the source gives no figure
+    assert "the source gives no figure" in page
+
+
+def test_a_corrupted_record_is_reported_set_aside_and_redone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NORMLAB_EXPERIMENTS", "fake_claims")
+    monkeypatch.syspath_prepend(str(TESTS))
+    from normlab.experiments.records import load_records
+    from normlab.experiments.suite import run_missing
+
+    out = tmp_path / "out"
+    exp = get("C99")
+    assert len(run_missing([exp], "quick", str(out), workers=2)) == 6
+    victim = sorted((out / "records" / "C99").glob("*.json"))[0]
+    victim.write_text('{"claim": "C99", "status": "o')  # cut short
+    capsys.readouterr()
+    done = run_missing([exp], "quick", str(out), workers=2)
+    err = capsys.readouterr().err
+    assert len(done) == 1  # only that run again
+    assert f"record {victim}" in err and "cannot be read" in err and "will be done again" in err
+    assert (victim.parent / (victim.name + ".corrupt")).exists()
+    assert json.loads(victim.read_text())["status"] == "ok" and len(load_records(str(out), exp, "quick")) == 6
+
+
+def test_two_runs_on_one_output_directory_take_turns_and_say_so(tmp_path):
+    import threading
+
+    from normlab.experiments.records import output_lock
+
+    held, release, said, order = threading.Event(), threading.Event(), [], []
+
+    def first():
+        with output_lock(str(tmp_path), say=said.append):
+            held.set()
+            release.wait(10)
+            order.append("first done")
+
+    def second():
+        with output_lock(str(tmp_path), say=said.append):
+            order.append("second in")
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert held.wait(10)
+    b = threading.Thread(target=second)
+    b.start()
+    time.sleep(0.5)
+    assert order == [] and len(said) == 1
+    assert f"pid {os.getpid()}" in said[0] and "waiting for it to finish" in said[0] and str(tmp_path) in said[0]
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert order == ["first done", "second in"]

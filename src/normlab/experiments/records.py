@@ -12,15 +12,18 @@ exists with status ``ok`` is never run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 
 from ..train.record import environment
 from .spec import Experiment, Run
 
-__all__ = ["Interrupted", "record_path", "read_record", "load_records", "pending_runs", "perform", "summary"]
+__all__ = ["Interrupted", "record_path", "read_record", "load_records", "pending_runs", "perform", "summary",
+           "set_aside_unreadable", "output_lock"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,11 +36,77 @@ def record_path(out: str, run: Run, code_version: str) -> str:
 
 
 def read_record(path: str) -> dict | None:
+    """The record at ``path``; None when there is none or it cannot be read (see :func:`record_problem`)."""
+    return _load(path)[0]
+
+
+def _load(path: str) -> tuple[dict | None, str | None]:
+    """(record, None), or (None, why it is unusable) for a file that exists but is not a record, or (None, None)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+            rec = json.load(f)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:  # a truncated or garbled file (a full disk, an edit, a copy cut short)
+        return None, f"cannot be read ({type(e).__name__}: {str(e)[:80]})"
+    if not isinstance(rec, dict) or "status" not in rec:
+        return None, "is not a run record (no status)"
+    return rec, None
+
+
+def set_aside_unreadable(out: str, exp: Experiment, mode: str, seeds: int | None = None,
+                         context: dict | None = None) -> list[str]:
+    """Move record files of ``exp``'s runs that exist but cannot be read to ``<file>.corrupt``; one line each.
+
+    Their runs count as not done, so the next run writes them afresh; the
+    lines say which file, what was wrong and what happens, for the caller to
+    print.
+    """
+    version = exp.code_version()
+    lines = []
+    for run in exp.runs(mode, seeds, context):
+        path = record_path(out, run, version)
+        problem = _load(path)[1]
+        if problem:
+            os.replace(path, path + ".corrupt")
+            lines.append(f"record {path} {problem}: moved to {os.path.basename(path)}.corrupt; the run "
+                         f"({run.claim} {run.name} seed {run.seed}) will be done again")
+    return lines
+
+
+@contextlib.contextmanager
+def output_lock(out: str, *, say: Callable[[str], None]):
+    """Hold ``<out>/.normlab.lock`` while this process writes records there.
+
+    A second ``normlab run``/``report`` on the same directory says that
+    another one (its pid) is writing there and waits for it, then runs only
+    what the first left (pending runs are computed after the wait), so two
+    processes never run the same run twice.  Without ``fcntl`` (Windows)
+    there is no lock.
+    """
+    os.makedirs(out, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    with open(os.path.join(out, ".normlab.lock"), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process"
+            say(f"another normlab run ({holder}) is writing records to {out}: waiting for it to finish, then "
+                "running only what it leaves")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_records(out: str, exp: Experiment, mode: str, seeds: int | None = None,

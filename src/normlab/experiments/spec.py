@@ -96,6 +96,9 @@ class Experiment:
         threads: torch threads each run wants (the pool fits workers around it).
         exclusive: the runs must have the machine to themselves (timings): they run one at a time
             after every other run has finished, never beside another run.
+        quick_differs: how the quick setup is weaker than or different from full mode's beyond its smaller
+            sizes (the report says it beside a quick verdict; configurations quick leaves out are listed
+            without it).
     """
 
     claim: str
@@ -110,6 +113,7 @@ class Experiment:
     paper: str = ""
     threads: int = 1
     exclusive: bool = False
+    quick_differs: str = ""
     _version: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def runs(self, mode: str, seeds: int | None = None, context: dict | None = None) -> list[Run]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from .stats import (LEVEL, REFUTED, Interval, combine, holm_keeps, interval, jud
 __all__ = ["compare", "equivalent", "within", "threshold", "exact", "combine_verdicts", "any_of", "grid_compare",
            "grid_threshold", "selection_split", "choose_on_seeds", "paired_by_seed",
            "by_name", "spread", "mean", "fmt", "ci_text", "seed_agreement", "exact_part", "exact_verdict",
-           "exactness"]
+           "exactness", "key_phrase"]
 
 
 def by_name(records: list[dict]) -> dict[str, list[dict]]:
@@ -288,6 +289,38 @@ def choose_on_seeds(records, names, score: Callable[[dict], float], seeds, *, lo
         if best is None or m < best_value:
             best, best_value = name, m
     return best
+
+
+_HAS_INTERVAL = re.compile(r"\[[^\]]*,[^\]]*\]|\bexact\b|no interval|no CI")
+
+
+def key_phrase(verdict: dict, *, limit: int = 100) -> str:
+    """One short phrase with the estimate and its interval, for a summary table.
+
+    The verdict's own key number when it holds an interval and fits in
+    ``limit`` characters; otherwise the judged interval that decided the
+    status (the first test with the verdict's status), as "what: estimate
+    [lo, hi]", its description cut at a word to fit.
+    """
+    key = verdict.get("key_number") or ""
+    if _HAS_INTERVAL.search(key) and len(key) <= limit:
+        return key
+    tests = verdict.get("tests") or []
+    deciding = [t for t in tests if t.get("status") == verdict.get("status")] or tests
+    if not deciding:
+        return key[:limit] or "no runs"
+    t = deciding[0]
+    iv = Interval(**{k: v for k, v in t.items() if k in _INTERVAL_FIELDS})
+    number = _short(iv) if not iv.method.startswith("exact") or iv.lo != iv.hi else f"{fmt(iv.estimate)} (exact)"
+    what = t["what"]
+    room = max(12, limit - len(number) - 2)
+    if len(what) > room:
+        what = what[:room - 3].rsplit(" ", 1)[0].rstrip(",;:(") + "..."
+    extra = f" (+{len(tests) - 1} more)" if len(tests) > 1 and len(what) + len(number) + 14 <= limit else ""
+    return f"{what}: {number}{extra}"
+
+
+_INTERVAL_FIELDS = {f.name for f in dataclasses.fields(Interval)}
 
 
 def _short(iv: Interval) -> str:

@@ -85,5 +85,6 @@ SPEC = experiment(
                                            bars({n: [final_value(r, "test_acc") for r in rs] for n, rs in
                                                  by_name(records).items()}, prefix + "-acc.png",
                                                 "final test accuracy", "test accuracy")],
-    paper="Salimans & Kingma 2016: weight normalization matched or beat BN on CIFAR-10 at lower cost.",
+    paper="Salimans & Kingma 2016, CIFAR-10 test error of their ConvPool-CNN (read second-hand): weight norm alone "
+          "did not beat BN (8.46% vs 8.05%); weight norm with mean-only BN did (7.31%).",
 )
