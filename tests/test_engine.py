@@ -489,3 +489,35 @@ def test_two_runs_on_one_output_directory_take_turns_and_say_so(tmp_path):
     a.join(10)
     b.join(10)
     assert order == ["first done", "second in"]
+
+
+def test_record_keys_cover_the_text_files_content_and_the_versions(tmp_path, monkeypatch):
+    import torch
+
+    from normlab.experiments import fingerprint
+    from normlab.experiments.records import record_path
+    from normlab.experiments.spec import Run
+
+    f = tmp_path / "corpus.txt"
+    f.write_text("a" * 200)
+    run = Run("C18", "layernorm", {"text": str(f)}, 0)
+    before = record_path("out", run, "v1")
+    assert record_path("out", run, "v1") == before
+    f.write_text("b" * 200)
+    os.utime(f, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    assert record_path("out", run, "v1") != before  # the same path, another text: another record
+    plain = Run("C18", "layernorm", {}, 0)
+    assert record_path("out", plain, "v1") == record_path("out", plain, "v1")
+
+    monkeypatch.setattr(fingerprint, "_environment_cache", None)
+    here = fingerprint.environment_fingerprint()
+    monkeypatch.setattr(fingerprint, "_environment_cache", None)
+    monkeypatch.setattr(torch, "__version__", "0.0.0+another")
+    assert fingerprint.environment_fingerprint() != here
+    monkeypatch.setattr(fingerprint, "_environment_cache", None)
+    monkeypatch.setattr(importlib.import_module("normlab.data.text"), "default_text", lambda: "another corpus")
+    other = fingerprint.environment_fingerprint()
+    assert other != here
+    import dataclasses
+
+    assert dataclasses.replace(get("C18")).code_version().endswith("." + other)  # a fresh spec: no cached version

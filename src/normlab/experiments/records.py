@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 
 from ..train.record import environment
+from .fingerprint import text_fingerprint
 from .spec import Experiment, Run
 
 __all__ = ["Interrupted", "record_path", "read_record", "load_records", "pending_runs", "perform", "summary",
@@ -31,7 +32,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 def record_path(out: str, run: Run, code_version: str) -> str:
+    """Where ``run``'s record lives: its key hashes claim, config, seed, code version and a ``--text`` file's
+    content (a file edited in place gets new records)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.name)
+    text = run.config.get("text")
+    if text and os.path.isfile(text):
+        code_version = f"{code_version}+text.{text_fingerprint(text)}"
     return os.path.join(out, "records", run.claim, f"{safe}-s{run.seed}-{run.key(code_version)}.json")
 
 

@@ -137,9 +137,10 @@ class Experiment:
         if self._version is None:
             import normlab
 
-            from .fingerprint import library_fingerprint, run_fingerprint
+            from .fingerprint import environment_fingerprint, library_fingerprint, run_fingerprint
 
-            self._version = f"{normlab.__version__}+{run_fingerprint(self.run)}.{library_fingerprint()}"
+            self._version = (f"{normlab.__version__}+{run_fingerprint(self.run)}.{library_fingerprint()}"
+                             f".{environment_fingerprint()}")
         return self._version
 
 
