@@ -159,8 +159,10 @@ def combine_verdicts(parts: dict[str, Verdict], *, key_number: str | None = None
         parts = holm_parts(parts, level=level)
     status = combine([v.status for v in parts.values()])
     summary = "; ".join(f"[{name}: {v.status}] {v.summary}" for name, v in parts.items())
-    rule = "every part must be supported (any part not supported: not supported): " + " | ".join(
-        f"{name}: {v.rule}" for name, v in parts.items())
+    corrected = " after Holm's correction over the parts" if holm and len(parts) > 1 else ""
+    rule = (f"every part must be supported (any part not supported{corrected}: not supported; below the bar "
+            "if one is below the bar and none is not supported): " + " | ".join(f"{name}: {v.rule}"
+                                                                            for name, v in parts.items()))
     tests = [t for v in parts.values() for t in v.tests]
     numbers = {name: v.numbers for name, v in parts.items()}
     key = key_number if key_number is not None else "; ".join(f"{n}: {v.key_number}" for n, v in parts.items())
