@@ -67,11 +67,12 @@ def quick_differences(exp: Experiment) -> str:
     """How ``exp``'s quick setup is weaker than or different from full mode's: its own note, and the
     configurations that full mode runs and quick leaves out (sizes aside)."""
     quick = {name for name, _ in exp.grid("quick")}
-    missing = [name for name, _ in exp.grid("full") if name not in quick]
+    full = [name for name, _ in exp.grid("full")]
+    missing = [name for name in full if name not in quick]
     parts = [exp.quick_differs] if exp.quick_differs else []
     if missing:
         shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        parts.append(f"quick leaves out {len(missing)} of full mode's {len(missing) + len(quick)} configurations "
+        parts.append(f"quick leaves out {len(missing)} of full mode's {len(full)} configurations "
                      f"({shown})")
     return "; ".join(parts)
 
