@@ -76,15 +76,14 @@ def main(steps: int = 60) -> dict:
     accuracy = (logits.argmax(1) == data.y_test).float().mean().item()
     print(f"trained {steps} steps: final loss {loss.item():.3f}, test accuracy {accuracy:.3f}")
 
-    result = nl.fold_batchnorm(model)                 # eval-mode BatchNorms after a conv/linear, folded
-    folded, entries = result if isinstance(result, tuple) else (result, None)
+    folded, entries = nl.fold_batchnorm(model, report=True)   # eval-mode BatchNorms after a conv/linear, folded
     with torch.no_grad():
         folded_logits = folded(data.x_test)
     total, left = batchnorms(model), batchnorms(folded)
     difference = (folded_logits - logits).abs().max().item()
     print(f"fold_batchnorm: {total - left} of {total} BatchNorms folded into their convs, {left} left; "
           f"max |logit difference| {difference:.2e}")
-    for entry in entries or []:
+    for entry in entries:
         print(f"  {entry}")
     shipped = nl.to_torch(folded, inference=True)     # whatever normlab layer is left, back to torch.nn
     kept = [type(m).__name__ for m in shipped.modules() if type(m).__module__.startswith("normlab")]

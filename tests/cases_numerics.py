@@ -1,4 +1,4 @@
-"""Synthetic records for the verdicts of normlab.experiments.numerics: claim -> [(records, expected status)]."""
+"""Synthetic records for the verdicts of normlab.experiments.claims: claim -> [(records, expected status)]."""
 
 from __future__ import annotations
 

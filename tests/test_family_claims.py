@@ -1,4 +1,4 @@
-"""The setups of C35-C38 (normlab.experiments.family) beyond the three-outcome cases: what each grid runs, the
+"""The setups of C35-C38 (normlab.experiments.claims) beyond the three-outcome cases: what each grid runs, the
 folding run on a tiny net, and the rules' edges."""
 
 from __future__ import annotations
@@ -6,13 +6,17 @@ from __future__ import annotations
 import pytest
 
 from cases_family import GOOD, c35, c37
-from normlab.experiments import family, get
+from normlab.experiments import get
+from normlab.experiments.claims import c35_small_batch_remedies as c35_mod
+from normlab.experiments.claims import c36_bn_folding as c36_mod
+from normlab.experiments.claims import c37_precise_bn as c37_mod
+from normlab.experiments.claims import c38_batch_free as c38_mod
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_c35_simulates_small_per_process_batches_for_the_batch_dependent_arms(mode):
-    runs = dict(family._c35_grid(mode))
-    sizes = family.C35[mode]["per_process"]
+    runs = dict(c35_mod.grid(mode))
+    sizes = c35_mod.SIZES[mode]["per_process"]
     assert min(sizes) <= 4 and max(sizes) >= 2
     assert runs["BN at 32"].get("ghost_batch") is None
     for b in sizes:
@@ -21,11 +25,11 @@ def test_c35_simulates_small_per_process_batches_for_the_batch_dependent_arms(mo
         ghost = runs[f"Ghost BN over {b}"]
         assert ghost.get("ghost_batch") is None and ghost["model"]["virtual_batch_size"] == b  # one forward
         brn = runs[f"Batch Renorm at {b}"]["model"]
-        calls = family.C35[mode]["steps"] * 32 // b
-        assert brn["renorm_warmup_steps"] == int(calls * family.C35_RENORM_WARMUP)
+        calls = c35_mod.SIZES[mode]["steps"] * 32 // b
+        assert brn["renorm_warmup_steps"] == int(calls * c35_mod.RENORM_WARMUP)
     assert runs["GN+WS"]["model"]["norm"] == "gn+ws" and runs["FRN"]["model"]["norm"] == "frn"
     steps = {c["train"]["steps"] for c in runs.values()}
-    assert steps == {family.C35[mode]["steps"]}  # every arm sees the same samples
+    assert steps == {c35_mod.SIZES[mode]["steps"]}  # every arm sees the same samples
 
 
 def test_c35_reports_the_recovered_fraction_and_needs_every_size():
@@ -52,7 +56,7 @@ def test_c35_judges_each_size_on_its_own_premise():
 def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():
     config = {"model": dict(dim=1, input_size=8, widths=[4, 8], blocks_per_stage=1, arch="resnet"), "batch": 4,
               "nets": 2, "processes": 2, "rounds": 3, "warmup_rounds": 1, "calls": 2, "mode": "quick"}
-    res = family.fold_run(config, 0)
+    res = c36_mod.run(config, 0)
     assert max(res["errors"]["float64"]) < 1e-12 and max(res["errors"]["float32"]) < 1e-5
     assert all(f == n and n > 0 for f, n in res["folded"])
     assert len(res["processes"]) == 2 and all(len(p["original"]) == len(p["folded"]) == 3 for p in res["processes"])
@@ -64,13 +68,13 @@ def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_c36_is_timed_alone_and_c37_c38_grids(mode):
     assert get("C36").exclusive and get("C36").threads == 1
-    assert all(c["model"]["arch"] == "resnet" for _, c in family._c36_grid(mode))
-    arms = dict(family._c37_grid(mode))
-    assert set(arms) == set(family.C37_ARMS)
+    assert all(c["model"]["arch"] == "resnet" for _, c in c36_mod.grid(mode))
+    arms = dict(c37_mod.grid(mode))
+    assert set(arms) == set(c37_mod.ARMS)
     assert arms["lagging EMA (momentum 0.01, constant lr)"]["model"]["norm_momentum"] == 0.01
     assert arms["short (stopped early, constant lr)"]["train"]["schedule"] == "constant"
-    assert arms["short (stopped early, constant lr)"]["train"]["steps"] < arms[family.C37_REFERENCE]["train"]["steps"]
-    assert {n for n, _ in family._c38_grid(mode)} == {"frn", "evonorm_s0", "groupnorm", "batchnorm", "evonorm_b0"}
+    assert arms["short (stopped early, constant lr)"]["train"]["steps"] < arms[c37_mod.REFERENCE]["train"]["steps"]
+    assert {n for n, _ in c38_mod.grid(mode)} == {"frn", "evonorm_s0", "groupnorm", "batchnorm", "evonorm_b0"}
 
 
 def test_c37_matching_on_the_trained_net_is_judged_with_a_margin():
@@ -87,8 +91,8 @@ def test_c37_precise_run_recovers_a_lagging_ema():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runner runs it (two threads on a busy 2-core machine crawl)
     try:
-        config = dict(family._c37_grid("quick"))["lagging EMA (momentum 0.01, constant lr)"]
-        res = family.precise_run({**config, "mode": "quick"}, 0)
+        config = dict(c37_mod.grid("quick"))["lagging EMA (momentum 0.01, constant lr)"]
+        res = c37_mod.run({**config, "mode": "quick"}, 0)
     finally:
         torch.set_num_threads(threads)
     assert res["acc_precise"] > res["acc_ema"] + 0.05

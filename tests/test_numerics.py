@@ -128,12 +128,12 @@ def test_rmsnorm_default_eps_is_compute_dtype_epsilon_as_torch():
 def test_c17_compiled_pair_compiles_even_past_dynamo_recompile_limit():
     import torch._dynamo.utils as dynamo_utils
 
-    from normlab.experiments import numerics
+    from normlab.experiments.claims import c17_rmsnorm_speed as c17
 
     for i in range(10):  # fill the code object that compiled modules share past its limit (8), as earlier runs can
         filler = torch.compile(torch.nn.LayerNorm(4 + i), backend="eager")
         filler(torch.randn(2, 4 + i))
-    ln, _ = numerics._pair("compiled torch", 8)
+    ln, _ = c17._pair("compiled torch", 8)
     before = dynamo_utils.counters["stats"]["unique_graphs"]
     ln(torch.randn(3, 8))
     assert dynamo_utils.counters["stats"]["unique_graphs"] > before  # compiled, not silently run eagerly

@@ -1,4 +1,4 @@
-"""The setups and rules of C26, C31 and C34 (normlab.experiments.stability) beyond the three-outcome cases."""
+"""The setups and rules of C26, C31 and C34 (normlab.experiments.claims) beyond the three-outcome cases."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from cases_axes import _c05, _c08
 from cases_transformer import LN, _c18, _c32, _stream_recs
 
 from normlab.experiments import get
-from normlab.experiments.axes import exact_part
+from normlab.experiments.verdicts import exact_part
 
 LM_CLAIMS = ("C18", "C19", "C23", "C25", "C27", "C32")
 
@@ -73,7 +73,7 @@ def test_c32_recovers_the_slope_and_keeps_the_standard_contrast_unjudged():
 
 
 def test_c20_real_runs_crush_and_clipping_rescues():
-    from normlab.experiments.transformer import outlier_run
+    from normlab.experiments.claims.c20_outliers import run as outlier_run
 
     cfg = {"dim": 256, "outlier": 1e3, "eps": [1e-5, 1.0, 1e3], "clip": [None, 10.0]}
     recs = [{"name": "outlier 1e3", "seed": s, "status": "ok", "result": outlier_run(cfg, s)} for s in range(4)]
@@ -84,12 +84,9 @@ def test_c20_real_runs_crush_and_clipping_rescues():
     assert len(v.tests) == 6  # two norms x (crushed, clipped, eps 1e3)
 
 
-@pytest.mark.parametrize("claim,run", [("C04", "axes_run"), ("C05", "identities_run"), ("C06", "batch1_run"),
-                                       ("C08", "degenerate_run")])
-def test_exact_claims_hold_on_real_runs(claim, run):
-    from normlab.experiments import axes
-
-    fn = getattr(axes, run)
+@pytest.mark.parametrize("claim", ["C04", "C05", "C06", "C08"])
+def test_exact_claims_hold_on_real_runs(claim):
+    fn = get(claim).run
     recs = [{"name": "exact", "seed": s, "status": "ok", "result": fn({}, s)} for s in range(get(claim).seeds["full"])]
     v = get(claim).verdict(recs)
     assert v.status == "supported", v.summary

@@ -6,34 +6,35 @@ import math
 
 import pytest
 
-from normlab.experiments import vision
+from normlab.experiments.claims import c01_ics, c09_small_batch, c13_regularization
+from normlab.experiments.harness.landscape import landscape_grid
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_c09_every_norm_trains_with_the_per_worker_batch_and_sees_the_same_samples(mode):
-    runs = vision._c09_grid(mode)
+    runs = c09_small_batch.grid(mode)
     norms = {c["norm"] for _, c in runs}
     assert {"batchnorm", "groupnorm"} <= norms
     for _, c in runs:
         b = c["per_worker"]
         assert c["batch"] == b and "ghost_batch" not in c  # GN's and LN's batches change too
-        assert c["train"]["steps"] * b == vision.C09_STEPS32[mode] * 32  # same samples at every size
-        assert c["train"]["lr"] == pytest.approx(vision.C09_LR * math.sqrt(b / 32))
+        assert c["train"]["steps"] * b == c09_small_batch.STEPS32[mode] * 32  # same samples at every size
+        assert c["train"]["lr"] == pytest.approx(c09_small_batch.LR * math.sqrt(b / 32))
     for norm in norms:
         assert len({c["per_worker"] for _, c in runs if c["norm"] == norm}) >= 2
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_c01_runs_two_lrs_without_the_untrained_default_init_arm(mode):
-    runs = vision._landscape_grid("ics", vision.ICS_LRS)(mode)
-    assert {c["lr"] for _, c in runs} == set(vision.ICS_LRS)
+    runs = landscape_grid("ics", c01_ics.ICS_LRS)(mode)
+    assert {c["lr"] for _, c in runs} == set(c01_ics.ICS_LRS)
     assert {c["init"] for _, c in runs} == {"he"}
     assert sorted(c["model"]["norm"] for _, c in runs) == ["batchnorm", "batchnorm", "none", "none"]
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
 def test_c13_trains_at_a_constant_lr(mode):
-    for _, c in vision._c13_grid(mode):
+    for _, c in c13_regularization.grid(mode):
         assert c["train"]["schedule"] == "constant"
 
 
@@ -42,7 +43,7 @@ def test_c13_gap_is_interpolated_at_the_target_loss():
              {"train_loss": 0.1, "test_loss": 0.5}]
     r = {"result": {"evals": evals}}
     # gaps 0.1, 0.3, 0.4; sqrt(0.2 * 0.1) is halfway in log loss between 0.2 and 0.1
-    assert vision._gap_at_target(r, math.sqrt(0.2 * 0.1)) == pytest.approx(0.35)
-    assert vision._gap_at_target(r, 0.2) == pytest.approx(0.3)
-    assert vision._gap_at_target(r, 0.5) == pytest.approx(0.1)  # already below at the first evaluation
-    assert math.isnan(vision._gap_at_target(r, 0.05))  # never reached
+    assert c13_regularization._gap_at_target(r, math.sqrt(0.2 * 0.1)) == pytest.approx(0.35)
+    assert c13_regularization._gap_at_target(r, 0.2) == pytest.approx(0.3)
+    assert c13_regularization._gap_at_target(r, 0.5) == pytest.approx(0.1)  # already below at the first evaluation
+    assert math.isnan(c13_regularization._gap_at_target(r, 0.05))  # never reached

@@ -12,7 +12,7 @@ barely.
 
 from __future__ import annotations
 
-from .runner import load_records
+from .records import load_records
 from .spec import Experiment
 
 __all__ = ["FULL_SECONDS", "cost", "estimate_seconds", "format_estimate"]

@@ -9,7 +9,11 @@ hashes
 - the library below the experiments (layers, functional, models, train,
   data, distributed, bench, kernels): every source file of normlab outside
   ``experiments/``, ``report/``, the CLI and the doctor, since a run may
-  reach any of it through lazy imports.
+  reach any of it through lazy imports;
+- the environment the numbers depend on: torch, Python and numpy versions
+  and the default corpus's content (:func:`environment_fingerprint`); a
+  ``--text`` file enters each record's key by its content
+  (:func:`text_fingerprint`), not only its path.
 
 A claim's verdict and plot functions are not reached from its run function,
 so fixing a rule or a figure re-judges the existing records in seconds; a
@@ -24,13 +28,15 @@ import os
 import types
 from collections.abc import Callable
 
-__all__ = ["run_fingerprint", "library_fingerprint"]
+__all__ = ["run_fingerprint", "library_fingerprint", "environment_fingerprint", "text_fingerprint"]
 
 _PACKAGE = "normlab"
 _EXPERIMENTS = "normlab.experiments"
 _ABOVE_THE_LIBRARY = {"experiments", "report", "cli.py", "doctor", "doctor.py", "__pycache__"}
 _SOURCE_SUFFIXES = (".py", ".c", ".cc", ".cpp", ".h", ".cu")
 _library_cache: str | None = None
+_environment_cache: str | None = None
+_text_cache: dict[tuple, str] = {}
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -123,3 +129,36 @@ def library_fingerprint() -> str:
                         h.update(f.read())
         _library_cache = h.hexdigest()[:12]
     return _library_cache
+
+
+def environment_fingerprint() -> str:
+    """Hash of what a run's numbers depend on outside normlab's code (computed once per process): the torch,
+    Python and numpy versions (numpy generates MNIST-1D) and the content of the default text corpus (CPython's
+    ``pydoc_data.topics``, which changes with the Python build)."""
+    global _environment_cache
+    if _environment_cache is None:
+        import platform
+
+        import numpy
+        import torch
+
+        from ..data.text import default_text
+
+        corpus = hashlib.sha256(default_text().encode("utf-8")).hexdigest()
+        blob = f"torch {torch.__version__}|python {platform.python_version()}|numpy {numpy.__version__}|{corpus}"
+        _environment_cache = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return _environment_cache
+
+
+def text_fingerprint(path: str) -> str:
+    """Hash of the content of a ``--text`` file (cached by path, size and modification time)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _text_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _text_cache[key] = h.hexdigest()[:12]
+    return _text_cache[key]
+

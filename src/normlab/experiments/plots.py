@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .spec import by_name, mean
+from .verdicts import by_name, mean
 
 
 def pyplot():

@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable
 
 from ..train.record import write_record
-from .runner import Interrupted, _perform, _summary, record_path
+from .records import Interrupted, perform, record_path, summary
 from .spec import Experiment, Run
 
 __all__ = ["ray_runs", "import_ray"]
@@ -52,7 +52,7 @@ def import_ray():
 
 def _task(claim: str, name: str, config: dict, seed: int, code_version: str, threads: int) -> dict:
     """A Ray task: one run's record (the driver writes it)."""
-    return _perform(claim, name, config, seed, code_version, threads)
+    return perform(claim, name, config, seed, code_version, threads)
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -127,7 +127,7 @@ def ray_runs(out: str, jobs: list[tuple[Experiment, Run]], summaries: list[dict]
             except Exception as e:  # the task's worker died more often than Ray retries
                 record = _failed(run, version, f"ray task failed: {type(e).__name__}: {e}")
             write_record(path, record)
-            summaries.append(_summary(record))
+            summaries.append(summary(record))
             if log:
                 log(summaries[-1], len(summaries), total)
             submit_more()

@@ -1,14 +1,18 @@
-"""Claim id -> experiment.  Importing the claim modules registers their experiments.
+"""Claim id -> experiment.
 
-Extra modules that register experiments can be named in the environment
-variable ``NORMLAB_EXPERIMENTS`` (comma-separated import paths); worker
-processes inherit it, so their runs find those experiments too.
+Every module of :mod:`normlab.experiments.claims` (``cNN_<slug>.py``) is
+imported and its ``SPEC`` registered.  Extra modules can be named in the
+environment variable ``NORMLAB_EXPERIMENTS`` (comma-separated import paths):
+each registers its experiments with :func:`register` or defines a ``SPEC``;
+worker processes inherit the variable, so their runs find those experiments
+too.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import re
 
 from .spec import Experiment
@@ -16,9 +20,6 @@ from .spec import Experiment
 __all__ = ["register", "get", "all_experiments", "parse_claims"]
 
 _REGISTRY: dict[str, Experiment] = {}
-_MODULES = ("normlab.experiments.transformer", "normlab.experiments.placement", "normlab.experiments.stability",
-            "normlab.experiments.axes", "normlab.experiments.numerics",
-            "normlab.experiments.vision", "normlab.experiments.batchnorm", "normlab.experiments.family")
 _loaded = False
 
 
@@ -34,9 +35,14 @@ def register(exp: Experiment) -> Experiment:
 def _load() -> None:
     global _loaded
     if not _loaded:
+        from . import claims
+
         extra = [m.strip() for m in os.environ.get("NORMLAB_EXPERIMENTS", "").split(",") if m.strip()]
-        for m in (*_MODULES, *extra):
-            importlib.import_module(m)
+        found = [f"{claims.__name__}.{m.name}" for m in pkgutil.iter_modules(claims.__path__)]
+        for name in (*sorted(found), *extra):
+            spec = getattr(importlib.import_module(name), "SPEC", None)
+            if isinstance(spec, Experiment) and _REGISTRY.get(spec.claim) is not spec:
+                register(spec)
         _loaded = True
 
 

@@ -1,8 +1,8 @@
 """Run experiments' runs in a local process pool, one atomically written record per run, resumable.
 
-Records live at ``<out>/records/<claim>/<name>-s<seed>-<key>.json`` where
-the key hashes claim, config, seed and code version.  A run whose record
-exists with status ``ok`` is never run again, so an interrupted ``normlab
+Records (:mod:`normlab.experiments.records`) are keyed by claim, config,
+seed and code version.  A run whose record exists with status ``ok`` is
+never run again, so an interrupted ``normlab
 report`` (Ctrl-C, or SIGKILL) loses nothing that finished and redoes
 nothing; a record is written whole or not at all (temp file + rename).
 
@@ -15,90 +15,26 @@ raises :class:`Interrupted`; a second Ctrl-C stops the workers at once
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
-import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
-from ..train.record import environment, write_record
+from ..train.record import write_record
+from .records import Interrupted, load_records, pending_runs, perform, record_path, summary
 from .spec import Experiment, Run
 
 __all__ = ["record_path", "load_records", "pending_runs", "execute_runs", "plan_workers", "Interrupted", "BACKENDS"]
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the runs; the one-line message has been printed already."""
-
-
-def record_path(out: str, run: Run, code_version: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.name)
-    return os.path.join(out, "records", run.claim, f"{safe}-s{run.seed}-{run.key(code_version)}.json")
-
-
-def _read(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def load_records(out: str, exp: Experiment, mode: str, seeds: int | None = None,
-                 context: dict | None = None) -> list[dict]:
-    """The finished records of this experiment's runs in ``mode`` (current code version only)."""
-    version = exp.code_version()
-    records = []
-    for run in exp.runs(mode, seeds, context):
-        rec = _read(record_path(out, run, version))
-        if rec is not None and rec.get("status") == "ok":
-            records.append(rec)
-    return records
-
-
-def pending_runs(out: str, exp: Experiment, mode: str, seeds: int | None = None,
-                 context: dict | None = None) -> list[Run]:
-    version = exp.code_version()
-    return [r for r in exp.runs(mode, seeds, context)
-            if (_read(record_path(out, r, version)) or {}).get("status") != "ok"]
-
-
-def _perform(claim: str, name: str, config: dict, seed: int, code_version: str, threads: int) -> dict:
-    """Perform one run and return its record (status "failed" with the traceback when the run raises)."""
-    import torch
-
-    from . import registry
-
-    torch.set_num_threads(threads)  # per run: a reused worker (Ray's) may ignore OMP_NUM_THREADS
-    exp = registry.get(claim)
-    start = time.perf_counter()
-    record = {"claim": claim, "name": name, "seed": seed, "config": config, "mode": config.get("mode"),
-              "device": config.get("device", "cpu"), "code_version": code_version, "status": "ok", "result": None,
-              "error": None}
-    try:
-        torch.manual_seed(seed)
-        record["result"] = exp.run(dict(config), seed)
-    except Exception:
-        record["status"], record["error"] = "failed", traceback.format_exc()
-    record["wall_time_s"] = time.perf_counter() - start
-    record["env"] = environment()
-    return record
-
-
-def _summary(record: dict) -> dict:
-    return {k: record[k] for k in ("claim", "name", "seed", "status", "wall_time_s", "error")}
-
-
 def _execute(claim: str, name: str, config: dict, seed: int, path: str, code_version: str, threads: int) -> dict:
     """Pool worker: perform one run and write its record (also when it fails)."""
-    record = _perform(claim, name, config, seed, code_version, threads)
+    record = perform(claim, name, config, seed, code_version, threads)
     write_record(path, record)
-    return _summary(record)
+    return summary(record)
 
 
 def _remove_stale_temp_files(records_dir: str) -> None:

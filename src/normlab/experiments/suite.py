@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import traceback
 from collections.abc import Callable
 
-from .runner import execute_runs, load_records, pending_runs
+from .records import load_records, output_lock, pending_runs, set_aside_unreadable
+from .runner import execute_runs
 from .spec import Experiment, Verdict
 
-__all__ = ["run_missing", "judge", "status_of"]
+__all__ = ["run_missing", "judge", "status_of", "quick_differences"]
 
 
 def run_missing(exps: list[Experiment], mode: str, out: str, *, workers: int | None = None,
@@ -18,10 +20,20 @@ def run_missing(exps: list[Experiment], mode: str, out: str, *, workers: int | N
                 backend: str = "local", address: str | None = None) -> list[dict]:
     """Run every run of ``exps`` in ``mode`` that has no finished record yet; return their summaries.
 
+    Holds ``out``'s lock meanwhile (a second run on the same directory waits and says so), and first sets
+    aside record files that cannot be read, saying which and that their runs will be done again.
+
     ``backend``: "local" (a process pool of ``workers``) or "ray" (Ray tasks on the cluster at ``address``).
     """
-    jobs = [(exp, run) for exp in exps for run in pending_runs(out, exp, mode, seeds, context)]
-    return execute_runs(out, jobs, workers=workers, log=log, backend=backend, address=address)
+    def say(line: str) -> None:
+        print(f"normlab: {line}", file=sys.stderr, flush=True)
+
+    with output_lock(out, say=say):
+        for exp in exps:
+            for line in set_aside_unreadable(out, exp, mode, seeds, context):
+                say(line)
+        jobs = [(exp, run) for exp in exps for run in pending_runs(out, exp, mode, seeds, context)]
+        return execute_runs(out, jobs, workers=workers, log=log, backend=backend, address=address)
 
 
 def judge(exp: Experiment, mode: str, out: str, *, seeds: int | None = None, plots_dir: str | None = None,
@@ -47,7 +59,22 @@ def judge(exp: Experiment, mode: str, out: str, *, seeds: int | None = None, plo
     return {"claim": exp.claim, "title": exp.title, "statement": exp.statement, "setup": exp.setup,
             "paper": exp.paper, "mode": mode, "runs_finished": len(records), "runs_expected": expected,
             "seeds": len(seeds_used), "verdict": verdict.to_dict(), "plots": plots, "plot_error": plot_error,
-            "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in records)}
+            "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in records), "context": context or {},
+            "quick_differs": quick_differences(exp) if mode == "quick" else ""}
+
+
+def quick_differences(exp: Experiment) -> str:
+    """How ``exp``'s quick setup is weaker than or different from full mode's: its own note, and the
+    configurations that full mode runs and quick leaves out (sizes aside)."""
+    quick = {name for name, _ in exp.grid("quick")}
+    full = [name for name, _ in exp.grid("full")]
+    missing = [name for name in full if name not in quick]
+    parts = [exp.quick_differs] if exp.quick_differs else []
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        parts.append(f"quick leaves out {len(missing)} of full mode's {len(full)} configurations "
+                     f"({shown})")
+    return "; ".join(parts)
 
 
 def status_of(exp: Experiment, out: str) -> str:

@@ -1,13 +1,15 @@
-"""The language-model runs the transformer claims share: GPT sizes per mode, training, final losses."""
+"""The language-model runs the transformer claims share: GPT sizes per mode, training, final losses, and the
+record helpers of the sweeps (C18-C27, C31, C32, C34)."""
 
 from __future__ import annotations
 
 import math
 
-from .plots import pyplot, save_fig
-from .spec import PerMode, by_name, mean
+from ..plots import pyplot, save_fig
+from ..spec import PerMode
+from ..verdicts import by_name, mean
 
-# --------------------------------------------------------------------- helpers
+
 SIZES = PerMode({  # model and budget per mode
     "quick": dict(n_layer=2, d_model=64, n_head=4, block_size=32, batch=8, steps=300),
     "full": dict(n_layer=4, d_model=96, n_head=4, block_size=64, batch=8, steps=400),
@@ -32,7 +34,7 @@ def train_cfg(mode: str, **overrides) -> dict:
 def build_gpt(model: dict, vocab_size: int):
     import torch  # noqa: F401  (imported lazily: the registry must import fast)
 
-    from ..models import GPT, GPTConfig
+    from ...models import GPT, GPTConfig
 
     return GPT(GPTConfig(**model, vocab_size=vocab_size))
 
@@ -44,8 +46,8 @@ def train_gpt(config: dict, seed: int, batch: int):
     """
     import torch
 
-    from ..data import text
-    from ..train import LMTask, TrainConfig, train
+    from ...data import text
+    from ...train import LMTask, TrainConfig, train
 
     corpus = text(config.get("text"))
     torch.manual_seed(seed)
@@ -67,7 +69,6 @@ def lm_run(config: dict, seed: int) -> dict:
             "wall_time_s": rec["wall_time_s"], "error": rec["error"]}
 
 
-# --------------------------------------------------------- shared: final losses
 def final_loss(r: dict) -> float:
     """Final validation loss; a diverged run counts as its first (initial) loss, as if it learned nothing."""
     res = r["result"]
@@ -100,3 +101,27 @@ def bar_plot(records, prefix, title, ylabel="final validation loss (nats/char)")
 def log_growth(profile: list[float]) -> float:
     """log of (last block / first block): > 0 grows toward the output."""
     return math.log(profile[-1] / profile[0])
+
+
+def train_for(mode: str, steps: int, **overrides) -> dict:
+    """``train_cfg`` with its own step budget (warm-up and logging follow the steps, as in ``train_cfg``)."""
+    return train_cfg(mode, steps=steps, warmup_steps=steps // 10, log_every=max(1, steps // 50), **overrides)
+
+
+# Xiong et al.'s setup: Xavier-initialized blocks, unit-variance block inputs (embeddings N(0, 1/d) scaled by
+# sqrt(d/2)), ReLU FFNs.  C21 and C22 use it; C24 keeps the C18 sizes and GELU.
+XIONG = dict(init="xavier", embed_scale=True, activation="relu")
+
+
+def per_seed(records, name: str) -> dict[int, dict]:
+    """The records of one run name by seed."""
+    return {r["seed"]: r for r in records if r["name"] == name}
+
+
+def complete_seeds(records, names) -> list[int]:
+    """Seeds that have a record for every name in ``names`` (a seed with a missing run is left out)."""
+    seeds = None
+    for name in names:
+        have = set(per_seed(records, name))
+        seeds = have if seeds is None else seeds & have
+    return sorted(seeds or ())
