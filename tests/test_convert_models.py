@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import normlab as nl
-from normlab.tools.twins import CastRMSNorm
+from normlab.tools.twins import CastLayerNorm, CastRMSNorm, ChannelsFirstLayerNorm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -301,11 +301,16 @@ def test_converted_model_keeps_its_dtype():
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("cast, zero", [("input", False), ("weight", False), ("output", True)])
-def test_compile_has_no_graph_break_at_the_twins(cast, zero):
-    norm = CastRMSNorm(16, 1e-6, cast=cast, zero_centered_gamma=zero).bfloat16()
-    net = nn.Sequential(nn.Linear(16, 16, dtype=torch.bfloat16), norm)
-    explained = torch._dynamo.explain(net)(torch.randn(4, 16, dtype=torch.bfloat16))
+@pytest.mark.parametrize("make, shape", [
+    (lambda: CastRMSNorm(16, 1e-6, cast="input"), (4, 16)),
+    (lambda: CastRMSNorm(16, 1e-6, cast="weight"), (4, 16)),
+    (lambda: CastRMSNorm(16, 1e-6, cast="output", zero_centered_gamma=True), (4, 16)),
+    (lambda: CastLayerNorm(16, 1e-6, cast="input"), (4, 16)),
+    (lambda: ChannelsFirstLayerNorm(16), (2, 16, 3, 3)),
+])
+def test_compile_has_no_graph_break_at_the_twins(make, shape):
+    net = nn.Sequential(nn.Identity(), make()).bfloat16()
+    explained = torch._dynamo.explain(net)(torch.randn(shape, dtype=torch.bfloat16))
     assert explained.graph_break_count == 0, explained.break_reasons
 
 
