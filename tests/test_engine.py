@@ -151,7 +151,7 @@ def test_sigkill_then_resume_loses_and_redoes_nothing(tmp_path):
         assert (records / name).stat().st_mtime_ns == mtime  # finished records untouched
     assert len(list(records.glob("*.json"))) == 6
     assert not list(records.glob(".tmp-*"))  # a temp file left by the kill is cleaned up on resume
-    assert "C99 [supported]" in stdout
+    assert "1 claim (quick mode): 1 supported, 0 not supported, 0 inconclusive" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["claims"][0]["runs_finished"] == 6
 

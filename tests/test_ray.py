@@ -134,5 +134,5 @@ def test_the_cli_runs_a_report_on_ray(tmp_path):
     p = subprocess.run([sys.executable, "-m", "normlab.cli", "report", "--quick", "--claims", "C99", "--backend", "ray",
                         "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "C99 [supported]" in p.stdout
+    assert "1 claim (quick mode): 1 supported, 0 not supported, 0 inconclusive" in p.stdout
     assert len(_records(tmp_path / "out", "C99")) == 6
