@@ -256,8 +256,8 @@ def test_apply_without_an_optimizer_returns_the_groups_and_leaves_a_bias_on_a_re
 
 
 def test_cli_fix_writes_only_when_asked(tmp_path, capsys):
-    path = tmp_path / "keras.py"
-    path.write_text("import torch\nfrom torch import nn\n\ndef build():\n"  # Keras momentum (a warning), eps=0 (an error)
+    path = tmp_path / "keras.py"  # Keras momentum (a warning), eps=0 (an error)
+    path.write_text("import torch\nfrom torch import nn\n\ndef build():\n"
                     "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU(),\n"
                     "                         nn.Flatten(), nn.Linear(288, 16), nn.LayerNorm(16, eps=0.0))\n")
     assert main(["doctor", f"{path}:build", "--input-shape", "16,3,8,8"]) == 1
@@ -291,3 +291,28 @@ def test_partial_eval_silent_on_monte_carlo_dropout():
     d = zoo.BUGS["partial-eval"](fixed=False).run()
     assert [f.module for f in d.by_check("partial-eval")] == ["head.1", "head.3"]  # the head's BatchNorm and dropout
 
+
+# ------------------------------------------------------------------------------------------ post-LN warm-up
+ONLY = ["postln-no-warmup"]  # the whole doctor on these 12-block models runs in the zoo's case
+
+
+def test_postln_warmup_read_from_the_optimizer_when_no_scheduler_is_given():
+    ids = zoo._ids(2, 8)
+    m = zoo._gpt(n_layer=12, placement="post")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)  # constant lr: no scheduler built on it
+    (f,) = nl.doctor(m, ids, optimizer=opt, train_step=True, checks=ONLY).by_check("postln-no-warmup")
+    assert (f.severity, f.module) == ("warning", "blocks")
+    assert "lr is 0.001 with no lr scheduler attached" in f.message and "cannot see a warm-up" in f.message
+    pre = zoo._gpt(n_layer=12, placement="pre")  # the same depth in pre-norm trains without warm-up
+    assert not nl.doctor(pre, ids, optimizer=torch.optim.AdamW(pre.parameters(), lr=1e-3), train_step=True,
+                         checks=ONLY).findings
+    # the fixed twin: a linear warm-up, given to the doctor
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    assert not nl.doctor(m, ids, optimizer=opt, scheduler=sched, train_step=True, checks=ONLY).findings
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5) and sched.last_epoch == 0  # the scheduler restored
+    # the same scheduler attached but not given: the doctor cannot tell, and says what it needs
+    (f,) = nl.doctor(m, ids, optimizer=opt, train_step=True, checks=ONLY).findings
+    assert f.severity == "info" and "initial_lr" in f.message and "scheduler=" in f.fix
+    flat = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # a scheduler with no warm-up is still found
+    (f,) = nl.doctor(m, ids, optimizer=opt, scheduler=flat, checks=ONLY).findings
+    assert f.severity == "warning" and "no warm-up" in f.message

@@ -63,7 +63,11 @@ def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | 
             statistics (stale running statistics) stay silent.
         scheduler: the learning-rate scheduler (``torch.optim.lr_scheduler``):
             a deep post-norm stack is checked for a warm-up by stepping it
-            (on its own state, restored afterwards).
+            (on its own state, restored afterwards).  Without it the doctor
+            cannot see a warm-up (its train step takes no optimizer step): it
+            warns when no torch scheduler is attached to ``optimizer`` (the lr
+            is then constant unless the loop sets it), and only notes that it
+            needs ``scheduler=`` when one is attached.
 
     The forward runs on a deep copy of the model (the model itself, its
     parameters, gradients, buffers, running statistics, training flags and
