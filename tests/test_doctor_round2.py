@@ -132,25 +132,30 @@ def test_cli_token_ids_batch_of_one_and_lazy(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ one finding per cause
 def _keras_net() -> nn.Sequential:
+    """Keras momentum on 3 BatchNorms (warnings), conv biases before them (warnings), eps=0 on 3 LayerNorms (errors)."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU(),
                          nn.Conv2d(8, 16, 3, bias=True), nn.BatchNorm2d(16, momentum=0.99), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, bias=True), nn.BatchNorm2d(16, momentum=0.99))
+                         nn.Conv2d(16, 16, 3, bias=True), nn.BatchNorm2d(16, momentum=0.99), nn.Flatten(),
+                         nn.Linear(576, 16), nn.LayerNorm(16, eps=0.0), nn.Linear(16, 16), nn.LayerNorm(16, eps=0.0),
+                         nn.Linear(16, 16), nn.LayerNorm(16, eps=0.0))
 
 
 def test_findings_of_one_cause_are_one_entry_with_the_modules_counted():
     m = _keras_net()
     d = nl.doctor(m, torch.randn(16, 3, 12, 12), optimizer=torch.optim.AdamW(m.parameters(), weight_decay=0.1))
     causes = {(c.check, c.severity): c for c in d.causes}
-    assert causes[("bn-momentum-convention", "error")].modules == ("1", "4", "7")
+    assert causes[("eps-too-small", "error")].modules == ("10", "12", "14")
+    assert causes[("bn-momentum-convention", "warning")].modules == ("1", "4", "7")
     assert causes[("bias-before-norm", "warning")].modules == ("0", "3", "6")  # BatchNorm2d(8) and (16): one fix
-    assert causes[("norm-weight-decay", "warning")].count == 3
+    assert causes[("norm-weight-decay", "warning")].modules == ("1", "4", "7", "10", "12", "14")
     assert len(d.errors) == 3 and d.cause_counts()["error"] == 1  # per-module detail kept
     assert "1 error in 3 modules" in d.summary()
     text = d.render(color=False)
-    assert text.count("bn-momentum-convention") == 1 and "modules: 1, 4, 7" in text
+    assert text.count("bn-momentum-convention") == 1 and text.count("eps-too-small") == 1
+    assert "modules: 1, 4, 7" in text and "modules: 10, 12, 14" in text
     data = json.loads(d.to_json())
     assert [(c["check"], c["count"]) for c in data["causes"] if c["severity"] == "error"] == \
-        [("bn-momentum-convention", 3)]
+        [("eps-too-small", 3)]
     assert len(data["findings"]) == len(d.findings) and data["cause_counts"]["error"] == 1
 
 
@@ -251,16 +256,17 @@ def test_apply_without_an_optimizer_returns_the_groups_and_leaves_a_bias_on_a_re
 
 
 def test_cli_fix_writes_only_when_asked(tmp_path, capsys):
-    path = tmp_path / "keras.py"
+    path = tmp_path / "keras.py"  # Keras momentum (a warning), eps=0 (an error)
     path.write_text("import torch\nfrom torch import nn\n\ndef build():\n"
-                    "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU())\n")
+                    "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=0.99), nn.ReLU(),\n"
+                    "                         nn.Flatten(), nn.Linear(288, 16), nn.LayerNorm(16, eps=0.0))\n")
     assert main(["doctor", f"{path}:build", "--input-shape", "16,3,8,8"]) == 1
     out = capsys.readouterr().out
     assert "auto-fix" in out and not list(tmp_path.glob("*.pt"))
     target = tmp_path / "fixed.pt"
     assert main(["doctor", f"{path}:build", "--input-shape", "16,3,8,8", "--fix", str(target)]) == 0
     fixed = torch.load(target, weights_only=False)
-    assert fixed[1].momentum == pytest.approx(0.01) and fixed[0].bias is None
+    assert fixed[1].momentum == pytest.approx(0.01) and fixed[5].eps == 1e-5 and fixed[0].bias is None
     assert "after the fixes: 0 errors" in capsys.readouterr().err
 
 
@@ -284,3 +290,29 @@ def test_partial_eval_silent_on_monte_carlo_dropout():
     assert not nl.doctor(m, torch.randn(16, 3, 8, 8)).by_check("partial-eval")
     d = zoo.BUGS["partial-eval"](fixed=False).run()
     assert [f.module for f in d.by_check("partial-eval")] == ["head.1", "head.3"]  # the head's BatchNorm and dropout
+
+
+# ------------------------------------------------------------------------------------------ post-LN warm-up
+ONLY = ["postln-no-warmup"]  # the whole doctor on these 12-block models runs in the zoo's case
+
+
+def test_postln_warmup_read_from_the_optimizer_when_no_scheduler_is_given():
+    ids = zoo._ids(2, 8)
+    m = zoo._gpt(n_layer=12, placement="post")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)  # constant lr: no scheduler built on it
+    (f,) = nl.doctor(m, ids, optimizer=opt, train_step=True, checks=ONLY).by_check("postln-no-warmup")
+    assert (f.severity, f.module) == ("warning", "blocks")
+    assert "lr is 0.001 with no lr scheduler attached" in f.message and "cannot see a warm-up" in f.message
+    pre = zoo._gpt(n_layer=12, placement="pre")  # the same depth in pre-norm trains without warm-up
+    assert not nl.doctor(pre, ids, optimizer=torch.optim.AdamW(pre.parameters(), lr=1e-3), train_step=True,
+                         checks=ONLY).findings
+    # the fixed twin: a linear warm-up, given to the doctor
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    assert not nl.doctor(m, ids, optimizer=opt, scheduler=sched, train_step=True, checks=ONLY).findings
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5) and sched.last_epoch == 0  # the scheduler restored
+    # the same scheduler attached but not given: the doctor cannot tell, and says what it needs
+    (f,) = nl.doctor(m, ids, optimizer=opt, train_step=True, checks=ONLY).findings
+    assert f.severity == "info" and "initial_lr" in f.message and "scheduler=" in f.fix
+    flat = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # a scheduler with no warm-up is still found
+    (f,) = nl.doctor(m, ids, optimizer=opt, scheduler=flat, checks=ONLY).findings
+    assert f.severity == "warning" and "no warm-up" in f.message

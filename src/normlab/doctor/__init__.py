@@ -5,10 +5,10 @@ Example::
     >>> import torch, normlab as nl
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8, momentum=0.99))
     >>> diagnosis = nl.doctor(model, example_inputs=(torch.randn(16, 3, 8, 8),))
-    >>> [(f.check, f.severity, f.module) for f in diagnosis.errors]
-    [('bn-momentum-convention', 'error', '1')]
-    >>> [(f.check, f.module) for f in diagnosis.warnings]
-    [('bias-before-norm', '0')]
+    >>> diagnosis.errors
+    []
+    >>> sorted((f.check, f.module) for f in diagnosis.warnings)
+    [('bias-before-norm', '0'), ('bn-momentum-convention', '1')]
 
 Every check has a stable id (``normlab.doctor.CHECKS`` lists them with what
 they find and the claim of the evidence suite behind each); the findings carry
@@ -63,7 +63,11 @@ def doctor(model: nn.Module, example_inputs: Any = None, example_kwargs: dict | 
             statistics (stale running statistics) stay silent.
         scheduler: the learning-rate scheduler (``torch.optim.lr_scheduler``):
             a deep post-norm stack is checked for a warm-up by stepping it
-            (on its own state, restored afterwards).
+            (on its own state, restored afterwards).  Without it the doctor
+            cannot see a warm-up (its train step takes no optimizer step): it
+            warns when no torch scheduler is attached to ``optimizer`` (the lr
+            is then constant unless the loop sets it), and only notes that it
+            needs ``scheduler=`` when one is attached.
 
     The forward runs on a deep copy of the model (the model itself, its
     parameters, gradients, buffers, running statistics, training flags and
