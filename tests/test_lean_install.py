@@ -59,7 +59,9 @@ for layer, x in layers:
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all(), type(layer).__name__
     x.grad = None
 model = nl.fold_batchnorm(nl.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))).eval())
-print("diagnosis:", str(nl.doctor(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))).splitlines()[0])
+diagnosis = nl.doctor(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
+print("diagnosis:", str(diagnosis).splitlines()[0])
+print("coloured:", diagnosis.render(color=True).splitlines()[0])  # a terminal without rich: plain text
 
 from normlab.models import GPT, GPTConfig
 from normlab.train import LMTask, TrainConfig, train
@@ -93,7 +95,7 @@ def test_every_layer_works_without_the_extras_and_the_suite_names_its_extra(tmp_
                           env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "diagnosis: normlab doctor:" in out
+    assert "diagnosis: normlab doctor:" in out and "coloured: normlab doctor:" in out
     assert ("digits: normlab.data.digits() needs scikit-learn, which is not installed: pip install 'normlab[suite]'"
             in out)
     for cmd in ("report", "run", "show"):

@@ -540,7 +540,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         return 3
     if args.json:
         print(diagnosis.to_json())
-    elif sys.stdout.isatty():
+    elif sys.stdout.isatty() and _installed("rich"):
         from rich.console import Console
 
         Console().print(diagnosis)

@@ -203,7 +203,10 @@ class Diagnosis:
         if color is None:
             color = sys.stdout.isatty()
         if color:
-            from rich.console import Console
+            try:
+                from rich.console import Console
+            except ImportError:  # a lean install (rich comes with normlab[suite]): plain text
+                return self._plain(width or 100)
 
             console = Console(width=width, force_terminal=True, record=True, file=_Null())
             console.print(self.__rich__())
