@@ -51,9 +51,10 @@ def _model(**overrides) -> dict:
 def _arms(mode: str) -> list[tuple[str, dict]]:
     """(arm, config without a learning rate): BN at 32, BN and Batch Renorm at each b, GN+WS and FRN."""
     s = SIZES[mode]
-    arms = [("BN at 32", {"model": _model(norm="batchnorm"), "norm": "batchnorm"}),
-            ("GN+WS", {"model": _model(norm="gn+ws"), "norm": "gn+ws", "ws_stem": False}),
-            ("FRN", {"model": _model(norm="frn"), "norm": "frn"})]
+    arms: list[tuple[str, dict]] = [
+        ("BN at 32", {"model": _model(norm="batchnorm"), "norm": "batchnorm"}),
+        ("GN+WS", {"model": _model(norm="gn+ws"), "norm": "gn+ws", "ws_stem": False}),
+        ("FRN", {"model": _model(norm="frn"), "norm": "frn"})]
     for b in s["per_process"]:
         calls = s["steps"] * 32 // b  # forward calls in training: the per-process simulation runs 32 / b a step
         arms += [
