@@ -25,8 +25,8 @@ def test_c35_grid_every_arm_at_every_lr_ghost_bn_not_a_remedy(mode):
             assert c["model"]["norm"] == "ghostbn" and c["model"]["virtual_batch_size"] == c["per_process"]
         if c["arm"].startswith("Batch Renorm"):  # Wu & He's limits, reached by Ioffe's ramp
             m = c["model"]
-            assert (m["renorm_rmax"], m["renorm_dmax"]) == (1.5, 0.5) and c["ghost_batch"] == c["per_process"]
-            assert m["renorm_warmup_steps"] == int(s["steps"] * 32 // c["per_process"] * c35_mod.RENORM_WARMUP)
+            assert (m["renorm_rmax"], m["renorm_dmax"]) == (1.5, 0.5) and c["renorm_chunk"] == c["per_process"]
+            assert m["renorm_warmup_steps"] == int(s["steps"] * c35_mod.RENORM_WARMUP) and "ghost_batch" not in c
         assert c.get("ws_stem", True) is (c["arm"] != "GN+WS")
     assert s["per_process"] == ([2] if mode == "quick" else [2, 4])
 
@@ -80,3 +80,17 @@ def test_c35_recovered_rule_each_way():
     assert c35_mod.recovered([0.85, 0.845, 0.855, 0.85], small, big, what="x").status == "below the bar"
     assert c35_mod.recovered([0.8, 0.8, 0.81, 0.8], small, big, what="x").status == "not supported"
     assert c35_mod.recovered([0.95, 0.84, 0.86, 0.80], small, big, what="x").status == "inconclusive"
+
+
+def test_c35_run_builds_chunked_batch_renorm_and_a_plain_stem(monkeypatch):
+    from normlab.experiments.harness.chunked_renorm import ChunkedBatchRenorm
+
+    nets = []
+    monkeypatch.setattr(c35_mod, "train_net", lambda config, seed, net: (nets.append(net), None, None))
+    monkeypatch.setattr(c35_mod, "summary", lambda rec: {})
+    runs = dict(c35_mod.grid("quick"))
+    c35_mod.run(runs["Batch Renorm at 2, lr 0.003"], 0)
+    c35_mod.run(runs["GN+WS, lr 0.003"], 0)
+    brn = [m for m in nets[0].modules() if isinstance(m, ChunkedBatchRenorm)]
+    assert brn and all(m.chunk == 2 and m.rmax == 1.5 for m in brn)
+    assert type(nets[1].stem.conv).__name__ == "Conv1d"

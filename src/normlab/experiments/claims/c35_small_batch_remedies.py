@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 
-from ..harness.cnn import bars, model_cfg, train_cfg
-from ..harness.plain_stem import plain_stem_run
+from ..harness.chunked_renorm import chunk_renorms
+from ..harness.cnn import bars, build_net, model_cfg, summary, train_cfg, train_net
+from ..harness.plain_stem import plain_stem_net
 from ..spec import PerMode, Verdict, experiment
 from ..stats import combine, interval, judge_direction, judge_threshold, p_beyond
 from ..verdicts import (by_name, choose_on_seeds, combine_verdicts, compare, fmt, holm_parts, mean,
@@ -27,13 +28,13 @@ def _acc(r: dict) -> float:
 SIZES = PerMode({"quick": dict(per_process=[2], steps=200, lrs=[1e-3, 3e-3, 1e-2], select=1),
                  "full": dict(per_process=[2, 4], steps=800, lrs=[1e-3, 3e-3, 1e-2], select=2)})
 
-WIDTHS = [16, 32]  # both modes: the per-process simulation of Batch Renorm runs 32/b forwards a step
+WIDTHS = [16, 32]  # both modes
 
 #: Batch Renorm as Wu & He ran it (rmax 1.5, dmax 0.5), reached by Ioffe's ramp from (1, 0); running momentum
 #: 0.01 as Keras's renorm_momentum 0.99 (the statistics r and d correct toward must be steady)
 RENORM = dict(norm_momentum=0.01, renorm_rmax=1.5, renorm_dmax=0.5)
 
-RENORM_WARMUP = 0.25  # the limits relax from (1, 0) over the first quarter of training's forward calls
+RENORM_WARMUP = 0.25  # the limits relax from (1, 0) over the first quarter of training's steps
 
 MIN_LOSS = 0.02  # BN must lose at least 2 accuracy points at the small batch for there to be something to recover
 
@@ -56,17 +57,16 @@ def _arms(mode: str) -> list[tuple[str, dict]]:
         ("GN+WS", {"model": _model(norm="gn+ws"), "norm": "gn+ws", "ws_stem": False}),
         ("FRN", {"model": _model(norm="frn"), "norm": "frn"})]
     for b in s["per_process"]:
-        calls = s["steps"] * 32 // b  # forward calls in training: the per-process simulation runs 32 / b a step
         arms += [
             # BN on processes of b: each chunk of b normalized with its own statistics, exactly as BatchNorm on b
             # (GhostBatchNorm, one forward; one running-statistics update a step from the chunks' pooled ones)
             (f"BN at {b}", {"model": _model(norm="ghostbn", virtual_batch_size=b), "norm": "batchnorm",
                             "per_process": b}),
-            # Batch Renorm's r and d use running statistics updated as each process's are: the model runs on
-            # chunks of b (one running update per chunk), the gradient step uses all 32
+            # Batch Renorm on processes of b: each chunk normalized, and corrected by r and d, as BatchRenorm on b
+            # (ChunkedBatchRenorm, one forward; one running update a step; the ramp counts steps)
             (f"Batch Renorm at {b}", {"model": _model(norm="batchrenorm", **RENORM,
-                                                      renorm_warmup_steps=int(calls * RENORM_WARMUP)),
-                                      "norm": "batchrenorm", "ghost_batch": b, "per_process": b}),
+                                                      renorm_warmup_steps=int(s["steps"] * RENORM_WARMUP)),
+                                      "norm": "batchrenorm", "renorm_chunk": b, "per_process": b}),
         ]
     return arms
 
@@ -81,6 +81,17 @@ def grid(mode):
     return [(run_name(arm, lr), {**cfg, "arm": arm, "batch": 32, "train": train_cfg(
                 mode, steps=s["steps"], lr=lr, eval_every=s["steps"] // 4 if arm == "BN at 32" else 0)})
             for arm, cfg in _arms(mode) for lr in s["lrs"]]
+
+
+def run(config: dict, seed: int) -> dict:
+    """Train one arm: GN+WS with a plain stem conv (``ws_stem`` false), Batch Renorm per chunk of b."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = build_net(config["model"]) if config.get("ws_stem", True) else plain_stem_net(config["model"])
+    if config.get("renorm_chunk"):
+        chunk_renorms(net, config["renorm_chunk"])
+    return summary(train_net(config, seed, net=net)[2])
 
 
 def _sizes(records) -> list[int]:
@@ -240,10 +251,11 @@ SPEC = experiment(
           "the best mean test accuracy on the selection seeds (quick: 1 of 5 seeds, full: 2 of 7), and it is judged "
           "on the other seeds only. Per-process batches b (quick 2; full 2 and 4), simulated in one process: BN at "
           "b is BatchNorm over chunks of b (GhostBatchNorm with virtual batch b, which normalizes each chunk exactly "
-          "as BatchNorm on b; one running update a step); Batch Renorm at b runs the model on chunks of b (running "
-          "statistics updated by each chunk, as on a process), the gradient step uses all 32, with Wu & He's "
-          "settings rmax 1.5, dmax 0.5 reached by Ioffe's ramp from (1, 0) over the first quarter of training, "
-          "running momentum 0.01. GroupNorm (4 groups) after weight-standardized convs, the stem's conv left plain "
+          "as BatchNorm on b; one running update a step); Batch Renorm at b normalizes each chunk of b and corrects "
+          "it by r and d against the running statistics exactly as Batch Renorm on b (ChunkedBatchRenorm, tested "
+          "against Batch Renorm run on each chunk; one running update a step from the chunks' pooled statistics), "
+          "with Wu & He's settings rmax 1.5, dmax 0.5 reached by Ioffe's ramp from (1, 0) over the first quarter "
+          "of the steps, running momentum 0.01; the gradient step uses all 32. GroupNorm (4 groups) after weight-standardized convs, the stem's conv left plain "
           "(a 1x3 filter standardized to zero mean is only high-pass; BiT's stem filter has 147 weights), and FRN + "
           "TLU do not depend on the batch: one run each. Judged per remedy and b: the share of BN's loss (BN at 32 - "
           f"BN at b) it recovers, above {MIN_SHARE:g}, through remedy - BN at b - {MIN_SHARE:g} x (BN at 32 - BN at b) "
@@ -252,7 +264,7 @@ SPEC = experiment(
           "32's test-accuracy gain over the last quarter is reported (plateau). Ghost BN is not measured (it would "
           "be a large-batch regularizer). Quick mode is weaker: batch 2 only, 200 steps (BN at 32 still climbing), "
           "one selection seed.",
-    grid=grid, seeds={"quick": 5, "full": 7}, run=plain_stem_run, verdict=verdict, plot=plot,
+    grid=grid, seeds={"quick": 5, "full": 7}, run=run, verdict=verdict, plot=plot,
     paper="Wu & He 2018, Figure 1 / Table 3 (ResNet-50, ImageNet, top-1 error vs images per GPU): at 4 images per "
           "GPU BN 27.3%, Batch Renorm 26.3%, GN 24.2%, against BN's 23.6% at 32 (Batch Renorm recovers about a "
           "quarter of BN's loss, GN nearly all); Ioffe 2017: Batch Renorm helps at small or non-i.i.d. minibatches; "

@@ -7,7 +7,7 @@ follow a normalizer.  Claims that compare GN+WS against BatchNorm use this net (
 
 from __future__ import annotations
 
-from .cnn import build_net, summary, train_net
+from .cnn import build_net
 
 
 def plain_stem_net(model: dict):
@@ -29,12 +29,3 @@ def plain_stem_net(model: dict):
     net.stem.conv = new
     return net
 
-
-def plain_stem_run(config: dict, seed: int) -> dict:
-    """Train the ConvNet of ``config["model"]`` (its stem plain where ``config["ws_stem"]`` is false) and
-    return its summary, as :func:`~normlab.experiments.harness.cnn.cnn_run` does."""
-    import torch
-
-    torch.manual_seed(seed)
-    net = build_net(config["model"]) if config.get("ws_stem", True) else plain_stem_net(config["model"])
-    return summary(train_net(config, seed, net=net)[2])
