@@ -266,8 +266,9 @@ SPEC = experiment(
           f"be a large-batch regularizer). Quick mode is weaker: batch 2 only, 200 steps (BN at 32 still climbing), "
           f"three learning rates, one selection seed."),
     grid=grid, seeds={"quick": 5, "full": 7}, run=run, verdict=verdict, plot=plot,
-    paper="Wu & He 2018, Figure 1 / Table 3 (ResNet-50, ImageNet, top-1 error vs images per GPU): at 4 images per "
-          "GPU BN 27.3%, Batch Renorm 26.3%, GN 24.2%, against BN's 23.6% at 32 (Batch Renorm recovers about a "
+    paper="Wu & He 2018, Figure 1 and Table 3 (ResNet-50, ImageNet, top-1 error vs images per GPU; Batch Renorm's "
+          "number from their text): at 4 images per GPU BN 27.3%, Batch Renorm 26.3%, GN 24.2%, against BN's 23.6% "
+          "at 32 (Batch Renorm recovers about a "
           "quarter of BN's loss, GN nearly all); Ioffe 2017: Batch Renorm helps at small or non-i.i.d. minibatches; "
           "Qiao et al. 2019 and Singh & Krishnan 2019: GN + WS and FRN match BN without its batch dependence.",
 )
