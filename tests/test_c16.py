@@ -24,16 +24,19 @@ def test_c16_judges_the_rescue_at_a_global_batch_of_32_or_more(mode):
 
 
 def test_c16_simulated_local_bn_normalizes_each_process_chunk_on_its_own(monkeypatch):
+    from normlab.experiments.harness.chunked_renorm import ChunkedBatchRenorm
+
     seen = {}
 
-    def fake_train(config, seed):
-        seen[config["model"]["norm"]] = (config["model"].get("virtual_batch_size"), config["batch"])
+    def fake_train(config, seed, net):
+        chunks = {m.chunk for m in net.modules() if isinstance(m, ChunkedBatchRenorm)}
+        seen[config["model"]["norm"]] = (chunks, config["batch"])
         return None, None, {"status": "ok", "final": {"test_acc": 0.5}}
 
     monkeypatch.setattr(c16_syncbn, "train_net", fake_train)
     config = dict(c16_syncbn.grid("quick")[-1][1])
     res = c16_syncbn.simulate(config, 0)
-    assert seen == {"ghostbn": (4, 32), "batchnorm": (None, 32)}
+    assert seen == {"batchrenorm": ({4}, 32), "batchnorm": (set(), 32)}
     assert set(res["train"]) == {"local BN", "SyncBN"}
 
 

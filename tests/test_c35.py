@@ -22,7 +22,9 @@ def test_c35_grid_every_arm_at_every_lr_ghost_bn_not_a_remedy(mode):
     for name, c in runs.items():
         assert c["batch"] == 32 and c["train"]["steps"] == s["steps"]
         if c["arm"].startswith("BN at ") and c["arm"] != "BN at 32":  # BN at b: each chunk of b on its own
-            assert c["model"]["norm"] == "ghostbn" and c["model"]["virtual_batch_size"] == c["per_process"]
+            m = c["model"]
+            assert (m["norm"], m["renorm_rmax"], m["renorm_dmax"]) == ("batchrenorm", 1.0, 0.0)
+            assert c["renorm_chunk"] == c["per_process"]
         if c["arm"].startswith("Batch Renorm"):  # Wu & He's limits, reached by Ioffe's ramp
             m = c["model"]
             assert (m["renorm_rmax"], m["renorm_dmax"]) == (1.5, 0.5) and c["renorm_chunk"] == c["per_process"]

@@ -62,3 +62,19 @@ def test_chunk_renorms_swaps_every_batch_renorm_keeping_its_state():
     assert type(net[1]) is ChunkedBatchRenorm and net[1].chunk == 2 and net[1].warmup_steps == 7
     assert torch.all(net[1].running_mean == 0.25)
     assert net(torch.randn(4, 1, 9)).shape == (4, 3, 7)
+
+
+def test_running_statistics_are_the_first_process_s_and_rmax_1_is_batchnorm_per_chunk():
+    from normlab.layers import BatchNorm
+
+    x = torch.randn(8, 3, 5, dtype=torch.float64) * 3 + 2
+    new = ChunkedBatchRenorm(3, 2, momentum=0.1, rmax=1.0, dmax=0.0, warmup_steps=0).double()
+    bn0 = BatchNorm(3, momentum=0.1).double()  # rank 0: BatchNorm on its own chunk
+    y = new(x)
+    ref0 = bn0(x[:2])
+    torch.testing.assert_close(y[:2], ref0, rtol=0, atol=1e-12)
+    for k in range(1, 4):  # the other processes: BatchNorm on their chunk (their own statistics)
+        torch.testing.assert_close(y[2 * k : 2 * k + 2], BatchNorm(3).double()(x[2 * k : 2 * k + 2]), rtol=0,
+                                   atol=1e-12)
+    torch.testing.assert_close(new.running_mean, bn0.running_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(new.running_var, bn0.running_var, rtol=0, atol=1e-12)

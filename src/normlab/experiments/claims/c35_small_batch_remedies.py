@@ -58,12 +58,13 @@ def _arms(mode: str) -> list[tuple[str, dict]]:
         ("FRN", {"model": _model(norm="frn"), "norm": "frn"})]
     for b in s["per_process"]:
         arms += [
-            # BN on processes of b: each chunk of b normalized with its own statistics, exactly as BatchNorm on b
-            # (GhostBatchNorm, one forward; one running-statistics update a step from the chunks' pooled ones)
-            (f"BN at {b}", {"model": _model(norm="ghostbn", virtual_batch_size=b), "norm": "batchnorm",
-                            "per_process": b}),
+            # BN on processes of b: each chunk of b normalized with its own statistics, exactly as BatchNorm on b,
+            # rank 0's running statistics (ChunkedBatchRenorm with r = 1, d = 0: BatchNorm; one forward)
+            (f"BN at {b}", {"model": _model(norm="batchrenorm", renorm_rmax=1.0, renorm_dmax=0.0,
+                                            renorm_warmup_steps=0),
+                            "norm": "batchnorm", "renorm_chunk": b, "per_process": b}),
             # Batch Renorm on processes of b: each chunk normalized, and corrected by r and d, as BatchRenorm on b
-            # (ChunkedBatchRenorm, one forward; one running update a step; the ramp counts steps)
+            # (ChunkedBatchRenorm, one forward; rank 0's running statistics; the ramp counts steps)
             (f"Batch Renorm at {b}", {"model": _model(norm="batchrenorm", **RENORM,
                                                       renorm_warmup_steps=int(s["steps"] * RENORM_WARMUP)),
                                       "norm": "batchrenorm", "renorm_chunk": b, "per_process": b}),
@@ -250,11 +251,11 @@ SPEC = experiment(
           f"in eval mode. Every arm is trained at learning rates 3e-3, 1e-2, 3e-2 (full: 1e-3 too); its learning "
           f"rate is the one with the best mean test accuracy on the selection seeds (quick: 1 of 5 seeds, full: 2 of"
           f" 7), and it is judged on the other seeds only. Per-process batches b (quick 2; full 2 and 4), simulated "
-          f"in one process: BN at b is BatchNorm over chunks of b (GhostBatchNorm with virtual batch b, which "
-          f"normalizes each chunk exactly as BatchNorm on b; one running update a step); Batch Renorm at b "
-          f"normalizes each chunk of b and corrects it by r and d against the running statistics exactly as Batch "
-          f"Renorm on b (ChunkedBatchRenorm, tested against Batch Renorm run on each chunk; one running update a "
-          f"step from the chunks' pooled statistics), with Wu & He's settings rmax 1.5, dmax 0.5 reached by Ioffe's "
+          f"in one process, one forward a step (ChunkedBatchRenorm, tested against Batch Renorm and BatchNorm run "
+          f"on each chunk): each chunk of b is normalized with its own statistics and corrected by r and d against "
+          f"the running statistics, which are the first chunk's (rank 0's, which DistributedDataParallel broadcasts "
+          f"by default; one update a step). BN at b: r = 1, d = 0, i.e. BatchNorm on each process, momentum 0.1. "
+          f"Batch Renorm at b: with Wu & He's settings rmax 1.5, dmax 0.5 reached by Ioffe's "
           f"ramp from (1, 0) over the first quarter of the steps, running momentum 0.01; the gradient step uses all "
           f"32. GroupNorm (4 groups) after weight-standardized convs, the stem's conv left plain (a 1x3 filter "
           f"standardized to zero mean is only high-pass; BiT's stem filter has 147 weights), and FRN + TLU do not "

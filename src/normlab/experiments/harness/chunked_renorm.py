@@ -1,11 +1,14 @@
-"""Batch Renorm on P processes of b samples each, simulated in one forward (C35).
+"""Batch Renorm (and BatchNorm) on P processes of b samples each, simulated in one forward (C16, C35).
 
 :class:`ChunkedBatchRenorm` normalizes each chunk of ``b`` samples along the batch dim with that chunk's own
 statistics and corrects it by r and d against the running statistics, exactly as
-:class:`~normlab.layers.BatchRenorm` does on a process that holds that chunk; the running statistics take one
-update a step from the chunks' pooled statistics (the mean of the chunk means, the mean of the chunks' unbiased
-variances), as :class:`~normlab.layers.GhostBatchNorm` does, and the ramp of the limits counts steps.  Running the
-model on each chunk in turn (32 / b forwards a step) computes the same normalization at 32 / b times the cost."""
+:class:`~normlab.layers.BatchRenorm` does on a process that holds that chunk.  The running statistics are
+those of the first process: one update a step from the first chunk's statistics, which every chunk then uses, as
+DistributedDataParallel does by default (it broadcasts rank 0's buffers before each forward); the ramp of the
+limits counts steps.  With ``rmax = 1, dmax = 0`` (r = 1, d = 0) it is BatchNorm on each process, rank 0's
+running statistics included: what per-process BatchNorm evaluates with (an estimate from b samples a step, noisier
+than one pooled over the processes).  Running the model on each chunk in turn (32 / b forwards a step) computes
+the same normalization at 32 / b times the cost."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from ...layers import BatchRenorm
 
 
 class ChunkedBatchRenorm(BatchRenorm):
-    """BatchRenorm whose training statistics (and r, d) are per chunk of ``chunk`` samples; input ``(N, C, *)``."""
+    """BatchRenorm whose training statistics (and r, d) are per chunk of ``chunk`` samples, its running statistics
+    the first chunk's (rank 0's); input ``(N, C, *)``."""
 
     def __init__(self, num_features: int, chunk: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
@@ -45,8 +49,8 @@ class ChunkedBatchRenorm(BatchRenorm):
             d = torch.clamp((mu - self.running_mean.view(shape)) * inv_sigma, min=-dmax, max=dmax)
             count = g[0].numel() // g.shape[2]  # values per channel in one chunk
             m = self.momentum if self.momentum is not None else 1 / (float(self.num_batches_tracked) + 1)
-            self.running_mean.mul_(1 - m).add_(mu.mean(0).flatten(), alpha=m)
-            self.running_var.mul_(1 - m).add_((var * count / max(count - 1, 1)).mean(0).flatten(), alpha=m)
+            self.running_mean.mul_(1 - m).add_(mu[0].flatten(), alpha=m)  # rank 0's chunk
+            self.running_var.mul_(1 - m).add_(var[0].flatten() * count / max(count - 1, 1), alpha=m)
             self.num_batches_tracked.add_(1)
         y = (g - mu) * (rstd * r) + d
         if self.weight is not None:
