@@ -96,3 +96,14 @@ def test_c35_run_builds_chunked_batch_renorm_and_a_plain_stem(monkeypatch):
     brn = [m for m in nets[0].modules() if isinstance(m, ChunkedBatchRenorm)]
     assert brn and all(m.chunk == 2 and m.rmax == 1.5 for m in brn)
     assert type(nets[1].stem.conv).__name__ == "Conv1d"
+
+
+def test_c35_says_when_the_chosen_lr_is_the_top_of_the_grid():
+    recs = c35(GOOD, best=1e-2)
+    for r in recs:
+        r["config"]["train"] = {"lr": float(r["name"].rsplit("lr ", 1)[-1])}
+    assert "at the top of the grid" in get("C35").verdict(recs).summary
+    low = c35(GOOD)  # best 3e-3, the middle
+    for r in low:
+        r["config"]["train"] = {"lr": float(r["name"].rsplit("lr ", 1)[-1])}
+    assert "at the top of the grid" not in get("C35").verdict(low).summary

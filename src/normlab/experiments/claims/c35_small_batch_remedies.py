@@ -209,6 +209,14 @@ def verdict(records) -> Verdict:
              for b, p in premises.items() if by_size[b] is None] + \
         [f"at {b}: BN's loss is undecided" for b, p in premises.items() if p.status == "inconclusive"]
     lrs = "; ".join(f"{a}: {n.rsplit('lr ', 1)[-1]}" for a, n in sorted(pick.items()))
+    top = {r["config"].get("arm", r["name"]): r["config"]["train"]["lr"] for r in records if "train" in r["config"]}
+    for r in records:
+        if "train" in r["config"]:
+            arm = r["config"].get("arm", r["name"])
+            top[arm] = max(top[arm], r["config"]["train"]["lr"])
+    edge = sorted(a for a, n in pick.items() if a in top and n == run_name(a, top[a]))
+    if edge:
+        lrs += f" (at the top of the grid, the best may lie above it: {', '.join(edge)})"
     plateau = _plateau(records, pick.get("BN at 32"), judge)
     v.summary = (f"BN's loss {losses}" + (f" [{'; '.join(notes)}]" if notes else "") + "; " + v.summary
                  + f"; learning rates chosen on seeds {sel} (judged on {judge}): {lrs}; BN at 32's test accuracy "
