@@ -4,31 +4,40 @@ from __future__ import annotations
 
 from cases_common import rec, train_result
 
-JIT = (0.0, 0.004, -0.004, 0.002, -0.002)  # per-seed jitter, so intervals have a width
+
+C35_LRS = (1e-3, 3e-3, 1e-2)
+C35_JIT = (0.0, 0.001, -0.001, 0.0005, -0.0005, 0.0015, -0.0015)  # per-seed jitter, so intervals have a width
 
 
-def _acc_rec(name, seed, acc, **config):
-    return {**rec(name, seed, train_result({"test_acc": acc})), "config": config}
-
-
-def c35(remedies: dict[str, float], bn32=0.94, bn_small: float | dict = 0.84, sizes=(2,), seeds=4):
-    """remedies: label -> accuracy at every per-process batch ('Batch Renorm', 'Ghost BN', 'GN+WS', 'FRN');
-    bn_small: BN's accuracy at the small batches (one value, or per size)."""
+def c35(remedies: dict[str, float], bn32=0.94, bn_small: float | dict = 0.84, sizes=(2,), seeds=5, best=3e-3,
+        selection_best=None, mode="quick"):
+    """remedies: label -> accuracy at every per-process batch ('Batch Renorm', 'GN+WS', 'FRN') at the learning
+    rate ``best`` (the others 0.05 lower); bn_small: BN's accuracy at the small batches (one value, or per size).
+    ``selection_best``: where the selection seeds (the last, quick mode) find their best lr instead (there 0.02
+    above ``best``'s value, which then scores 0.05 lower on them)."""
     out = []
+
+    def add(arm, s, value, k=1.0, **config):
+        sel = s >= seeds - 1 if mode == "quick" else s >= seeds - 2
+        j = k * C35_JIT[s % len(C35_JIT)]
+        for lr in C35_LRS:
+            top = lr == (selection_best if sel and selection_best is not None else best)
+            v = value + (0.02 if sel and selection_best is not None and top else 0.0) if top else value - 0.05
+            out.append({**rec(f"{arm}, lr {lr:g}", s, train_result({"test_acc": v + j})),
+                        "config": {"arm": arm, "mode": mode, **config}})
+
     for s in range(seeds):
-        j = JIT[s % len(JIT)]
-        out.append(_acc_rec("BN at 32", s, bn32 + j))
-        for label in ("GN+WS", "FRN"):
-            out.append(_acc_rec(label, s, remedies[label] + j))
+        add("BN at 32", s, bn32)
+        add("GN+WS", s, remedies["GN+WS"])
+        add("FRN", s, remedies["FRN"])
         for b in sizes:
             small = bn_small[b] if isinstance(bn_small, dict) else bn_small
-            out.append(_acc_rec(f"BN at {b}", s, small - 2 * j, per_process=b))
-            out.append(_acc_rec(f"Batch Renorm at {b}", s, remedies["Batch Renorm"] + j, per_process=b))
-            out.append(_acc_rec(f"Ghost BN over {b}", s, remedies["Ghost BN"] - j, per_process=b))
+            add(f"BN at {b}", s, small, k=-2.0, per_process=b)
+            add(f"Batch Renorm at {b}", s, remedies["Batch Renorm"], per_process=b)
     return out
 
 
-GOOD = {"Batch Renorm": 0.92, "Ghost BN": 0.93, "GN+WS": 0.93, "FRN": 0.92}  # midpoint 0.89
+GOOD = {"Batch Renorm": 0.88, "GN+WS": 0.93, "FRN": 0.92}  # shares 0.4, 0.9, 0.8 of BN's loss 0.1
 
 
 def c36(f64=1e-16, f32=3e-7, ratios=(0.9, 0.91, 0.89, 0.92, 0.9), folded=(7, 7)):
@@ -66,9 +75,10 @@ def c38(free=(1e-7, 2e-7, 1.5e-7, 1e-7), dependent=(0.2, 0.25, 0.18, 0.22), b0_c
 CASES = {
     "C35": [
         (c35(GOOD), "supported"),
-        (c35(GOOD, sizes=(2, 4)), "supported"),
-        (c35({**GOOD, "FRN": 0.70}), "not supported"),  # one remedy wholly below the midpoint refutes
-        (c35({**GOOD, "Ghost BN": 0.89}), "inconclusive"),  # at the midpoint: straddles
+        (c35(GOOD, sizes=(2, 4), seeds=7, mode="full"), "supported"),
+        (c35({**GOOD, "FRN": 0.70}), "not supported"),  # one remedy does worse than BN at 2
+        (c35({**GOOD, "Batch Renorm": 0.85}), "below the bar"),  # recovers 0.1 of the loss: some, under 0.2
+        (c35({**GOOD, "Batch Renorm": 0.86}), "inconclusive"),  # recovers 0.2: straddles the bar
         (c35(GOOD, bn_small=0.935), "inconclusive"),  # BN lost nothing: no loss to recover
     ],
     "C36": [

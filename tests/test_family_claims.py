@@ -1,56 +1,15 @@
-"""The setups of C35-C38 (normlab.experiments.claims) beyond the three-outcome cases: what each grid runs, the
+"""The setups of C36-C38 (normlab.experiments.claims) beyond the three-outcome cases: what each grid runs, the
 folding run on a tiny net, and the rules' edges."""
 
 from __future__ import annotations
 
 import pytest
 
-from cases_family import GOOD, c35, c37
+from cases_family import c37
 from normlab.experiments import get
-from normlab.experiments.claims import c35_small_batch_remedies as c35_mod
 from normlab.experiments.claims import c36_bn_folding as c36_mod
 from normlab.experiments.claims import c37_precise_bn as c37_mod
 from normlab.experiments.claims import c38_batch_free as c38_mod
-
-
-@pytest.mark.parametrize("mode", ["quick", "full"])
-def test_c35_simulates_small_per_process_batches_for_the_batch_dependent_arms(mode):
-    runs = dict(c35_mod.grid(mode))
-    sizes = c35_mod.SIZES[mode]["per_process"]
-    assert min(sizes) <= 4 and max(sizes) >= 2
-    assert runs["BN at 32"].get("ghost_batch") is None
-    for b in sizes:
-        for name in (f"BN at {b}", f"Batch Renorm at {b}"):
-            assert runs[name]["ghost_batch"] == b and runs[name]["batch"] == 32  # b per process, 32 per step
-        ghost = runs[f"Ghost BN over {b}"]
-        assert ghost.get("ghost_batch") is None and ghost["model"]["virtual_batch_size"] == b  # one forward
-        brn = runs[f"Batch Renorm at {b}"]["model"]
-        calls = c35_mod.SIZES[mode]["steps"] * 32 // b
-        assert brn["renorm_warmup_steps"] == int(calls * c35_mod.RENORM_WARMUP)
-    assert runs["GN+WS"]["model"]["norm"] == "gn+ws" and runs["FRN"]["model"]["norm"] == "frn"
-    steps = {c["train"]["steps"] for c in runs.values()}
-    assert steps == {c35_mod.SIZES[mode]["steps"]}  # every arm sees the same samples
-
-
-def test_c35_reports_the_recovered_fraction_and_needs_every_size():
-    v = get("C35").verdict(c35(GOOD, sizes=(2, 4)))
-    assert v.status == "supported"
-    parts = [t["what"] for t in v.tests]
-    assert sum("per-process batch" in w for w in parts) == 2  # one premise per size
-    assert "of BN's loss" in v.key_number and "Wu & He" in v.versus_paper
-    bad = get("C35").verdict(c35({**GOOD, "Batch Renorm": 0.85}, sizes=(2, 4)))
-    assert bad.status == "not supported"
-
-
-def test_c35_judges_each_size_on_its_own_premise():
-    # BN lost nothing at 4: that size is left out, the claim stands on 2
-    v = get("C35").verdict(c35(GOOD, sizes=(2, 4), bn_small={2: 0.84, 4: 0.95}))
-    assert v.status == "supported" and "at 4: BN lost less than" in v.summary
-    # BN's loss at 4 is undecided, but at 2 a remedy is wholly below the midpoint: refuted
-    jittery = c35({**GOOD, "FRN": 0.70}, sizes=(2, 4), bn_small={2: 0.84, 4: 0.92})
-    assert get("C35").verdict(jittery).status == "not supported"
-    # no size with a loss: nothing is judged
-    assert get("C35").verdict(c35(GOOD, sizes=(2, 4), bn_small=0.94)).status == "inconclusive"
 
 
 def test_c36_fold_run_on_a_tiny_net_is_exact_and_times_both():

@@ -47,3 +47,16 @@ def test_c13_gap_is_interpolated_at_the_target_loss():
     assert c13_regularization._gap_at_target(r, 0.2) == pytest.approx(0.3)
     assert c13_regularization._gap_at_target(r, 0.5) == pytest.approx(0.1)  # already below at the first evaluation
     assert math.isnan(c13_regularization._gap_at_target(r, 0.05))  # never reached
+
+
+def test_c01_primary_quantity_is_relative_and_keeps_every_seed():
+    from cases_vision import _ics
+
+    from normlab.experiments import get
+
+    # BN's absolute ICS 0.1x the plain net's, but its gradients are 0.1x too: relative, no reduction
+    v = get("C01").verdict(_ics({0.05: [1.0, 1.0], 0.2: [1.0, 1.0]}, g_bn=0.1))
+    assert v.status == "supported" and "primary" in v.summary and "(absolute)" in v.summary
+    assert v.tests[0]["n"] == [4] and len(v.tests) == 1  # one judged interval over every seed
+    values, seeds = c01_ics.primary(_ics({0.05: [0.1, 1.0], 0.2: [1.0, 1.0]}, acc_none=0.1))
+    assert seeds == [0, 1, 2, 3] and values[0] == pytest.approx(-0.25)  # log10 0.1 averaged with three 0s

@@ -65,7 +65,7 @@ def measure(net, x, y, lr: float, what: str) -> dict:
         return landscape(net, loss_fn, g_all, lr)
     by_param = dict(zip(map(id, params), g_all))
     # ICS of layer i: its gradient before vs after the layers below it took their step on the same batch
-    ics_l2, ics_cos = [], []
+    ics_l2, ics_cos, g_norm = [], [], []
     for i in range(1, len(groups)):
         w = groups[i][0]  # the conv (or head) weight of group i
         g = by_param[id(w)]
@@ -77,8 +77,9 @@ def measure(net, x, y, lr: float, what: str) -> dict:
                     q.sub_(lr * by_param[id(p)])
         (g2,) = grads(moved, loss_fn, [mgroups[i][0]])
         ics_l2.append((g - g2).norm().item())
+        g_norm.append(g.norm().item())  # C01 reads ICS relative to it: ||G - G'|| / ||G||
         ics_cos.append(torch.nn.functional.cosine_similarity(g.flatten(), g2.flatten(), dim=0).item())
-    return {"ics_l2": ics_l2, "ics_cos": ics_cos}
+    return {"ics_l2": ics_l2, "ics_cos": ics_cos, "ics_g_norm": g_norm}
 
 
 def landscape(net, loss_fn, g_all, lr: float) -> dict:
