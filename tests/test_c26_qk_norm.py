@@ -77,7 +77,7 @@ def test_losses_are_compared_only_at_the_lrs_where_the_logits_passed():
         if r["name"] == "qk-none-lr0.001":
             r["result"]["final"]["val_loss"] = 9.0
     v = get("C26").verdict(recs)
-    diffs = v.numbers["training worse where they pass"]["a"]
+    diffs = v.numbers["training worse where they pass"]["values"]
     assert diffs == pytest.approx([(a - b) * 7 for a, b in zip(*SENS_GOOD)])
 
 

@@ -11,7 +11,7 @@ from ..harness.lm import SIZES, complete_seeds, final_loss, lm_run, model_cfg, p
 from ..plots import pyplot, save_fig
 from ..spec import PerMode, Verdict, experiment
 from ..stats import LEVEL, Interval
-from ..verdicts import ci_text, combine_verdicts, compare, fmt, mean
+from ..verdicts import ci_text, combine_verdicts, compare, fmt, mean, threshold
 
 
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]  # Wortsman et al.'s seven learning rates
@@ -137,10 +137,9 @@ def verdict(records) -> Verdict:
                         what=f"qk-layernorm: the layer-0 logits stay below {BOUND:g} at every lr",
                         rule=f"per seed: the largest layer-0 logit of every lr's run stays below {BOUND:g}")
     excess = _excess_where_past(records, seeds, lrs)
-    worse = compare(list(excess.values()), [0.0] * len(excess), expect="greater", paired=True,
-                    what=f"final loss where the no-qk-norm logits passed {BOUND:g}, no qk-norm - qk-layernorm at "
-                         "the same lr (mean over those lrs, per seed; nats)",
-                    label_a="no qk-norm - qk-layernorm", label_b="0")
+    worse = threshold(list(excess.values()), above=0.0,
+                      what=f"final loss where the no-qk-norm logits passed {BOUND:g}: no qk-norm - qk-layernorm at "
+                           "the same lr (mean over those lrs, per seed; nats)")
     sens = {q: _sensitivity(records, q, seeds) for q in ARMS}
     sensitivity = compare([sens["none"][s] for s in seeds], [sens["layernorm"][s] for s in seeds],
                           expect="greater", paired=True, min_effect=SENS_EFFECT,

@@ -111,7 +111,10 @@ def _no_worse(diffs, what: str, base_label: str) -> Verdict:
 
 
 def _mode_of(records) -> str:
-    """The mode whose lr sweep the records hold (full's when every full lr has records)."""
+    """The mode the records were made in (their own ``mode``; else full's when every full lr has records)."""
+    modes = {r.get("mode") for r in records} - {None}
+    if len(modes) == 1:
+        return str(modes.pop())
     names = {r["name"] for r in records}
     return "full" if all(f"pre-LN deep lr{lr:g}" in names for lr in LRS["full"]) else "quick"
 
