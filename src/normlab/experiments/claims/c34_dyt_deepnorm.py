@@ -165,7 +165,8 @@ def verdict(records) -> Verdict:
     depth = DEEP[mode]
     v.versus_paper = (
         "paper: Zhu et al. 2025: DyT matches LayerNorm (ViT-B 82.3 -> 82.5% top-1; LLMs at their tuned alpha0); "
-        "Wang et al. 2022: post-LN without warm-up fails at depth, DeepNorm trains it stably to 1000 layers; "
+        "Wang et al. 2022: an 18L-18L post-LN does not converge (their Figure 2c), DeepNorm trains stably to 1000 "
+        "layers; "
         f"here: DyT - pre-LN {v_dyt.key_number} nats; at {depth['n_layer']} blocks without warm-up post-LN - "
         f"DeepNorm {post.key_number.split('diff ')[-1]} nats, DeepNorm - pre-LN {v_deep.key_number} nats; scale: "
         f"character models of d={SIZES[mode]['d_model']} ({SIZES[mode]['n_layer']} blocks, DyT) and "
@@ -222,9 +223,9 @@ SPEC = experiment(
           "(residual x (2N)^1/4, beta-scaled Xavier init). Two judged parts: post-LN trails DeepNorm (95% CI of "
           f"post-LN - DeepNorm wholly above +{TOLERANCE}), and DeepNorm is no worse than pre-LN (CI wholly below "
           f"+{TOLERANCE}). The claim needs all three parts. Quick mode is weaker: 12 blocks, three lrs (no "
-          "3e-2), one selection seed and three judging seeds.",
+          "3e-2), one selection seed and three judging seeds; its depth runs still improve slowly at their end.",
     grid=grid, seeds=SEEDS, run=lm_run, verdict=verdict, plot=plot,
     paper="Zhu et al. 2025 (DyT): matches LayerNorm models across tasks (ViT-B 82.3 -> 82.5); Wang et al. 2022 "
-          "(DeepNet), Figure 1 / Table 1: post-LN diverges at depth without warm-up, DeepNorm trains stably up to "
-          "1000 layers.",
+          "(DeepNet), Figure 2(c) (read second-hand): an 18L-18L post-LN does not converge on IWSLT-14 De-En where "
+          "a down-scaled init does; DeepNorm trains stably up to 1000 layers.",
 )
