@@ -61,6 +61,7 @@ def test_every_arm_sweeps_the_same_lrs_and_depth_runs_have_no_warmup(mode):
     assert {cfg["model"]["placement"] for cfg in deep.values()} == {"pre", "post", "deepnorm"}
     assert all(cfg["model"]["n_layer"] >= 12 and cfg["model"]["d_model"] <= 64 for cfg in deep.values())
     assert all(cfg["train"]["warmup_steps"] == 0 for cfg in deep.values())
+    assert {cfg["model"]["init"] for cfg in deep.values()} == {"xavier"}  # the arms differ only in placement
     dyt = [cfg["model"] for n, cfg in grid.items() if n.startswith("DyT")]
     assert len({m["dyt_alpha0"] for m in dyt}) >= 2 and all(m["embed_scale"] for m in dyt)
     assert all(cfg["model"]["embed_scale"] for n, cfg in grid.items() if n.startswith("pre-LN lr"))

@@ -62,8 +62,8 @@ def grid(mode):
     dsteps = deep.pop("steps")
     for label, placement in DEEP_ARMS.items():
         for lr in lrs:  # no warm-up: DeepNorm's claim is that post-LN then trains at depth
-            out.append((f"{label} lr{lr:g}", {
-                "model": model_cfg(mode, placement=placement, norm="layernorm", **deep),
+            out.append((f"{label} lr{lr:g}", {  # Xavier in every arm, as DeepNet's baselines (DeepNorm: x beta)
+                "model": model_cfg(mode, placement=placement, norm="layernorm", init="xavier", **deep),
                 "train": train_cfg(mode, steps=dsteps, lr=lr, warmup_steps=0, log_every=max(1, dsteps // 25))}))
     return out
 
@@ -220,7 +220,9 @@ SPEC = experiment(
           f"{DEEP['quick']['n_layer']} blocks quick / {DEEP['full']['n_layer']} full, thin (d="
           f"{DEEP['full']['d_model']}, context {DEEP['full']['block_size']}), no warm-up, "
           f"{DEEP['quick']['steps']} / {DEEP['full']['steps']} steps: pre-LN, post-LN and DeepNorm post-LN "
-          "(residual x (2N)^1/4, beta-scaled Xavier init). Two judged parts: post-LN trails DeepNorm (95% CI of "
+          "(residual x (2N)^1/4, beta-scaled Xavier init), all three Xavier-initialized as DeepNet's baselines (the "
+          "GPT-2 init's 1/sqrt(2N) residual scaling would give pre- and post-LN a depth-aware init of their own, "
+          "and its std 0.02 is far below Xavier's at d=32). Two judged parts: post-LN trails DeepNorm (95% CI of "
           f"post-LN - DeepNorm wholly above +{TOLERANCE}), and DeepNorm is no worse than pre-LN (CI wholly below "
           f"+{TOLERANCE}). The claim needs all three parts. Quick mode is weaker: 12 blocks, three lrs (no "
           "3e-2), one selection seed and three judging seeds; its depth runs still improve slowly at their end.",
