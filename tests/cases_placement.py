@@ -45,8 +45,11 @@ CASES = {
                    ("post", 2): [0.0, 0.01, -0.01, 0.0], ("pre", 2): [0.0, -0.01, 0.01, 0.0]},
                   diverge={("post", 6)}), "supported"),
             # each "not supported" case fails one part only
-            (_c21_grid([0.05, 0.04, 0.06, 0.05], [0.0, 0.01, -0.01, 0.0], shallow_post=[-0.3, -0.31, -0.29, -0.3]),
+            (_c21_grid([0.0, 0.01, -0.01, 0.0], [0.0, 0.01, -0.01, 0.0], shallow_post=[-0.3, -0.31, -0.29, -0.3]),
              "not supported"),  # post-LN's cost at depth is no larger than pre-LN's (growth still holds)
+            # post-LN's cost at depth is larger than pre-LN's, but by 0.05 nats, under the 0.1 claimed
+            (_c21_grid([0.05, 0.04, 0.06, 0.05], [0.0, 0.01, -0.01, 0.0], shallow_post=[-0.3, -0.31, -0.29, -0.3]),
+             "below the bar"),
             (_c21_grid([1.2, 1.3, 1.25, 1.22], [0.5, 0.6, 0.55, 0.52]), "not supported"),  # pre-LN needs it too
             (_c21_grid([0.6, 0.7, 0.65, 0.62], [0.0, 0.01, -0.02, 0.0], shallow_post=[0.6, 0.68, 0.66, 0.6]),
              "not supported"),  # the need does not grow with depth: the shallow stack needs it as much

@@ -120,3 +120,113 @@ def test_verdict_builders_record_their_interval():
     assert combine_verdicts({"one": v, "bad": compare([1.0, 1.1, 1.0], [2.0, 2.1, 2.05], expect="greater",
                                                       what="x", label_a="a", label_b="b")}).status == \
         "not supported"
+
+
+# ------------------------------------------------- grid outcomes, Holm, below the bar, selection seeds
+def test_agreeing_seeds_on_a_grid_are_a_sign_test_not_an_exact_result():
+    from normlab.experiments.stats import median_ci, sign_test
+    from normlab.experiments.verdicts import grid_compare
+
+    assert sign_test([0.5] * 4) == pytest.approx(0.125)
+    assert median_ci([0.5] * 4)[1:] == (-math.inf, math.inf)  # no 95% interval from four values
+    assert median_ci([0.5, 0.5, 1.0, 0.5, 0.5, 0.5]) == (0.5, 0.5, 1.0)
+    four = grid_compare([1.0] * 4, [0.5] * 4, expect="greater", what="log10 lr", label_a="BN", label_b="none")
+    assert four.status == "inconclusive" and "exact" not in four.summary
+    assert "sign test p = 0.12" in four.summary
+    six_up = grid_compare([1.0] * 6, [0.5] * 6, expect="greater", what="log10 lr", label_a="BN", label_b="none")
+    assert six_up.status == "supported"
+    assert six_up.tests[0]["method"].startswith("sign-test") and six_up.tests[0]["p_against"] == 1.0
+    six_down = grid_compare([0.0] * 6, [0.5] * 6, expect="greater", what="log10 lr", label_a="BN", label_b="none")
+    assert six_down.status == "not supported"
+    mixed = grid_compare([1.0, 0.0, 1.0, 0.0, 1.0, 0.0], [0.5] * 6, expect="greater", what="x", label_a="a",
+                         label_b="b")
+    assert mixed.status == "inconclusive"
+
+
+def test_grid_threshold_goes_each_way():
+    from normlab.experiments.verdicts import grid_threshold
+
+    assert grid_threshold([1.0, 1.5, 1.0, 1.0, 2.0, 1.0], what="log2 scale", above=0.5).status == "supported"
+    assert grid_threshold([0.0, 0.0, 0.2, 0.0, 0.0, 0.0], what="log2 scale", above=0.5).status == "not supported"
+    assert grid_threshold([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], what="log2 scale", above=0.5).status == "inconclusive"
+    assert grid_threshold([1.0] * 5, what="log2 scale", above=0.5).status == "inconclusive"  # 5 < 6 values
+
+
+def test_a_significant_effect_smaller_than_the_claimed_minimum_reads_below_the_bar():
+    small = [0.20, 0.22, 0.19, 0.21, 0.20]
+    v = compare(small, [0.0] * 5, expect="greater", what="gain", label_a="a", label_b="b", min_effect=0.5,
+                paired=True)
+    assert v.status == "below the bar" and "below the bar" in v.rule
+    assert compare(small, [0.0] * 5, expect="greater", what="gain", label_a="a", label_b="b",
+                   min_effect=0.1, paired=True).status == "supported"
+    assert compare([-x for x in small], [0.0] * 5, expect="greater", what="gain", label_a="a", label_b="b",
+                   min_effect=0.5, paired=True).status == "not supported"  # no effect in the claimed direction
+    assert compare([-x for x in small], [0.0] * 5, expect="less", what="gain", label_a="a", label_b="b",
+                   min_effect=0.5, paired=True).status == "below the bar"
+    assert judge_direction(0.1, 0.3, expect="greater", min_effect=0.0) == "supported"  # no bar: no such reading
+    parts = {"big": compare([2.0, 2.1, 1.9], [0.0] * 3, expect="greater", what="x", label_a="a", label_b="b",
+                            min_effect=0.5, paired=True),
+             "small": v}
+    assert combine_verdicts(parts).status == "below the bar"
+
+
+def _part(mean_value, bound=0.0, n=8, spread=1.0, seed=0):
+    rng = random.Random(seed)
+    xs = [mean_value + spread * rng.gauss(0, 1) for _ in range(n)]
+    return threshold(xs, what="q", above=bound)
+
+
+def test_holm_keeps_a_strong_refutation_and_drops_a_marginal_one_among_many_parts():
+    from normlab.experiments.stats import holm_keeps, p_beyond, Interval
+
+    assert holm_keeps([0.001, 0.02, 0.5], alpha=0.025) == [True, False, False]
+    assert holm_keeps([0.001, 0.004, 0.5], alpha=0.025) == [True, True, False]
+    supported = {f"p{i}": _part(3.0, seed=i) for i in range(12)}
+    assert all(v.status == "supported" for v in supported.values())
+    # a marginal refutation: wholly below the bound at 95% (p < 0.025) but not with 13 parts
+    marginal = threshold([-0.6, 0.1, -0.5, -0.2, -0.4, 0.0, -0.6, -0.2], what="q", above=0.0)
+    p = marginal.tests[0]["p_against"]
+    assert marginal.status == "not supported" and 0.025 / 13 < p < 0.025
+    judged = combine_verdicts({**supported, "marginal": marginal})
+    assert judged.status == "inconclusive" and "Holm" in judged.summary
+    assert combine_verdicts({**supported, "marginal": marginal}, holm=False).status == "not supported"
+    strong = threshold([-3.0, -3.1, -2.9, -3.05, -2.95, -3.0, -3.02, -2.98], what="q", above=0.0)
+    assert combine_verdicts({**supported, "strong": strong}).status == "not supported"
+    assert combine_verdicts({**supported, "marginal": marginal, "strong": strong}).status == "not supported"
+    # p_beyond agrees with the interval rule: wholly on a side exactly when p < (1 - level) / 2
+    rng = random.Random(5)
+    for _ in range(200):
+        xs = [rng.gauss(rng.uniform(-1, 1), 1) for _ in range(rng.randint(2, 9))]
+        v = threshold(xs, what="q", above=0.0)
+        iv = Interval(**v.tests[0])
+        assert (v.status == "not supported") == (p_beyond(iv, 0.0, "below") < 0.025)
+        assert (v.status == "supported") == (p_beyond(iv, 0.0, "above") < 0.025)
+
+
+def test_zero_spread_is_exact_only_for_deterministic_checks():
+    from normlab.experiments.stats import interval
+    from normlab.experiments.verdicts import exact
+
+    assert "exact" not in interval("x", [0.5, 0.5, 0.5, 0.5]).text()
+    assert "zero width" in interval("x", [0.5, 0.5, 0.5, 0.5]).text()
+    from normlab.experiments.stats import Interval
+
+    assert "exact" in Interval(**exact(0.0, what="x", status="supported", rule="r")).text()
+
+
+def test_a_configuration_chosen_on_selection_seeds_is_judged_on_the_others():
+    from normlab.experiments.verdicts import choose_on_seeds, selection_split
+
+    select, judge = selection_split(range(6), 2)
+    assert select == [4, 5] and judge == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at least one selection seed"):
+        selection_split(range(3), 3)
+    # lr 1e-2 is better on the selection seeds; on the judging seeds noise favours 3e-3: the choice ignores that
+    loss = {("lr 3e-3", s): 1.0 + (-0.3 if s in judge else 0.1) for s in range(6)}
+    loss.update({("lr 1e-2", s): 1.0 for s in range(6)})
+    loss[("lr 3e-2", 4)] = math.nan  # a diverged run ranks last
+    loss[("lr 3e-2", 5)] = 0.1
+    records = [{"name": n, "seed": s, "v": v} for (n, s), v in loss.items()]
+    assert choose_on_seeds(records, ["lr 3e-3", "lr 1e-2", "lr 3e-2"], lambda r: r["v"], select) == "lr 1e-2"
+    assert choose_on_seeds(records, ["lr 3e-3", "lr 1e-2"], lambda r: r["v"], judge) == "lr 3e-3"
+    assert choose_on_seeds(records, ["absent"], lambda r: r["v"], select) is None

@@ -29,7 +29,7 @@ class PerMode(dict):
         if key == "paper" and "full" in self:
             return self["full"]
         raise KeyError(key)
-VERDICTS = ("supported", "not supported", "inconclusive")
+VERDICTS = ("supported", "not supported", "below the bar", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ class Run:
 
 @dataclass
 class Verdict:
-    """``status`` (supported / not supported / inconclusive), the numbers behind it and the rule applied.
+    """``status`` (supported / not supported / below the bar / inconclusive), the numbers behind it and the rule.
+
+    "below the bar": an effect in the claimed direction whose interval lies
+    wholly short of the claimed minimum (a finding, not a refutation of any
+    effect).
 
     ``tests`` holds every interval the status was computed from (estimate,
     lo, hi, level, n, method, its own status and rule), so the report can

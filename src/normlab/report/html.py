@@ -10,6 +10,8 @@ import os
 import platform
 import time
 
+from ..experiments.spec import VERDICTS
+
 __all__ = ["render"]
 
 CSS = """
@@ -20,7 +22,7 @@ table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{border-bottom:1p
 text-align:left;vertical-align:top}th{background:#f6f6f6}
 .v{font-weight:600;padding:.1rem .45rem;border-radius:.3rem;white-space:nowrap}
 .supported{background:#dff3e3;color:#17612a}.not-supported{background:#fbe1e1;color:#8a1c1c}
-.inconclusive{background:#f1f1f1;color:#555}
+.inconclusive{background:#f1f1f1;color:#555}.below-the-bar{background:#fdf0d5;color:#7a4b00}
 .meta{color:#666;font-size:.88rem}img{max-width:100%;height:auto;display:block;margin:.6rem 0}
 table.tests{font-size:.82rem;margin:.4rem 0}
 pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem}
@@ -70,8 +72,7 @@ def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | Non
 
     env = {"normlab": normlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "cpus": os.cpu_count(), "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
-    counts = {s: sum(r["verdict"]["status"] == s for r in results) for s in ("supported", "not supported",
-                                                                             "inconclusive")}
+    counts = {s: sum(r["verdict"]["status"] == s for r in results) for s in VERDICTS}
     rows = "".join(
         f"<tr><td><a href='#{_esc(r['claim'])}'>{_esc(r['claim'])}</a></td><td>{_esc(r['title'])}</td>"
         f"<td>{_badge(r['verdict']['status'])}</td><td>{_esc(r['verdict']['key_number'])}</td>"
@@ -108,8 +109,7 @@ def render(results: list[dict], out: str, *, mode: str, wall_time_s: float | Non
             f"claimed minimum effect (or, for a claim of equivalence, inside the tolerance), not supported when "
             f"it lies wholly on the other side, inconclusive when it straddles. A claim that does not hold at "
             f"this small scale is reported as such.</p>"
-            f"<p>{counts['supported']} supported, {counts['not supported']} not supported, "
-            f"{counts['inconclusive']} inconclusive.</p>"
+            f"<p>{', '.join(f'{n} {s}' for s, n in counts.items() if n or s != 'below the bar')}.</p>"
             f"<table><thead><tr><th>claim</th><th>title</th><th>verdict</th><th>key number</th><th>mode</th>"
             f"<th>seeds</th><th>runs</th></tr></thead><tbody>{rows}</tbody></table>"
             + "".join(sections) + "</body></html>")
