@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from cases_common import lm_rec
 from cases_stability import FINE, STRADDLE, c26, c31, c34
 
 from normlab.experiments import get
@@ -52,21 +53,35 @@ def test_c31_grid_doubles_from_x1_to_x64_for_both_models():
             assert {cfg["model"]["norm"] for n, cfg in grid.items() if n.startswith(prefix)} == {norm}
 
 
-def test_c31_largest_good_scale_needs_every_smaller_scale_good_and_a_common_bound():
-    recs = c31([64.0] * 4, [2.0] * 4)
+def test_c31_largest_good_scale_needs_every_smaller_scale_good_against_the_models_own_x1():
+    # the un-normalized model's x1 run ends 1 nat worse than pre-LN's: judged against its own x1, it still
+    # trains up to x4 (a common reference would fail it at x1)
+    recs = c31([64.0] * 6, [4.0] * 6, none_base=3.0)
     for r in recs:  # pre-LN seed 0 fails at x2 but recovers at x4: its largest good scale is x1
         if r["name"] == "pre-LN x2" and r["seed"] == 0:
-            r["result"]["final"]["val_loss"] = 4.0
+            r["result"]["final"]["val_loss"] = 2.5
     v = get("C31").verdict(recs)
-    assert v.numbers["largest_good_log2"]["pre-LN"][0] == 0.0
-    assert v.numbers["largest_good_log2"]["no norm"] == {s: 1.0 for s in range(4)}
-    assert v.numbers["bound"] == pytest.approx(2.25)  # the x1 runs' mean (2.0) + 0.25, for both models
+    good = v.numbers["largest_good_log2"]
+    assert good["pre-LN"][0] == 0.0 and good["pre-LN"][1] == 6.0
+    assert good["no norm"] == {s: 2.0 for s in range(6)}
+    assert v.numbers["largest_stable_log2"]["no norm"] == {s: 2.0 for s in range(6)}
+    assert len(v.tests) == 2 and all(t["method"].startswith("sign-test") for t in v.tests)
 
 
-def test_c31_a_model_that_fails_at_x1_scores_below_the_grid():
-    recs = c31([64.0] * 4, [0.5] * 4)  # the un-normalized net never reaches the bound
+def test_c31_divergence_counts_a_final_loss_above_the_initial_and_a_non_finite_one():
+    from normlab.experiments.claims.c31_init_scale import diverged
+
+    assert not diverged(lm_rec("x", 0, 3.9, first=4.6))
+    assert diverged(lm_rec("x", 0, 4.7, first=4.6))  # trained "ok" but ended above where it started
+    assert diverged(lm_rec("x", 0, float("nan")))
+    assert diverged(lm_rec("x", 0, None, status="diverged"))
+
+
+def test_c31_a_model_whose_x1_run_diverges_scores_below_the_grid():
+    recs = c31([64.0] * 6, [0.5] * 6)  # the un-normalized net diverges already at x1
     v = get("C31").verdict(recs)
-    assert v.numbers["largest_good_log2"]["no norm"] == {s: -1.0 for s in range(4)}
+    assert v.numbers["largest_good_log2"]["no norm"] == {s: -1.0 for s in range(6)}
+    assert v.numbers["largest_stable_log2"]["no norm"] == {s: -1.0 for s in range(6)}
     assert v.status == "supported"
 
 
