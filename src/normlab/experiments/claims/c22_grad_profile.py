@@ -26,6 +26,7 @@ CPU, 4 seeds each (2 at d=512), throw-away scripts around this file's ``run``; s
 
 from __future__ import annotations
 
+import functools
 import math
 
 from ..harness.lm import SIZES, XIONG, build_gpt, model_cfg
@@ -152,10 +153,16 @@ def _stacks(records) -> dict[str, tuple[list[dict], list[dict], str]]:
 WHAT = "slope of log ||E[grad W2]|| over relative depth"
 
 
+def _slope_of(r: dict, key: str) -> float:
+    return log_slope(r["result"][key])
+
+
 def verdict(records) -> Verdict:
-    parts, own, numbers = {}, {}, {}
+    parts: dict[str, Verdict] = {}
+    own: dict[str, Verdict] = {}
+    numbers: dict[str, float] = {}
     for stack, (post, pre, key) in _stacks(records).items():
-        a, b = paired_by_seed(post, pre, lambda r, key=key: log_slope(r["result"][key]))
+        a, b = paired_by_seed(post, pre, functools.partial(_slope_of, key=key))
         parts[f"contrast, {stack}"] = compare(a, b, expect="greater", paired=True, what=f"{stack}: {WHAT}",
                                               label_a="post-LN", label_b="pre-LN")
         for p, recs in (("post", post), ("pre", pre)):
