@@ -1,6 +1,17 @@
 """C31: Pre-LN tolerates larger initialization scales.
 
-The claim's grid, run, verdict, plot and paper text; ``SPEC`` is what the registry finds."""
+The claim's grid, run, verdict, plot and paper text; ``SPEC`` is what the registry finds.
+
+Measured (quick, 8 seeds, 2026-12-06, branch p22a at fba3013, 2-core CPU): inconclusive.  Against its own x1 run
+neither model has the advantage (median difference 0 [-1, 1] doublings): after 80 steps the un-normalized
+model's x1 run already ends 0.26 nats above pre-LN's (3.32 vs 3.06) and larger scales do not hurt it until it
+blows up (3.24-3.31 up to x16), while pre-LN's final loss creeps up with the scale (3.33 at x32, 3.87 at x64).
+The old rule's shared reference (the mean of both models' x1 runs) counted the un-normalized model's own x1
+as a failure, which is what gave the full mode's "5.2 doublings".  Divergence is where the models differ:
+pre-LN never diverges up to x64 (0 of 56 runs), the un-normalized model diverges at x32 in 2 of 8 seeds and at
+x64 in 7 of 8 (median difference 1 [0, 2] doublings, sign test p = 0.016): the one seed that survives x64
+puts the interval's lower end at 0.
+"""
 
 from __future__ import annotations
 
