@@ -44,13 +44,14 @@ def test_c26_pairs_only_seeds_with_the_whole_sweep_in_both_arms():
     assert [t["n"] for t in v.tests] == [[3], [3]]
 
 
-def test_c31_grid_doubles_from_x1_to_x64_for_both_models():
-    for mode in ("quick", "full"):
+def test_c31_grid_runs_x1_to_x64_for_both_models_doubling_in_full_and_quadrupling_in_quick():
+    for mode, step in (("quick", 4.0), ("full", 2.0)):
         grid = dict(get("C31").grid(mode))
         for prefix, norm in (("pre-LN", "layernorm"), ("no norm", "none")):
             scales = sorted(cfg["model"]["init_scale"] for n, cfg in grid.items() if n.startswith(prefix))
-            assert scales == [2.0 ** k for k in range(7)]
+            assert scales == [step ** k for k in range(round(6 / math.log2(step)) + 1)]
             assert {cfg["model"]["norm"] for n, cfg in grid.items() if n.startswith(prefix)} == {norm}
+            assert {cfg["model"]["n_layer"] for cfg in grid.values()} == {4}
 
 
 def test_c31_largest_good_scale_needs_every_smaller_scale_good_against_the_models_own_x1():
@@ -73,8 +74,24 @@ def test_c31_divergence_counts_a_final_loss_above_the_initial_and_a_non_finite_o
 
     assert not diverged(lm_rec("x", 0, 3.9, first=4.6))
     assert diverged(lm_rec("x", 0, 4.7, first=4.6))  # trained "ok" but ended above where it started
+    # started far out (a large init scale) and came down, yet ended above where the model starts at x1
+    x1 = lm_rec("x1", 0, 3.3, first=4.6)
+    assert not diverged(lm_rec("x32", 0, 9e5, first=1e6)) and diverged(lm_rec("x32", 0, 9e5, first=1e6), x1)
+    assert not diverged(lm_rec("x16", 0, 3.4, first=40.0), x1)
     assert diverged(lm_rec("x", 0, float("nan")))
     assert diverged(lm_rec("x", 0, None, status="diverged"))
+
+
+def test_c31_a_run_that_starts_and_ends_near_a_million_nats_has_diverged():
+    recs = c31([64.0] * 8, [16.0] * 8)
+    for r in recs:  # the un-normalized net beyond x16: "ok", and below its own start, but untrained
+        if r["name"] in ("no norm x32", "no norm x64"):
+            r["result"] = lm_rec(r["name"], r["seed"], 9e5, first=1e6)["result"]
+    v = get("C31").verdict(recs)
+    assert v.numbers["largest_stable_log2"]["no norm"] == {s: 4.0 for s in range(8)}
+    assert v.numbers["diverged_by_scale"]["no norm"] == {"x1": 0, "x2": 0, "x4": 0, "x8": 0, "x16": 0, "x32": 8,
+                                                         "x64": 8}
+    assert v.status == "supported"
 
 
 def test_c31_a_model_whose_x1_run_diverges_scores_below_the_grid():
@@ -83,6 +100,8 @@ def test_c31_a_model_whose_x1_run_diverges_scores_below_the_grid():
     assert v.numbers["largest_good_log2"]["no norm"] == {s: -1.0 for s in range(6)}
     assert v.numbers["largest_stable_log2"]["no norm"] == {s: -1.0 for s in range(6)}
     assert v.status == "supported"
+    quick = get("C31").verdict(c31([64.0] * 6, [0.5] * 6, step=4.0))  # one x4 step below x1
+    assert quick.numbers["largest_stable_log2"]["no norm"] == {s: -2.0 for s in range(6)}
 
 
 def test_c34_reports_both_parts_and_compares_best_to_best():
