@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from cases_common import lm_rec, profile, rec
 
-from normlab.experiments.claims.c22_grad_profile import ARMS as C22_ARMS
+from normlab.experiments.claims.c22_grad_profile import DEPTHS
 
 
-def _c22(post, pre, pre_profiles=None):
-    """Geometric per-block profiles with the given last/first factors (one per seed); or explicit profiles."""
-    out = [rec(C22_ARMS["post"], i, {"ffn_out": profile(r)}) for i, r in enumerate(post)]
-    pre_profiles = pre_profiles or [profile(r) for r in pre]
-    return out + [rec(C22_ARMS["pre"], i, {"ffn_out": p}) for i, p in enumerate(pre_profiles)]
+def _c22(post, pre, depth_post=0.0, depth_pre=-0.5, paper=None):
+    """Decoder-only profiles with the given last/first factors (one per seed); the depth sweep's last-block norm
+    going like L ** exponent (jittered by seed); ``paper``: {"enc"/"dec": (post factors, pre factors)}."""
+    out = []
+    for p, factors, expo in (("post", post, depth_post), ("pre", pre, depth_pre)):
+        for seed, f in enumerate(factors):
+            out.append(rec(f"{p}-LN GPT profile", seed, {"ffn_out": profile(f)}))
+            for n in DEPTHS["quick"]:
+                e = expo + 0.02 * (seed % 3 - 1)
+                out.append(rec(f"{p}-LN GPT L={n}", seed, {"ffn_out": [1.0] * (n - 1) + [n ** e]}))
+    for k, p in enumerate(("post", "pre")):
+        for seed in range(len(post) if paper else 0):
+            out.append(rec(f"{p}-LN 6+6 encoder-decoder d=512", seed,
+                           {part: profile(paper[part][k][seed]) for part in ("enc", "dec")}))
+    return out
 
 
 def _c21(costs, diverge=()):
@@ -37,7 +47,8 @@ def _c24(pre, post):
     return [lm_rec(name, seed, v) for name, vals in (("pre", pre), ("post", post)) for seed, v in enumerate(vals)]
 
 
-GROWS, FLAT = [1.8, 1.9, 2.0, 1.85], [1.0, 1.05, 0.97, 1.02]
+GROWS, FLAT = [1.8, 1.9, 2.0, 1.85, 1.7, 1.95], [1.0, 1.05, 0.97, 1.02, 0.99, 1.01]
+FALLS = [0.6, 0.65, 0.55, 0.62, 0.58, 0.6]
 CASES = {
     "C21": [(_c21_grid([0.6, 0.7, 0.65, 0.62], [0.0, 0.01, -0.02, 0.0]), "supported"),
             # a diverged run counts with its initial loss: here post-LN's cost is 4.6 - 2.x
@@ -55,15 +66,16 @@ CASES = {
              "not supported"),  # the need does not grow with depth: the shallow stack needs it as much
             (_c21_grid([0.0, 0.9, 0.4, 0.1], [0.0, 0.01, -0.02, 0.0]), "inconclusive"),
             (_c21({("post", 6): [0.6, 0.7, 0.65, 0.62], ("pre", 6): [0.0, 0.01, -0.02, 0.0]}), "inconclusive")],
-    "C22": [(_c22(GROWS, FLAT), "supported"),
-            # only one half fails each time, so an and/or swap is caught
-            (_c22(GROWS, [0.3, 0.32, 0.31, 0.33]), "not supported"),  # pre-LN falls toward the output
-            (_c22([1.0, 1.02, 0.98, 1.01], FLAT), "not supported"),  # post-LN does not grow
-            # pre-LN first and last blocks equal but a falling profile in between: the slope sees it
-            (_c22(GROWS, None, [[1.0, 0.6, 0.45, 0.35, 0.3, 1.0]] * 2 + [[1.0, 0.65, 0.5, 0.4, 0.3, 1.05]] * 2),
-             "not supported"),
-            (_c22([1.1, 1.9, 1.3, 1.6], FLAT), "inconclusive"),  # post-LN's interval straddles 1.25
-            (_c22(GROWS, [1.0, 1.4, 0.9, 1.2]), "inconclusive")],  # pre-LN's interval straddles the tolerance
+    "C22": [(_c22(GROWS, FALLS), "supported"),
+            # only one part fails each time, so an and/or swap is caught
+            (_c22(FALLS, GROWS), "not supported"),  # the contrast goes the other way
+            (_c22(GROWS, FALLS, depth_post=-0.5), "not supported"),  # post-LN's last block shrinks with L too
+            (_c22(GROWS, FALLS, depth_pre=0.1), "not supported"),  # pre-LN's last block grows with L
+            (_c22(GROWS, FALLS, depth_post=-0.25), "inconclusive"),  # post-LN's depth slope straddles -1/4
+            (_c22([1.1, 0.7, 1.3, 0.8, 1.6, 0.6], [1.0, 0.8, 1.2, 0.9, 1.1, 0.7]), "inconclusive"),
+            # full mode: the encoder-decoder's stacks are judged too; its encoder shows no contrast
+            (_c22(GROWS, FALLS, paper={"enc": (FALLS, GROWS), "dec": (GROWS, FALLS)}), "not supported"),
+            (_c22(GROWS, FALLS, paper={"enc": (FLAT, FALLS), "dec": (GROWS, FALLS)}), "supported")],
     "C24": [(_c24([2.2, 2.21, 2.25, 2.19], [2.0, 2.01, 2.05, 2.0]), "supported"),
             (_c24([2.0, 2.01, 2.0, 2.02], [2.2, 2.21, 2.25, 2.2]), "not supported"),
             (_c24([2.0, 2.3, 2.1, 2.2], [2.1, 2.11, 2.2, 2.1]), "inconclusive"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cases_common import lm_rec
 
 C26_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
@@ -28,14 +30,22 @@ def c26(sens_none, sens_qk, logits=GOOD_LOGITS, diverge=()):
     return out
 
 
-def c31(pre_ok, none_ok):
-    """Per seed: the largest init scale each model trains at (loss 2.0 up to it, 4.0 beyond)."""
+def c31(pre_ok, none_ok, pre_stable=None, none_stable=None, none_base=2.0, step=2.0):
+    """Per seed: the largest init scale each model trains at (its own x1 loss up to it) and the largest at which
+    it does not diverge (3.9, under the initial 4.6, up to it; diverged beyond).  ``none_base``: the no-norm
+    model's x1 loss (its own reference); ``step``: the grid's ratio (x2: full mode, x4: quick), up to x64."""
     out = []
-    for prefix, ok in (("pre-LN", pre_ok), ("no norm", none_ok)):
-        for seed, largest in enumerate(ok):
-            for k in range(7):
-                sc = 2.0 ** k
-                out.append(lm_rec(f"{prefix} x{sc:g}", seed, 2.0 if sc <= largest else 4.0))
+    for prefix, ok, stable, base in (("pre-LN", pre_ok, pre_stable or pre_ok, 2.0),
+                                     ("no norm", none_ok, none_stable or none_ok, none_base)):
+        for seed, (largest, last_stable) in enumerate(zip(ok, stable)):
+            for k in range(round(6 / math.log2(step)) + 1):
+                sc = step ** k
+                if sc <= largest:
+                    out.append(lm_rec(f"{prefix} x{sc:g}", seed, base))
+                elif sc <= last_stable:
+                    out.append(lm_rec(f"{prefix} x{sc:g}", seed, 3.9))
+                else:
+                    out.append(lm_rec(f"{prefix} x{sc:g}", seed, None, status="diverged"))
     return out
 
 
@@ -77,9 +87,24 @@ CASES = {
             (c26([0.1, 0.6, 0.05, 0.5, 0.1, 0.3], [0.2, 0.21, 0.2, 0.2, 0.22, 0.2]), "inconclusive"),
             # sensitivity as claimed, logits past the bound on 4 of 6 seeds: the sign test cannot decide
             (c26(*SENS_GOOD, logits=([3e4, 50.0, 1e4, 100.0, 5e3, 2e3], GOOD_LOGITS[1])), "inconclusive")],
-    "C31": [(c31([64.0, 64.0, 32.0, 64.0], [2.0, 4.0, 2.0, 2.0]), "supported"),
-            (c31([2.0, 2.0, 2.0, 2.0], [8.0, 16.0, 8.0, 8.0]), "not supported"),
-            (c31([4.0, 64.0, 2.0, 32.0], [4.0, 4.0, 4.0, 4.0]), "inconclusive")],
+    "C31": [(c31([64.0, 64.0, 32.0, 64.0, 64.0, 32.0, 64.0, 64.0], [2.0, 4.0, 2.0, 2.0, 2.0, 4.0, 2.0, 2.0]),
+             "supported"),
+            # refuting needs one part significant after Holm over the two parts: 8 seeds can, 6 cannot
+            (c31([2.0] * 8, [8.0, 16.0, 8.0, 8.0, 8.0, 8.0, 8.0, 16.0]), "not supported"),
+            (c31([2.0] * 6, [8.0, 16.0, 8.0, 8.0, 8.0, 8.0]), "inconclusive"),
+            (c31([4.0, 64.0, 2.0, 32.0, 4.0, 64.0, 2.0, 8.0], [4.0] * 8), "inconclusive"),
+            # four seeds that agree are no interval (a sign test gives p = 0.125): inconclusive, not "exact"
+            (c31([64.0] * 4, [2.0] * 4), "inconclusive"),
+            # each criterion fails alone: the own reference holds but both models first diverge at x64 ...
+            (c31([64.0] * 8, [2.0] * 8, [64.0] * 8, [64.0] * 8), "not supported"),
+            # ... and no divergence below x64 for pre-LN, but both train as well as their own x1 up to x2 only
+            (c31([2.0] * 8, [2.0] * 8, [64.0] * 8, [8.0] * 8), "not supported"),
+            # quick mode's x4 grid: pre-LN trains up to x16 and never diverges, the un-normalized net to x4 ...
+            (c31([16.0] * 8, [4.0] * 8, [64.0] * 8, [16.0] * 8, step=4.0), "supported"),
+            # ... the same to x16, diverging beyond: the own reference fails
+            (c31([16.0] * 8, [16.0] * 8, [64.0] * 8, [16.0] * 8, step=4.0), "not supported"),
+            # ... one seed in eight where the un-normalized net keeps up: eight seeds' interval is their range
+            (c31([16.0] * 8, [4.0] * 7 + [16.0], [64.0] * 8, [16.0] * 7 + [64.0], step=4.0), "inconclusive")],
     "C34": [(c34(FINE, FINE), "supported"),
             (c34(WORSE, FINE), "not supported"),  # only DyT fails
             (c34(FINE, WORSE), "not supported"),  # only DeepNorm fails

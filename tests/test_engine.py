@@ -384,7 +384,7 @@ def test_quick_setups_that_differ_say_how():
     c09 = quick_differences(get("C09"))
     assert "batch of 8" in c09 and "leaves out" in c09 and "per-worker 2" in c09.split("leaves out")[1]
     assert "another model" in quick_differences(get("C13"))
-    assert "2 processes x 2" in quick_differences(get("C16"))
+    assert "16 processes x 2" in quick_differences(get("C16"))  # quick: 8 x 4 only
     assert quick_differences(get("C18")) == ""  # the same configurations, only smaller
 
 
