@@ -93,7 +93,7 @@ def _max_logit(r) -> float:
     return max(vals) if vals else math.nan
 
 
-# TODO(i22): replace with the shared sign test for grid outcomes in verdicts.py once it lands.
+# A yes/no rate over seeds, not the paired grid differences that verdicts.grid_compare judges.
 def sign_test(passes: list[bool], *, what: str, rule: str, level: float = LEVEL) -> Verdict:
     """A per-seed yes/no outcome judged by the exact (Clopper-Pearson) interval of its rate over seeds, the
     inversion of a two-sided sign test: supported if the interval lies wholly above 1/2, not supported if wholly

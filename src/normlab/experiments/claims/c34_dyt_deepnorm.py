@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..harness.lm import SIZES, final_loss, lm_run, model_cfg, per_seed, train_cfg
+from ..harness.lm import SIZES, complete_seeds, final_loss, lm_run, model_cfg, per_seed, train_cfg
 from ..plots import pyplot, save_fig
 from ..spec import PerMode, Verdict, experiment
 from ..verdicts import combine_verdicts, compare, fmt, mean, threshold
@@ -68,16 +68,12 @@ def grid(mode):
     return out
 
 
-# TODO(i22): replace with the shared selection-seed / judging-seed helper of verdicts.py once it lands.
 def split_seeds(records, names, n_select: int) -> tuple[list[int], list[int]]:
     """Seeds with a record for every name in ``names``, split into (selection, judging): the lowest
     ``n_select`` seed numbers choose, the others judge.  Seeds are split by number, not by which are complete,
-    so a missing run never moves a seed from one side to the other."""
-    seeds = None
-    for name in names:
-        have = set(per_seed(records, name))
-        seeds = have if seeds is None else seeds & have
-    seeds = sorted(seeds or ())
+    so a missing run never moves a seed from one side to the other (``verdicts.selection_split`` splits the
+    seeds it is given, which a missing run would shift)."""
+    seeds = complete_seeds(records, names)
     return [s for s in seeds if s < n_select], [s for s in seeds if s >= n_select]
 
 
