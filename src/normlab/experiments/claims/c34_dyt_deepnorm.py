@@ -13,7 +13,7 @@ import math
 from ..harness.lm import SIZES, complete_seeds, final_loss, lm_run, model_cfg, per_seed, train_cfg
 from ..plots import pyplot, save_fig
 from ..spec import PerMode, Verdict, experiment
-from ..verdicts import combine_verdicts, compare, fmt, mean, threshold
+from ..verdicts import choose_on_seeds, combine_verdicts, compare, fmt, mean, threshold
 
 
 SEEDS = {"quick": 4, "full": 6}
@@ -79,10 +79,9 @@ def split_seeds(records, names, n_select: int) -> tuple[list[int], list[int]]:
 
 def choose(records, names, seeds) -> str | None:
     """The config of ``names`` with the lowest mean final loss over ``seeds`` (ties: the first listed); a
-    diverged run counts as its initial loss."""
-    scored = [(mean(final_loss(per_seed(records, n)[s]) for s in seeds), n) for n in names]
-    scored = [(m, n) for m, n in scored if math.isfinite(m)]
-    return min(scored, key=lambda t: t[0])[1] if scored else None
+    diverged run counts as its initial loss (``final_loss``), so a config that diverged can still be chosen
+    when every one did."""
+    return choose_on_seeds(records, names, final_loss, seeds)
 
 
 def _losses(records, name: str | None, seeds) -> list[float]:
