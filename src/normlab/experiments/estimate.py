@@ -17,12 +17,13 @@ from .spec import Experiment
 
 __all__ = ["FULL_SECONDS", "cost", "estimate_seconds", "format_estimate"]
 
-#: run-seconds per claim of one full-mode suite run on a 2-core AMD EPYC CPU (torch 2.13, 2026-12-01)
+#: run-seconds per claim of one full-mode suite run on a 2-core AMD EPYC CPU (torch 2.13, 2026-12-06; 62.7 min of wall
+#: time on 2 workers, beside a light test job)
 FULL_SECONDS = {
-    "C01": 44, "C02": 26, "C03": 64, "C04": 1, "C05": 1, "C06": 1, "C07": 3, "C08": 1, "C09": 193, "C10": 8,
-    "C11": 1, "C12": 1, "C13": 58, "C14": 30, "C15": 13, "C16": 611, "C17": 75, "C18": 106, "C19": 33, "C20": 1,
-    "C21": 493, "C22": 116, "C23": 132, "C24": 153, "C25": 218, "C26": 409, "C27": 264, "C28": 1, "C29": 1,
-    "C30": 25, "C31": 470, "C32": 675, "C33": 84, "C34": 429,
+    "C01": 54, "C02": 26, "C03": 112, "C04": 1, "C05": 1, "C06": 1, "C07": 3, "C08": 1, "C09": 169, "C10": 10,
+    "C11": 1, "C12": 1, "C13": 59, "C14": 21, "C15": 8, "C16": 236, "C17": 65, "C18": 87, "C19": 30, "C20": 1,
+    "C21": 316, "C22": 174, "C23": 128, "C24": 119, "C25": 176, "C26": 1535, "C27": 157, "C28": 1, "C29": 1,
+    "C30": 19, "C31": 478, "C32": 294, "C33": 37, "C34": 1830, "C35": 1054, "C36": 72, "C37": 56, "C38": 25,
 }
 
 
