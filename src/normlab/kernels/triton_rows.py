@@ -1,0 +1,351 @@
+"""Triton kernels for LayerNorm and RMSNorm over the last dim, with the fused residual add (GPU, opt-in).
+
+Rows of ``N`` elements, any ``N`` from 1 up: a row that fits in one block of at most
+:data:`FWD_BLOCK_CAP` (forward) / :data:`BWD_BLOCK_CAP` (backward) elements is held in registers
+(one load, one store per element); a wider row is walked in column blocks (the forward reads it
+two or three times, the backward twice), so no width falls outside the kernels.
+
+The statistics are float32 for float32, bfloat16 and float16 inputs, computed as the reference in
+:mod:`normlab.functional` computes them (corrected two-pass: ``shift = mean(x)``,
+``corr = mean(x - shift)``, ``var = mean((x - shift)^2) - corr^2``), so rows with a large mean and a
+small spread (mean 1e4, std 1e-2) keep their digits.  The forward saves ``(shift, corr, rstd)`` per
+row (``rstd`` alone for RMSNorm); the backward recomputes ``xhat`` from them.
+
+The backward computes ``dx`` per row and the gradients of the affine parameters as per-program
+partial sums in a ``(programs, N)`` float32 buffer, summed afterwards by ``torch.sum``: no atomics,
+so the gradients are the same bits on every run with the same device and shapes.
+
+The kernels are made (``triton.jit``) at first use, so ``TRITON_INTERPRET=1`` set before that
+runs them in triton's interpreter on CPU tensors (how the tests run them without a GPU).  This
+module imports triton; nothing imports it before a call asks for the triton path (see
+:mod:`normlab.kernels.triton_ops`).
+
+The block caps and warp counts are first choices that no GPU has tuned yet (see ``docs/gpu.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the module stays importable (doctests, docs); calls say what to install
+    triton = None
+    tl = None
+
+__all__ = ["FWD_BLOCK_CAP", "BWD_BLOCK_CAP", "forward", "backward", "interpreting"]
+
+#: the widest row the forward holds in registers; wider rows are walked in blocks of LOOP_BLOCK
+FWD_BLOCK_CAP = 16384
+#: the same for the backward, which holds more per element (x, dy, gamma, and the partial sums)
+BWD_BLOCK_CAP = 8192
+#: the column block of the looped (wide-row) kernels
+LOOP_BLOCK = 4096
+
+
+def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
+         BLOCK: tl.constexpr, SINGLE: tl.constexpr, CENTER: tl.constexpr,
+         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * N
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:  # the whole row in registers
+        m = cols < N
+        x = tl.load(X + base + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_RES:  # the sum rounded to the input's dtype, as the unfused ``x + residual`` is
+            s = (x + tl.load(R + base + cols, mask=m, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
+            tl.store(S + base + cols, s, mask=m)
+            x = s.to(tl.float32)
+        if CENTER:
+            shift = tl.sum(x, axis=0) / N
+            d = tl.where(m, x - shift, 0.0)
+            corr = tl.sum(d, axis=0) / N
+            var = tl.maximum(tl.sum(d * d, axis=0) / N - corr * corr, 0.0)
+            rstd = 1.0 / tl.sqrt(var + eps)
+            y = (d - corr) * rstd
+            tl.store(STATS + row, shift)
+            tl.store(STATS + M + row, corr)
+            tl.store(STATS + 2 * M + row, rstd)
+        else:
+            rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / N + eps)
+            y = x * rstd
+            tl.store(STATS + row, rstd)
+        if HAS_W:
+            y = y * tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=m)
+    else:  # a wide row, in column blocks: the sums first, then the outputs
+        SRC = S if HAS_RES else X
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, N, BLOCK):
+            c = start + cols
+            m = c < N
+            x = tl.load(X + base + c, mask=m, other=0.0).to(tl.float32)
+            if HAS_RES:
+                s = (x + tl.load(R + base + c, mask=m, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
+                tl.store(S + base + c, s, mask=m)
+                x = s.to(tl.float32)
+            if CENTER:
+                acc += x
+            else:
+                acc += x * x
+        if HAS_RES:
+            tl.debug_barrier()  # the sums just stored are read back below, by other threads too
+        if CENTER:
+            shift = tl.sum(acc, axis=0) / N
+            a1 = tl.zeros([BLOCK], dtype=tl.float32)
+            a2 = tl.zeros([BLOCK], dtype=tl.float32)
+            for start in range(0, N, BLOCK):
+                c = start + cols
+                m = c < N
+                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+                d = tl.where(m, x - shift, 0.0)
+                a1 += d
+                a2 += d * d
+            corr = tl.sum(a1, axis=0) / N
+            var = tl.maximum(tl.sum(a2, axis=0) / N - corr * corr, 0.0)
+            rstd = 1.0 / tl.sqrt(var + eps)
+            tl.store(STATS + row, shift)
+            tl.store(STATS + M + row, corr)
+            tl.store(STATS + 2 * M + row, rstd)
+        else:
+            shift = 0.0
+            corr = 0.0
+            rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+            tl.store(STATS + row, rstd)
+        for start in range(0, N, BLOCK):
+            c = start + cols
+            m = c < N
+            x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+            if CENTER:
+                y = ((x - shift) - corr) * rstd
+            else:
+                y = x * rstd
+            if HAS_W:
+                y = y * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+            if HAS_B:
+                y = y + tl.load(B + c, mask=m, other=0.0).to(tl.float32)
+            tl.store(Y + base + c, y.to(Y.dtype.element_ty), mask=m)
+
+
+def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
+         BLOCK: tl.constexpr, SINGLE: tl.constexpr, CENTER: tl.constexpr, HAS_DS: tl.constexpr,
+         HAS_W: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr):
+    pid = tl.program_id(0)
+    r0 = pid * rows_per
+    r1 = tl.minimum(r0 + rows_per, M)
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:  # each row in registers; the parameters' partial sums over this program's rows too
+        m = cols < N
+        if HAS_W:
+            w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK], dtype=tl.float32)
+        db = tl.zeros([BLOCK], dtype=tl.float32)
+        for r in range(r0, r1):
+            row = tl.cast(r, tl.int64)
+            base = row * N
+            x = tl.load(SRC + base + cols, mask=m, other=0.0).to(tl.float32)
+            dy = tl.load(DY + base + cols, mask=m, other=0.0).to(tl.float32)
+            if CENTER:
+                xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * tl.load(STATS + 2 * M + row)
+                rstd = tl.load(STATS + 2 * M + row)
+            else:
+                rstd = tl.load(STATS + row)
+                xhat = x * rstd
+            xhat = tl.where(m, xhat, 0.0)
+            if HAS_W:
+                wdy = dy * w
+            else:
+                wdy = dy
+            c1 = tl.sum(xhat * wdy, axis=0) / N
+            if CENTER:
+                dx = (wdy - (xhat * c1 + tl.sum(wdy, axis=0) / N)) * rstd
+            else:
+                dx = (wdy - xhat * c1) * rstd
+            if HAS_DS:
+                dx += tl.load(DS + base + cols, mask=m, other=0.0).to(tl.float32)
+            tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=m)
+            if NEED_W:
+                dw += dy * xhat
+            if NEED_B:
+                db += dy
+        if NEED_W:
+            tl.store(DWP + pid.to(tl.int64) * N + cols, dw, mask=m)
+        if NEED_B:
+            tl.store(DBP + pid.to(tl.int64) * N + cols, db, mask=m)
+    else:  # wide rows: the two row sums of every row first, then column blocks over all rows
+        for r in range(r0, r1):
+            row = tl.cast(r, tl.int64)
+            base = row * N
+            if CENTER:
+                shift = tl.load(STATS + row)
+                corr = tl.load(STATS + M + row)
+                rstd = tl.load(STATS + 2 * M + row)
+            else:
+                rstd = tl.load(STATS + row)
+            a1 = tl.zeros([BLOCK], dtype=tl.float32)
+            a2 = tl.zeros([BLOCK], dtype=tl.float32)
+            for start in range(0, N, BLOCK):
+                c = start + cols
+                m = c < N
+                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+                dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
+                if CENTER:
+                    xhat = ((x - shift) - corr) * rstd
+                else:
+                    xhat = x * rstd
+                if HAS_W:
+                    wdy = dy * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+                else:
+                    wdy = dy
+                a1 += tl.where(m, xhat * wdy, 0.0)
+                a2 += wdy
+            tl.store(C12 + 2 * row, tl.sum(a1, axis=0) / N)
+            tl.store(C12 + 2 * row + 1, tl.sum(a2, axis=0) / N)
+        tl.debug_barrier()  # the row sums just stored are read back below, by other threads too
+        for start in range(0, N, BLOCK):
+            c = start + cols
+            m = c < N
+            if HAS_W:
+                w = tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+            dw = tl.zeros([BLOCK], dtype=tl.float32)
+            db = tl.zeros([BLOCK], dtype=tl.float32)
+            for r in range(r0, r1):
+                row = tl.cast(r, tl.int64)
+                base = row * N
+                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+                dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
+                if CENTER:
+                    rstd = tl.load(STATS + 2 * M + row)
+                    xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * rstd
+                else:
+                    rstd = tl.load(STATS + row)
+                    xhat = x * rstd
+                xhat = tl.where(m, xhat, 0.0)
+                if HAS_W:
+                    wdy = dy * w
+                else:
+                    wdy = dy
+                c1 = tl.load(C12 + 2 * row)
+                if CENTER:
+                    dx = (wdy - (xhat * c1 + tl.load(C12 + 2 * row + 1))) * rstd
+                else:
+                    dx = (wdy - xhat * c1) * rstd
+                if HAS_DS:
+                    dx += tl.load(DS + base + c, mask=m, other=0.0).to(tl.float32)
+                tl.store(DX + base + c, dx.to(DX.dtype.element_ty), mask=m)
+                if NEED_W:
+                    dw += dy * xhat
+                if NEED_B:
+                    db += dy
+            if NEED_W:
+                tl.store(DWP + pid.to(tl.int64) * N + c, dw, mask=m)
+            if NEED_B:
+                tl.store(DBP + pid.to(tl.int64) * N + c, db, mask=m)
+
+
+_made: dict[bool, tuple[Any, Any]] = {}
+
+
+def interpreting() -> bool:
+    """Whether triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, read at each call)."""
+    return bool(triton is not None and triton.knobs.runtime.interpret)
+
+
+def _kernels() -> tuple[Any, Any]:
+    """The jitted kernels, made once per interpreter setting (``triton.jit`` reads it when it decorates)."""
+    if triton is None:
+        raise RuntimeError("normlab's triton kernels need triton: pip install 'normlab[gpu]' (or pip install triton)")
+    key = interpreting()
+    if key not in _made:
+        _made[key] = (triton.jit(_fwd), triton.jit(_bwd))
+    return _made[key]
+
+
+def _check(x: Tensor) -> None:
+    if x.device.type == "cpu" and not interpreting():
+        raise RuntimeError("normlab's triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1, "
+                           "triton's interpreter), got a CPU tensor")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"normlab's triton kernels take float32, bfloat16 or float16 inputs, got {x.dtype}")
+
+
+def _warps(block: int) -> int:
+    return min(16, max(1, block // 512))
+
+
+def _device(x: Tensor):
+    """The device context a launch needs (triton launches on the current CUDA device)."""
+    import contextlib
+
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float,
+            center: bool, *, block_cap: int | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Normalize each row of a contiguous ``(M, N)`` ``x`` (of ``x + residual`` where given).
+
+    Returns ``(y, s, stats)``: ``s`` the sum ``x + residual`` in x's dtype (None without a residual),
+    ``stats`` float32 ``(3, M)`` = shift, corr, rstd (``(1, M)`` = rstd when not ``center``).
+    ``block_cap`` lowers the register-held width (tests use it to reach the looped kernel cheaply).
+    """
+    _check(x)
+    fwd, _ = _kernels()
+    M, N = x.shape
+    cap = FWD_BLOCK_CAP if block_cap is None else block_cap
+    y = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else None
+    stats = torch.empty((3 if center else 1, M), dtype=torch.float32, device=x.device)
+    single = N <= cap
+    block = triton.next_power_of_2(N) if single else min(LOOP_BLOCK, triton.next_power_of_2(cap))
+    with _device(x):
+        fwd[(M,)](x, residual if residual is not None else x, y, s if s is not None else y,
+                  weight if weight is not None else x, bias if bias is not None else x, stats, M, N, float(eps),
+                  BLOCK=block, SINGLE=single, CENTER=center, HAS_RES=residual is not None,
+                  HAS_W=weight is not None, HAS_B=bias is not None, num_warps=_warps(block))
+    return y, s, stats
+
+
+def _programs(x: Tensor, M: int) -> int:
+    """How many programs share the rows in the backward (each writes one row of partial sums)."""
+    if x.device.type == "cuda":
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        return max(1, min(M, 4 * sms))
+    return max(1, min(M, 4))
+
+
+def backward(dy: Tensor, dsum: Tensor | None, src: Tensor, weight: Tensor | None, stats: Tensor, center: bool,
+             need_weight: bool, need_bias: bool, *, block_cap: int | None = None, programs: int | None = None
+             ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradients of :func:`forward`: ``(dx, dweight, dbias)``, the parameters' in float32 (None where not needed).
+
+    ``src`` is the normalized input (``x``, or the sum ``x + residual``), ``dsum`` the gradient reaching
+    the sum output (added into ``dx``, which is then the gradient of both addends).  All ``(M, N)``
+    tensors contiguous.  ``programs`` fixes how many programs share the rows (default: 4 per SM).
+    """
+    _check(src)
+    _, bwd = _kernels()
+    M, N = src.shape
+    cap = BWD_BLOCK_CAP if block_cap is None else block_cap
+    single = N <= cap
+    block = triton.next_power_of_2(N) if single else min(LOOP_BLOCK // 2, triton.next_power_of_2(cap))
+    G = _programs(src, M) if programs is None else max(1, min(M, programs))
+    rows_per = -(-M // G)
+    G = -(-M // rows_per)
+    dx = torch.empty_like(src)
+    dev = src.device
+    need_weight = need_weight and weight is not None
+    dwp = torch.empty((G, N), dtype=torch.float32, device=dev) if need_weight else stats
+    dbp = torch.empty((G, N), dtype=torch.float32, device=dev) if need_bias else stats
+    c12 = stats if single else torch.empty((M, 2), dtype=torch.float32, device=dev)
+    with _device(src):
+        bwd[(G,)](dy, dsum if dsum is not None else dy, src, weight if weight is not None else src, stats, dx,
+                  dwp, dbp, c12, M, N, rows_per,
+                  BLOCK=block, SINGLE=single, CENTER=center, HAS_DS=dsum is not None, HAS_W=weight is not None,
+                  NEED_W=need_weight, NEED_B=need_bias, num_warps=_warps(block))
+    return dx, (dwp.sum(0) if need_weight else None), (dbp.sum(0) if need_bias else None)
