@@ -15,6 +15,11 @@ The backward computes ``dx`` per row and the gradients of the affine parameters 
 partial sums in a ``(programs, N)`` float32 buffer, summed afterwards by ``torch.sum``: no atomics,
 so the gradients are the same bits on every run with the same device and shapes.
 
+Only triton's builtins are called: row sums are ``tl.reduce`` with triton's own sum combiner and
+zeros are ``tl.full``, because ``tl.sum`` and ``tl.zeros`` are jitted helpers that triton's
+interpreter cannot call when triton was imported before ``TRITON_INTERPRET=1`` was set (as in a
+test session); the interpreter sums with numpy when it sees that combiner.
+
 The kernels are made (``triton.jit``) at first use, so ``TRITON_INTERPRET=1`` set before that
 runs them in triton's interpreter on CPU tensors (how the tests run them without a GPU).  This
 module imports triton; nothing imports it before a call asks for the triton path (see
@@ -61,17 +66,17 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
             tl.store(S + base + cols, s, mask=m)
             x = s.to(tl.float32)
         if CENTER:
-            shift = tl.sum(x, axis=0) / N
+            shift = tl.reduce(x, 0, tl.standard._sum_combine) / N
             d = tl.where(m, x - shift, 0.0)
-            corr = tl.sum(d, axis=0) / N
-            var = tl.maximum(tl.sum(d * d, axis=0) / N - corr * corr, 0.0)
+            corr = tl.reduce(d, 0, tl.standard._sum_combine) / N
+            var = tl.maximum(tl.reduce(d * d, 0, tl.standard._sum_combine) / N - corr * corr, 0.0)
             rstd = 1.0 / tl.sqrt(var + eps)
             y = (d - corr) * rstd
             tl.store(STATS + row, shift)
             tl.store(STATS + M + row, corr)
             tl.store(STATS + 2 * M + row, rstd)
         else:
-            rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / N + eps)
+            rstd = 1.0 / tl.sqrt(tl.reduce(x * x, 0, tl.standard._sum_combine) / N + eps)
             y = x * rstd
             tl.store(STATS + row, rstd)
         if HAS_W:
@@ -81,7 +86,7 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
         tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=m)
     else:  # a wide row, in column blocks: the sums first, then the outputs
         SRC = S if HAS_RES else X
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        acc = tl.full([BLOCK], 0.0, tl.float32)
         for start in range(0, N, BLOCK):
             c = start + cols
             m = c < N
@@ -97,9 +102,9 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
         if HAS_RES:
             tl.debug_barrier()  # the sums just stored are read back below, by other threads too
         if CENTER:
-            shift = tl.sum(acc, axis=0) / N
-            a1 = tl.zeros([BLOCK], dtype=tl.float32)
-            a2 = tl.zeros([BLOCK], dtype=tl.float32)
+            shift = tl.reduce(acc, 0, tl.standard._sum_combine) / N
+            a1 = tl.full([BLOCK], 0.0, tl.float32)
+            a2 = tl.full([BLOCK], 0.0, tl.float32)
             for start in range(0, N, BLOCK):
                 c = start + cols
                 m = c < N
@@ -107,8 +112,8 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
                 d = tl.where(m, x - shift, 0.0)
                 a1 += d
                 a2 += d * d
-            corr = tl.sum(a1, axis=0) / N
-            var = tl.maximum(tl.sum(a2, axis=0) / N - corr * corr, 0.0)
+            corr = tl.reduce(a1, 0, tl.standard._sum_combine) / N
+            var = tl.maximum(tl.reduce(a2, 0, tl.standard._sum_combine) / N - corr * corr, 0.0)
             rstd = 1.0 / tl.sqrt(var + eps)
             tl.store(STATS + row, shift)
             tl.store(STATS + M + row, corr)
@@ -116,7 +121,7 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
         else:
             shift = 0.0
             corr = 0.0
-            rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+            rstd = 1.0 / tl.sqrt(tl.reduce(acc, 0, tl.standard._sum_combine) / N + eps)
             tl.store(STATS + row, rstd)
         for start in range(0, N, BLOCK):
             c = start + cols
@@ -144,8 +149,8 @@ def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
         m = cols < N
         if HAS_W:
             w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
-        dw = tl.zeros([BLOCK], dtype=tl.float32)
-        db = tl.zeros([BLOCK], dtype=tl.float32)
+        dw = tl.full([BLOCK], 0.0, tl.float32)
+        db = tl.full([BLOCK], 0.0, tl.float32)
         for r in range(r0, r1):
             row = tl.cast(r, tl.int64)
             base = row * N
@@ -162,9 +167,9 @@ def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
                 wdy = dy * w
             else:
                 wdy = dy
-            c1 = tl.sum(xhat * wdy, axis=0) / N
+            c1 = tl.reduce(xhat * wdy, 0, tl.standard._sum_combine) / N
             if CENTER:
-                dx = (wdy - (xhat * c1 + tl.sum(wdy, axis=0) / N)) * rstd
+                dx = (wdy - (xhat * c1 + tl.reduce(wdy, 0, tl.standard._sum_combine) / N)) * rstd
             else:
                 dx = (wdy - xhat * c1) * rstd
             if HAS_DS:
@@ -188,8 +193,8 @@ def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
                 rstd = tl.load(STATS + 2 * M + row)
             else:
                 rstd = tl.load(STATS + row)
-            a1 = tl.zeros([BLOCK], dtype=tl.float32)
-            a2 = tl.zeros([BLOCK], dtype=tl.float32)
+            a1 = tl.full([BLOCK], 0.0, tl.float32)
+            a2 = tl.full([BLOCK], 0.0, tl.float32)
             for start in range(0, N, BLOCK):
                 c = start + cols
                 m = c < N
@@ -205,16 +210,16 @@ def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
                     wdy = dy
                 a1 += tl.where(m, xhat * wdy, 0.0)
                 a2 += wdy
-            tl.store(C12 + 2 * row, tl.sum(a1, axis=0) / N)
-            tl.store(C12 + 2 * row + 1, tl.sum(a2, axis=0) / N)
+            tl.store(C12 + 2 * row, tl.reduce(a1, 0, tl.standard._sum_combine) / N)
+            tl.store(C12 + 2 * row + 1, tl.reduce(a2, 0, tl.standard._sum_combine) / N)
         tl.debug_barrier()  # the row sums just stored are read back below, by other threads too
         for start in range(0, N, BLOCK):
             c = start + cols
             m = c < N
             if HAS_W:
                 w = tl.load(W + c, mask=m, other=0.0).to(tl.float32)
-            dw = tl.zeros([BLOCK], dtype=tl.float32)
-            db = tl.zeros([BLOCK], dtype=tl.float32)
+            dw = tl.full([BLOCK], 0.0, tl.float32)
+            db = tl.full([BLOCK], 0.0, tl.float32)
             for r in range(r0, r1):
                 row = tl.cast(r, tl.int64)
                 base = row * N
