@@ -10,6 +10,7 @@ layers with the device check bypassed.  The tests at the end need CUDA and skip 
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -376,10 +377,17 @@ def test_layer_calls_the_triton_op(any_device, monkeypatch):
     assert seen == [False, True]
 
 
-def test_import_normlab_does_not_import_triton():
-    code = "import sys, normlab; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"], out.stderr
+def test_import_normlab_does_not_import_triton_unless_asked():
+    code = ("import sys, torch, normlab as nl; print(nl.kernels.mode(), 'triton' in sys.modules, "
+            "'torch._dynamo' in sys.modules, nl.kernels.implementation(nl.RMSNorm(8), torch.randn(2, 8)))")
+    env = {k: v for k, v in os.environ.items() if k not in ("NORMLAB_KERNELS", "TRITON_INTERPRET")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[:3] == ["auto", "False", "False"], out.stderr
+    # NORMLAB_KERNELS=triton: asked at import (so a compiled call finds the answer); CPU calls as in auto
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "NORMLAB_KERNELS": "triton"})
+    mode, has_triton, _, path = out.stdout.split()
+    assert (mode, has_triton) == ("triton", "True") and not path.startswith("triton"), out.stdout + out.stderr
 
 
 # ------------------------------------------------------------------------------------ on a GPU
