@@ -42,13 +42,17 @@ except ImportError:  # the module stays importable (doctests, docs); calls say w
     triton = None
     tl = None
 
-__all__ = ["FWD_BLOCK_CAP", "BWD_BLOCK_CAP", "forward", "backward", "interpreting"]
+__all__ = ["FWD_BLOCK_CAP", "BWD_BLOCK_CAP", "LOOP_BLOCK", "forward", "backward", "interpreting", "launch_config",
+           "compile_for"]
 
 #: the widest row the forward holds in registers; wider rows are walked in blocks of LOOP_BLOCK
 FWD_BLOCK_CAP = 16384
 #: the same for the backward, which holds more per element (x, dy, gamma, and the partial sums)
 BWD_BLOCK_CAP = 8192
-#: the column block of the looped (wide-row) kernels
+#: no fused multiply-adds: each product and sum rounded as the reference (and triton's interpreter, which the
+#: CPU tests run) rounds them, whatever a triton version's default (3.9 fuses, 3.10 will not)
+FP_FUSION = False
+#: the column block of the looped (wide-row) forward; the looped backward walks blocks of a quarter of it
 LOOP_BLOCK = 4096
 
 
@@ -280,8 +284,22 @@ def _check(x: Tensor) -> None:
         raise TypeError(f"normlab's triton kernels take float32, bfloat16 or float16 inputs, got {x.dtype}")
 
 
-def _warps(block: int) -> int:
-    return min(16, max(1, block // 512))
+def launch_config(pass_: str, N: int, block_cap: int | None = None) -> tuple[bool, int, int]:
+    """``(single, BLOCK, num_warps)`` of the ``"fwd"`` or ``"bwd"`` kernel for rows of ``N``: whether a row is
+    held in registers (else walked in column blocks of BLOCK), and the warps per program."""
+    fwd = pass_ == "fwd"
+    cap = (FWD_BLOCK_CAP if fwd else BWD_BLOCK_CAP) if block_cap is None else block_cap
+    single = N <= cap
+    loop = LOOP_BLOCK if fwd else LOOP_BLOCK // 4
+    block = _next_power_of_2(N) if single else min(loop, _next_power_of_2(cap))
+    # elements per thread: 8 in the forward, 4 in the backward (which keeps x, dy, gamma, two partial
+    # sums and four pointers per element), at most 32 warps: compiled for sm_90 by triton 3.9 this
+    # keeps every forward and every looped backward without spills (docs/gpu.md has the table)
+    return single, block, min(32, max(1, block // (256 if fwd else 128)))
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _device(x: Tensor):
@@ -302,17 +320,15 @@ def forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Ten
     _check(x)
     fwd, _ = _kernels()
     M, N = x.shape
-    cap = FWD_BLOCK_CAP if block_cap is None else block_cap
+    single, block, warps = launch_config("fwd", N, block_cap)
     y = torch.empty_like(x)
     s = torch.empty_like(x) if residual is not None else None
     stats = torch.empty((3 if center else 1, M), dtype=torch.float32, device=x.device)
-    single = N <= cap
-    block = triton.next_power_of_2(N) if single else min(LOOP_BLOCK, triton.next_power_of_2(cap))
     with _device(x):
         fwd[(M,)](x, residual if residual is not None else x, y, s if s is not None else y,
                   weight if weight is not None else x, bias if bias is not None else x, stats, M, N, float(eps),
                   BLOCK=block, SINGLE=single, CENTER=center, HAS_RES=residual is not None,
-                  HAS_W=weight is not None, HAS_B=bias is not None, num_warps=_warps(block))
+                  HAS_W=weight is not None, HAS_B=bias is not None, num_warps=warps, enable_fp_fusion=FP_FUSION)
     return y, s, stats
 
 
@@ -336,9 +352,7 @@ def backward(dy: Tensor, dsum: Tensor | None, src: Tensor, weight: Tensor | None
     _check(src)
     _, bwd = _kernels()
     M, N = src.shape
-    cap = BWD_BLOCK_CAP if block_cap is None else block_cap
-    single = N <= cap
-    block = triton.next_power_of_2(N) if single else min(LOOP_BLOCK // 2, triton.next_power_of_2(cap))
+    single, block, warps = launch_config("bwd", N, block_cap)
     G = _programs(src, M) if programs is None else max(1, min(M, programs))
     rows_per = -(-M // G)
     G = -(-M // rows_per)
@@ -352,5 +366,63 @@ def backward(dy: Tensor, dsum: Tensor | None, src: Tensor, weight: Tensor | None
         bwd[(G,)](dy, dsum if dsum is not None else dy, src, weight if weight is not None else src, stats, dx,
                   dwp, dbp, c12, M, N, rows_per,
                   BLOCK=block, SINGLE=single, CENTER=center, HAS_DS=dsum is not None, HAS_W=weight is not None,
-                  NEED_W=need_weight, NEED_B=need_bias, num_warps=_warps(block))
+                  NEED_W=need_weight, NEED_B=need_bias, num_warps=warps, enable_fp_fusion=FP_FUSION)
     return dx, (dwp.sum(0) if need_weight else None), (dbp.sum(0) if need_bias else None)
+
+
+_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+def compile_for(pass_: str, N: int, dtype: torch.dtype = torch.bfloat16, *, center: bool = True, fused: bool = False,
+                affine: bool = True, arch: int = 90, block_cap: int | None = None):
+    """Compile the kernel a call on rows of ``N`` would launch, for CUDA compute capability ``arch``
+    (90: H100), without a GPU (triton's compiler and ptxas run on the host): the compiled kernel,
+    whose ``asm`` holds its PTX and cubin.  A check that the compiled (not interpreted) kernels build."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fwd, bwd = _kernels() if not interpreting() else _compiled_kernels()
+    single, block, warps = launch_config(pass_, N, block_cap)
+    p, f32 = _PTR[dtype], "*fp32"
+    if pass_ == "fwd":
+        sig = {"X": p, "R": p, "Y": p, "S": p, "W": p, "B": p, "STATS": f32, "M": "i32", "N": "i32", "eps": "fp32"}
+        const = {"BLOCK": block, "SINGLE": single, "CENTER": center, "HAS_RES": fused, "HAS_W": affine,
+                 "HAS_B": affine and center}
+        fn = fwd
+    else:
+        sig = {"DY": p, "DS": p, "SRC": p, "W": p, "STATS": f32, "DX": p, "DWP": f32, "DBP": f32, "C12": f32,
+               "M": "i32", "N": "i32", "rows_per": "i32"}
+        const = {"BLOCK": block, "SINGLE": single, "CENTER": center, "HAS_DS": fused, "HAS_W": affine,
+                 "NEED_W": affine, "NEED_B": affine and center}
+        fn = bwd
+    sig.update({k: "constexpr" for k in const})
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": warps, "enable_fp_fusion": FP_FUSION})
+
+
+def _compiled_kernels() -> tuple[Any, Any]:
+    """The kernels as ``triton.jit`` makes them outside the interpreter (for :func:`compile_for` under it)."""
+    from triton.runtime.jit import JITFunction
+
+    if False not in _made:
+        _made[False] = (JITFunction(_fwd), JITFunction(_bwd))
+    return _made[False]
+
+
+def resource_usage(compiled) -> dict[str, int] | None:
+    """Registers per thread and bytes of stack, local (spilled) and shared memory of a compiled kernel,
+    read from its cubin with the ``cuobjdump`` that ships with triton; None where that tool is missing."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
