@@ -4,6 +4,7 @@ Usage (on a machine with a CUDA device)::
 
     python benchmarks/gpu_norms.py                         # every case and width, bf16, fwd and bwd
     python benchmarks/gpu_norms.py --ns 4096 65536 --no-compile --json gpu.json
+    python benchmarks/gpu_norms.py --static                # no GPU: registers and spills compiled for sm_90
 
 Shapes: M x N with N in 1024 ... 262144 and M = 2^28 / N rows (``--total``), bfloat16 input and
 parameters.  Variants, timed side by side in one process (rounds in a shuffled order, the median
@@ -255,6 +256,37 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def static_rows(ns=NS, arch: int = 90, dtype=torch.bfloat16) -> list[dict]:
+    """Without a GPU: each kernel a bench case launches, compiled for compute capability ``arch``, with its
+    launch configuration and the registers per thread and stack bytes (spills) its cubin declares."""
+    from normlab.kernels import triton_rows as T
+
+    rows = []
+    for pass_ in PASSES:
+        for N in ns:
+            single, block, warps = T.launch_config(pass_, N)
+            for case in CASES:
+                center, fused = case == "LayerNorm", case == "add+RMSNorm"
+                usage = T.resource_usage(T.compile_for(pass_, N, dtype, center=center, fused=fused, arch=arch)) or {}
+                rows.append({"pass": pass_, "N": N, "case": case, "held": single, "block": block, "warps": warps,
+                             "reg": usage.get("reg"), "stack": usage.get("stack")})
+    return rows
+
+
+def format_static(rows: list[dict], arch: int = 90) -> str:
+    lines = [f"triton kernels compiled for sm_{arch} (no GPU run): launch configuration and the registers per "
+             "thread / stack bytes per thread (spills) of each cubin",
+             "| pass | N | row | block | warps | " + " | ".join(CASES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(CASES)]
+    by = {(r["pass"], r["N"], r["case"]): r for r in rows}
+    for pass_, N in dict.fromkeys((r["pass"], r["N"]) for r in rows):
+        first = by[(pass_, N, CASES[0])]
+        cells = [f"{_fmt(by[(pass_, N, c)]['reg'], 'd')} / {_fmt(by[(pass_, N, c)]['stack'], 'd')}" for c in CASES]
+        lines.append(f"| {pass_} | {N} | {'registers' if first['held'] else 'looped'} | {first['block']} | "
+                     f"{first['warps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ns", type=int, nargs="+", default=list(NS), help="row widths N")
@@ -265,7 +297,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile anchor (it compiles per shape)")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--static", action="store_true",
+                    help="no GPU needed: compile each kernel for sm_90 and print its registers and spills")
     args = ap.parse_args(argv)
+    if args.static:
+        print(format_static(static_rows(args.ns)))
+        return 0
     if not torch.cuda.is_available():
         print("gpu_norms.py needs a CUDA device: torch.cuda.is_available() is False here "
               f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU", file=sys.stderr)

@@ -74,3 +74,15 @@ def test_the_timing_loop_runs_on_cpu_at_a_tiny_size():
 def test_main_refuses_without_cuda(capsys):
     assert gpu_norms.main(["--ns", "1024"]) == 2
     assert "needs a CUDA device: torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_static_table_compiles_without_a_gpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pytest.importorskip("triton")
+    rows = gpu_norms.static_rows(ns=[8192])
+    assert [(r["pass"], r["case"]) for r in rows] == [(p, c) for p in ("fwd", "bwd") for c in gpu_norms.CASES]
+    assert all(r["held"] and r["block"] == 8192 and r["warps"] == 32 for r in rows)
+    table = gpu_norms.format_static(rows)
+    assert "| fwd | 8192 | registers | 8192 | 32 |" in table
+    if rows[0]["reg"] is not None:  # cuobjdump found: the forward does not spill
+        assert all(r["stack"] == 0 for r in rows if r["pass"] == "fwd")
