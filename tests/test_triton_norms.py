@@ -467,3 +467,39 @@ def test_gpu_layers_dispatch_and_compile():
         _close(compiled(x), y, TOL[torch.bfloat16], "compiled")
     with nl.kernels.use("reference"):
         _close(y, ln(x), TOL[torch.bfloat16], "reference")
+
+
+
+def _gpt_grads_match(norm: str, device: str) -> None:
+    """A pre-LN GPT (its blocks' add_norm and norms on the triton path): loss and gradients of mode
+    triton match mode reference."""
+    from normlab.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, d_model=64, n_head=4, block_size=16, vocab_size=50, norm=norm)).to(device)
+    idx = torch.randint(0, 50, (4, 16), device=device)
+    out = {}
+    for m in ("triton", "reference"):
+        gpt.zero_grad(set_to_none=True)
+        with nl.kernels.use(m):
+            ln = gpt.blocks[0].norms["ln_2"]
+            assert (nl.kernels.implementation(ln, torch.randn(4, 16, 64, device=device)) == "triton:rows") == \
+                (m == "triton")
+            _, loss = gpt(idx, idx)
+            loss.backward()
+        out[m] = (loss.detach(), [p.grad.clone() for p in gpt.parameters() if p.grad is not None])
+    _close(out["triton"][0], out["reference"][0], 1e-5, "loss")
+    assert len(out["triton"][1]) == len(out["reference"][1])
+    for a, c in zip(out["triton"][1], out["reference"][1]):
+        _close(a, c, 1e-4, "grad")
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_gpt_trains_the_same_in_mode_triton(any_device, norm):
+    _gpt_grads_match(norm, "cpu")
+
+
+@cuda
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_gpu_gpt_trains_the_same_in_mode_triton(norm):
+    _gpt_grads_match(norm, "cuda")
