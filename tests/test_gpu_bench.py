@@ -1,4 +1,4 @@
-"""The GPU bench script's parts that need no GPU: shapes, the byte formula, the table, the refusal without CUDA.
+"""The GPU bench's parts that need no GPU: shapes, the byte formula, the table, the refusal without CUDA.
 
 The timing loop itself runs here on CPU tensors at a tiny size (the triton variant then takes the CPU
 path: this checks the plumbing, not a speed).
@@ -6,17 +6,17 @@ path: this checks the plumbing, not a speed).
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-_PATH = Path(__file__).parents[1] / "benchmarks" / "gpu_norms.py"
-_spec = importlib.util.spec_from_file_location("gpu_norms", _PATH)
-assert _spec is not None and _spec.loader is not None
-gpu_norms = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_norms)
+from normlab import bench_gpu as gpu_norms
+from normlab.cli import main as cli_main
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_shapes_cover_the_issue_widths_at_2_to_the_28_elements():
@@ -86,3 +86,18 @@ def test_static_table_compiles_without_a_gpu(monkeypatch):
     assert "| fwd | 8192 | registers | 8192 | 32 |" in table
     if rows[0]["reg"] is not None:  # cuobjdump found: the forward does not spill
         assert all(r["stack"] == 0 for r in rows if r["pass"] == "fwd")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cli_bench_device_cuda_refuses_without_cuda_and_names_cpu_only_options(capsys):
+    assert cli_main(["bench", "--device", "cuda", "--quick"]) == 2
+    assert "the GPU bench needs a CUDA device" in capsys.readouterr().err
+    assert cli_main(["bench", "--device", "cuda", "--cases", "LayerNorm", "--processes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "normlab bench: --cases, --processes apply to the CPU bench; with --device cuda give --quick" in err
+
+
+def test_the_script_is_the_module():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_norms.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "--static" in out and "--no-compile" in out
