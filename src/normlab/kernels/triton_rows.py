@@ -2,7 +2,7 @@
 
 Rows of ``N`` elements, any ``N`` from 1 up: a row that fits in one block of at most
 :data:`FWD_BLOCK_CAP` (forward) / :data:`BWD_BLOCK_CAP` (backward) elements is held in registers
-(one load, one store per element); a wider row is walked in column blocks (the forward reads it
+(each element loaded and stored once); a wider row is walked in column blocks (the forward reads it
 two or three times, the backward twice), so no width falls outside the kernels.
 
 The statistics are float32 for float32, bfloat16 and float16 inputs, computed as the reference in
@@ -43,7 +43,7 @@ except ImportError:  # the module stays importable (doctests, docs); calls say w
     tl = None
 
 __all__ = ["FWD_BLOCK_CAP", "BWD_BLOCK_CAP", "LOOP_BLOCK", "forward", "backward", "interpreting", "launch_config",
-           "compile_for"]
+           "compile_for", "resource_usage"]
 
 #: the widest row the forward holds in registers; wider rows are walked in blocks of LOOP_BLOCK
 FWD_BLOCK_CAP = 16384
