@@ -263,8 +263,8 @@ def format_table(result: dict) -> str:
 
 
 def static_rows(ns=NS, arch: int = 90, dtype=torch.bfloat16) -> list[dict]:
-    """Without a GPU: each kernel a bench case launches, compiled for compute capability ``arch``, with its
-    launch configuration and the registers per thread and stack bytes (spills) its cubin declares."""
+    """Without a GPU: the kernels each bench case launches, compiled for compute capability ``arch``, with
+    their launch configuration and the most registers per thread and stack bytes (spills) their cubins declare."""
     from .kernels import triton_rows as T
 
     rows = []
@@ -273,9 +273,12 @@ def static_rows(ns=NS, arch: int = 90, dtype=torch.bfloat16) -> list[dict]:
             single, block, warps = T.launch_config(pass_, N)
             for case in CASES:
                 center, fused = case == "LayerNorm", case == "add+RMSNorm"
-                usage = T.resource_usage(T.compile_for(pass_, N, dtype, center=center, fused=fused, arch=arch)) or {}
+                usage = [T.resource_usage(k) or {} for k in
+                         T.compile_for(pass_, N, dtype, center=center, fused=fused, arch=arch)]
+                reg = [u["reg"] for u in usage if "reg" in u]
+                stack = [u["stack"] for u in usage if "stack" in u]
                 rows.append({"pass": pass_, "N": N, "case": case, "held": single, "block": block, "warps": warps,
-                             "reg": usage.get("reg"), "stack": usage.get("stack")})
+                             "reg": max(reg) if reg else None, "stack": max(stack) if stack else None})
     return rows
 
 

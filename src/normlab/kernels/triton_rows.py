@@ -142,123 +142,137 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
             tl.store(Y + base + c, y.to(Y.dtype.element_ty), mask=m)
 
 
-def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, C12, M, N, rows_per,
-         BLOCK: tl.constexpr, SINGLE: tl.constexpr, CENTER: tl.constexpr, HAS_DS: tl.constexpr,
+def _bwd(DY, DS, SRC, W, STATS, DX, DWP, DBP, M, N, rows_per,
+         BLOCK: tl.constexpr, CENTER: tl.constexpr, HAS_DS: tl.constexpr,
          HAS_W: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr):
+    """Rows held in registers: each program takes ``rows_per`` rows, and its partial sums of the parameters'
+    gradients over them."""
     pid = tl.program_id(0)
     r0 = pid * rows_per
     r1 = tl.minimum(r0 + rows_per, M)
     cols = tl.arange(0, BLOCK)
-    if SINGLE:  # each row in registers; the parameters' partial sums over this program's rows too
-        m = cols < N
+    m = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    dw = tl.full([BLOCK], 0.0, tl.float32)
+    db = tl.full([BLOCK], 0.0, tl.float32)
+    for r in range(r0, r1):
+        row = tl.cast(r, tl.int64)
+        base = row * N
+        x = tl.load(SRC + base + cols, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + base + cols, mask=m, other=0.0).to(tl.float32)
+        if CENTER:
+            xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * tl.load(STATS + 2 * M + row)
+            rstd = tl.load(STATS + 2 * M + row)
+        else:
+            rstd = tl.load(STATS + row)
+            xhat = x * rstd
+        xhat = tl.where(m, xhat, 0.0)
         if HAS_W:
-            w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
-        dw = tl.full([BLOCK], 0.0, tl.float32)
-        db = tl.full([BLOCK], 0.0, tl.float32)
-        for r in range(r0, r1):
-            row = tl.cast(r, tl.int64)
-            base = row * N
-            x = tl.load(SRC + base + cols, mask=m, other=0.0).to(tl.float32)
-            dy = tl.load(DY + base + cols, mask=m, other=0.0).to(tl.float32)
-            if CENTER:
-                xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * tl.load(STATS + 2 * M + row)
-                rstd = tl.load(STATS + 2 * M + row)
-            else:
-                rstd = tl.load(STATS + row)
-                xhat = x * rstd
-            xhat = tl.where(m, xhat, 0.0)
-            if HAS_W:
-                wdy = dy * w
-            else:
-                wdy = dy
-            c1 = tl.reduce(xhat * wdy, 0, tl.standard._sum_combine) / N
-            if CENTER:
-                dx = (wdy - (xhat * c1 + tl.reduce(wdy, 0, tl.standard._sum_combine) / N)) * rstd
-            else:
-                dx = (wdy - xhat * c1) * rstd
-            if HAS_DS:
-                dx += tl.load(DS + base + cols, mask=m, other=0.0).to(tl.float32)
-            tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=m)
-            if NEED_W:
-                dw += dy * xhat
-            if NEED_B:
-                db += dy
+            wdy = dy * w
+        else:
+            wdy = dy
+        c1 = tl.reduce(xhat * wdy, 0, tl.standard._sum_combine) / N
+        if CENTER:
+            dx = (wdy - (xhat * c1 + tl.reduce(wdy, 0, tl.standard._sum_combine) / N)) * rstd
+        else:
+            dx = (wdy - xhat * c1) * rstd
+        if HAS_DS:
+            dx += tl.load(DS + base + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=m)
         if NEED_W:
-            tl.store(DWP + pid.to(tl.int64) * N + cols, dw, mask=m)
+            dw += dy * xhat
         if NEED_B:
-            tl.store(DBP + pid.to(tl.int64) * N + cols, db, mask=m)
-    else:  # wide rows: the two row sums of every row first, then column blocks over all rows
-        for r in range(r0, r1):
-            row = tl.cast(r, tl.int64)
-            base = row * N
-            if CENTER:
-                shift = tl.load(STATS + row)
-                corr = tl.load(STATS + M + row)
-                rstd = tl.load(STATS + 2 * M + row)
-            else:
-                rstd = tl.load(STATS + row)
-            a1 = tl.full([BLOCK], 0.0, tl.float32)
-            a2 = tl.full([BLOCK], 0.0, tl.float32)
-            for start in range(0, N, BLOCK):
-                c = start + cols
-                m = c < N
-                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
-                dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
-                if CENTER:
-                    xhat = ((x - shift) - corr) * rstd
-                else:
-                    xhat = x * rstd
-                if HAS_W:
-                    wdy = dy * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
-                else:
-                    wdy = dy
-                a1 += tl.where(m, xhat * wdy, 0.0)
-                a2 += wdy
-            tl.store(C12 + 2 * row, tl.reduce(a1, 0, tl.standard._sum_combine) / N)
-            tl.store(C12 + 2 * row + 1, tl.reduce(a2, 0, tl.standard._sum_combine) / N)
-        tl.debug_barrier()  # the row sums just stored are read back below, by other threads too
-        for start in range(0, N, BLOCK):
-            c = start + cols
-            m = c < N
-            if HAS_W:
-                w = tl.load(W + c, mask=m, other=0.0).to(tl.float32)
-            dw = tl.full([BLOCK], 0.0, tl.float32)
-            db = tl.full([BLOCK], 0.0, tl.float32)
-            for r in range(r0, r1):
-                row = tl.cast(r, tl.int64)
-                base = row * N
-                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
-                dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
-                if CENTER:
-                    rstd = tl.load(STATS + 2 * M + row)
-                    xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * rstd
-                else:
-                    rstd = tl.load(STATS + row)
-                    xhat = x * rstd
-                xhat = tl.where(m, xhat, 0.0)
-                if HAS_W:
-                    wdy = dy * w
-                else:
-                    wdy = dy
-                c1 = tl.load(C12 + 2 * row)
-                if CENTER:
-                    dx = (wdy - (xhat * c1 + tl.load(C12 + 2 * row + 1))) * rstd
-                else:
-                    dx = (wdy - xhat * c1) * rstd
-                if HAS_DS:
-                    dx += tl.load(DS + base + c, mask=m, other=0.0).to(tl.float32)
-                tl.store(DX + base + c, dx.to(DX.dtype.element_ty), mask=m)
-                if NEED_W:
-                    dw += dy * xhat
-                if NEED_B:
-                    db += dy
-            if NEED_W:
-                tl.store(DWP + pid.to(tl.int64) * N + c, dw, mask=m)
-            if NEED_B:
-                tl.store(DBP + pid.to(tl.int64) * N + c, db, mask=m)
+            db += dy
+    if NEED_W:
+        tl.store(DWP + pid.to(tl.int64) * N + cols, dw, mask=m)
+    if NEED_B:
+        tl.store(DBP + pid.to(tl.int64) * N + cols, db, mask=m)
 
 
-_made: dict[bool, tuple[Any, Any]] = {}
+def _bwd_sums(DY, SRC, W, STATS, C12, M, N,
+              BLOCK: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr):
+    """Wide rows, first pass, one program per row: ``c1 = mean(xhat * gamma * dy)``, ``c2 = mean(gamma * dy)``."""
+    row = tl.program_id(0).to(tl.int64)
+    base = row * N
+    cols = tl.arange(0, BLOCK)
+    if CENTER:
+        shift = tl.load(STATS + row)
+        corr = tl.load(STATS + M + row)
+        rstd = tl.load(STATS + 2 * M + row)
+    else:
+        rstd = tl.load(STATS + row)
+    a1 = tl.full([BLOCK], 0.0, tl.float32)
+    a2 = tl.full([BLOCK], 0.0, tl.float32)
+    for start in range(0, N, BLOCK):
+        c = start + cols
+        m = c < N
+        x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
+        if CENTER:
+            xhat = ((x - shift) - corr) * rstd
+        else:
+            xhat = x * rstd
+        if HAS_W:
+            wdy = dy * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+        else:
+            wdy = dy
+        a1 += tl.where(m, xhat * wdy, 0.0)
+        a2 += wdy
+    tl.store(C12 + 2 * row, tl.reduce(a1, 0, tl.standard._sum_combine) / N)
+    tl.store(C12 + 2 * row + 1, tl.reduce(a2, 0, tl.standard._sum_combine) / N)
+
+
+def _bwd_cols(DY, DS, SRC, W, STATS, C12, DX, DWP, DBP, M, N, rows_per,
+              BLOCK: tl.constexpr, CENTER: tl.constexpr, HAS_DS: tl.constexpr,
+              HAS_W: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr):
+    """Wide rows, second pass: program (g, j) computes ``dx`` in column block j of row group g, and the
+    group's partial sums of the parameters' gradients there (so the partial buffer has one row per group,
+    not per program, and the column blocks give the parallelism)."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = c < N
+    r0 = pid * rows_per
+    r1 = tl.minimum(r0 + rows_per, M)
+    if HAS_W:
+        w = tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+    dw = tl.full([BLOCK], 0.0, tl.float32)
+    db = tl.full([BLOCK], 0.0, tl.float32)
+    for r in range(r0, r1):
+        row = tl.cast(r, tl.int64)
+        base = row * N
+        x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + base + c, mask=m, other=0.0).to(tl.float32)
+        if CENTER:
+            rstd = tl.load(STATS + 2 * M + row)
+            xhat = ((x - tl.load(STATS + row)) - tl.load(STATS + M + row)) * rstd
+        else:
+            rstd = tl.load(STATS + row)
+            xhat = x * rstd
+        xhat = tl.where(m, xhat, 0.0)
+        if HAS_W:
+            wdy = dy * w
+        else:
+            wdy = dy
+        c1 = tl.load(C12 + 2 * row)
+        if CENTER:
+            dx = (wdy - (xhat * c1 + tl.load(C12 + 2 * row + 1))) * rstd
+        else:
+            dx = (wdy - xhat * c1) * rstd
+        if HAS_DS:
+            dx += tl.load(DS + base + c, mask=m, other=0.0).to(tl.float32)
+        tl.store(DX + base + c, dx.to(DX.dtype.element_ty), mask=m)
+        if NEED_W:
+            dw += dy * xhat
+        if NEED_B:
+            db += dy
+    if NEED_W:
+        tl.store(DWP + pid.to(tl.int64) * N + c, dw, mask=m)
+    if NEED_B:
+        tl.store(DBP + pid.to(tl.int64) * N + c, db, mask=m)
+
+
+_made: dict[bool, tuple[Any, ...]] = {}
 
 
 def interpreting() -> bool:
@@ -266,13 +280,14 @@ def interpreting() -> bool:
     return bool(triton is not None and triton.knobs.runtime.interpret)
 
 
-def _kernels() -> tuple[Any, Any]:
-    """The jitted kernels, made once per interpreter setting (``triton.jit`` reads it when it decorates)."""
+def _kernels() -> tuple[Any, ...]:
+    """The jitted kernels (fwd, bwd, bwd_sums, bwd_cols), made once per interpreter setting (``triton.jit``
+    reads it when it decorates)."""
     if triton is None:
         raise RuntimeError("normlab's triton kernels need triton: pip install 'normlab[gpu]' (or pip install triton)")
     key = interpreting()
     if key not in _made:
-        _made[key] = (triton.jit(_fwd), triton.jit(_bwd))
+        _made[key] = tuple(triton.jit(k) for k in (_fwd, _bwd, _bwd_sums, _bwd_cols))
     return _made[key]
 
 
@@ -318,7 +333,7 @@ def forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Ten
     ``block_cap`` lowers the register-held width (tests use it to reach the looped kernel cheaply).
     """
     _check(x)
-    fwd, _ = _kernels()
+    fwd = _kernels()[0]
     M, N = x.shape
     single, block, warps = launch_config("fwd", N, block_cap)
     y = torch.empty_like(x)
@@ -347,13 +362,18 @@ def backward(dy: Tensor, dsum: Tensor | None, src: Tensor, weight: Tensor | None
 
     ``src`` is the normalized input (``x``, or the sum ``x + residual``), ``dsum`` the gradient reaching
     the sum output (added into ``dx``, which is then the gradient of both addends).  All ``(M, N)``
-    tensors contiguous.  ``programs`` fixes how many programs share the rows (default: 4 per SM).
+    tensors contiguous.  Rows held in registers: ``programs`` programs share the rows (default: 4 per SM),
+    each writing one row of partial sums.  Wider rows: a first kernel takes the two row sums of each row, a
+    second one ``dx`` and the partial sums per (row group, column block), ``programs`` row groups (default:
+    4 per SM divided by the column blocks), so the partial buffer stays small next to the input.
     """
     _check(src)
-    _, bwd = _kernels()
+    _, bwd, sums, cols = _kernels()
     M, N = src.shape
     single, block, warps = launch_config("bwd", N, block_cap)
-    G = _programs(src, M) if programs is None else max(1, min(M, programs))
+    want = _programs(src, M) if programs is None else programs
+    blocks = 1 if single else -(-N // block)
+    G = max(1, min(M, want if single or programs is not None else -(-want // blocks)))  # row groups
     rows_per = -(-M // G)
     G = -(-M // rows_per)
     dx = torch.empty_like(src)
@@ -361,12 +381,18 @@ def backward(dy: Tensor, dsum: Tensor | None, src: Tensor, weight: Tensor | None
     need_weight = need_weight and weight is not None
     dwp = torch.empty((G, N), dtype=torch.float32, device=dev) if need_weight else stats
     dbp = torch.empty((G, N), dtype=torch.float32, device=dev) if need_bias else stats
-    c12 = stats if single else torch.empty((M, 2), dtype=torch.float32, device=dev)
+    ds = dsum if dsum is not None else dy
+    w = weight if weight is not None else src
+    flags = dict(CENTER=center, HAS_W=weight is not None, num_warps=warps, enable_fp_fusion=FP_FUSION)
     with _device(src):
-        bwd[(G,)](dy, dsum if dsum is not None else dy, src, weight if weight is not None else src, stats, dx,
-                  dwp, dbp, c12, M, N, rows_per,
-                  BLOCK=block, SINGLE=single, CENTER=center, HAS_DS=dsum is not None, HAS_W=weight is not None,
-                  NEED_W=need_weight, NEED_B=need_bias, num_warps=warps, enable_fp_fusion=FP_FUSION)
+        if single:
+            bwd[(G,)](dy, ds, src, w, stats, dx, dwp, dbp, M, N, rows_per, BLOCK=block, HAS_DS=dsum is not None,
+                      NEED_W=need_weight, NEED_B=need_bias, **flags)
+        else:
+            c12 = torch.empty((M, 2), dtype=torch.float32, device=dev)
+            sums[(M,)](dy, src, w, stats, c12, M, N, BLOCK=block, **flags)
+            cols[(G, blocks)](dy, ds, src, w, stats, c12, dx, dwp, dbp, M, N, rows_per, BLOCK=block,
+                              HAS_DS=dsum is not None, NEED_W=need_weight, NEED_B=need_bias, **flags)
     return dx, (dwp.sum(0) if need_weight else None), (dbp.sum(0) if need_bias else None)
 
 
@@ -375,37 +401,44 @@ _PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 
 def compile_for(pass_: str, N: int, dtype: torch.dtype = torch.bfloat16, *, center: bool = True, fused: bool = False,
                 affine: bool = True, arch: int = 90, block_cap: int | None = None):
-    """Compile the kernel a call on rows of ``N`` would launch, for CUDA compute capability ``arch``
-    (90: H100), without a GPU (triton's compiler and ptxas run on the host): the compiled kernel,
-    whose ``asm`` holds its PTX and cubin.  A check that the compiled (not interpreted) kernels build."""
+    """Compile the kernels a pass on rows of ``N`` launches, for CUDA compute capability ``arch`` (90:
+    H100), without a GPU (triton's compiler and ptxas run on the host): a list of compiled kernels,
+    whose ``asm`` holds their PTX and cubin.  A check that the compiled (not interpreted) kernels build."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fwd, bwd = _kernels() if not interpreting() else _compiled_kernels()
+    fwd, bwd, sums, cols = _kernels() if not interpreting() else _compiled_kernels()
     single, block, warps = launch_config(pass_, N, block_cap)
-    p, f32 = _PTR[dtype], "*fp32"
+    p, f32, i32 = _PTR[dtype], "*fp32", "i32"
     if pass_ == "fwd":
-        sig = {"X": p, "R": p, "Y": p, "S": p, "W": p, "B": p, "STATS": f32, "M": "i32", "N": "i32", "eps": "fp32"}
-        const = {"BLOCK": block, "SINGLE": single, "CENTER": center, "HAS_RES": fused, "HAS_W": affine,
-                 "HAS_B": affine and center}
-        fn = fwd
+        launches = [(fwd, {"X": p, "R": p, "Y": p, "S": p, "W": p, "B": p, "STATS": f32, "M": i32, "N": i32,
+                           "eps": "fp32"},
+                     {"SINGLE": single, "HAS_RES": fused, "HAS_W": affine, "HAS_B": affine and center})]
     else:
-        sig = {"DY": p, "DS": p, "SRC": p, "W": p, "STATS": f32, "DX": p, "DWP": f32, "DBP": f32, "C12": f32,
-               "M": "i32", "N": "i32", "rows_per": "i32"}
-        const = {"BLOCK": block, "SINGLE": single, "CENTER": center, "HAS_DS": fused, "HAS_W": affine,
-                 "NEED_W": affine, "NEED_B": affine and center}
-        fn = bwd
-    sig.update({k: "constexpr" for k in const})
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": warps, "enable_fp_fusion": FP_FUSION})
+        grads = {"HAS_DS": fused, "HAS_W": affine, "NEED_W": affine, "NEED_B": affine and center}
+        rest = {"DX": p, "DWP": f32, "DBP": f32, "M": i32, "N": i32, "rows_per": i32}
+        if single:
+            launches = [(bwd, {"DY": p, "DS": p, "SRC": p, "W": p, "STATS": f32, **rest}, grads)]
+        else:
+            launches = [(sums, {"DY": p, "SRC": p, "W": p, "STATS": f32, "C12": f32, "M": i32, "N": i32},
+                         {"HAS_W": affine}),
+                        (cols, {"DY": p, "DS": p, "SRC": p, "W": p, "STATS": f32, "C12": f32, **rest}, grads)]
+    out = []
+    for fn, sig, const in launches:
+        const = {"BLOCK": block, "CENTER": center, **const}
+        sig = {**sig, **{k: "constexpr" for k in const}}
+        out.append(triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": warps, "enable_fp_fusion": FP_FUSION}))
+    return out
 
 
-def _compiled_kernels() -> tuple[Any, Any]:
+def _compiled_kernels() -> tuple[Any, ...]:
     """The kernels as ``triton.jit`` makes them outside the interpreter (for :func:`compile_for` under it)."""
     from triton.runtime.jit import JITFunction
 
     if False not in _made:
-        _made[False] = (JITFunction(_fwd), JITFunction(_bwd))
+        _made[False] = tuple(JITFunction(k) for k in (_fwd, _bwd, _bwd_sums, _bwd_cols))
     return _made[False]
 
 
