@@ -424,8 +424,8 @@ def compile_for(pass_: str, N: int, dtype: torch.dtype = torch.bfloat16, *, cent
                          {"HAS_W": affine}),
                         (cols, {"DY": p, "DS": p, "SRC": p, "W": p, "STATS": f32, "C12": f32, **rest}, grads)]
     out = []
-    for fn, sig, const in launches:
-        const = {"BLOCK": block, "CENTER": center, **const}
+    for fn, sig, flags in launches:
+        const: dict[str, int | bool] = {"BLOCK": block, "CENTER": center, **flags}
         sig = {**sig, **{k: "constexpr" for k in const}}
         out.append(triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
                                   target=GPUTarget("cuda", arch, 32),
