@@ -2,13 +2,14 @@
 
 Rows of ``N`` elements, any ``N`` from 1 up: a row that fits in one block of at most
 :data:`FWD_BLOCK_CAP` (forward) / :data:`BWD_BLOCK_CAP` (backward) elements is held in registers
-(each element loaded and stored once); a wider row is walked in column blocks (the forward reads it
-two or three times, the backward twice), so no width falls outside the kernels.
+(each element loaded and stored once); a wider row is walked in column blocks (the forward and the
+backward read it twice), so no width falls outside the kernels.
 
 The statistics are float32 for float32, bfloat16 and float16 inputs, computed as the reference in
 :mod:`normlab.functional` computes them (corrected two-pass: ``shift = mean(x)``,
 ``corr = mean(x - shift)``, ``var = mean((x - shift)^2) - corr^2``), so rows with a large mean and a
-small spread (mean 1e4, std 1e-2) keep their digits.  The forward saves ``(shift, corr, rstd)`` per
+small spread (mean 1e4, std 1e-2) keep their digits; a wide row's blocks are merged by Chan, Golub &
+LeVeque's pairwise update, relative to the row's first element (``shift``).  The forward saves ``(shift, corr, rstd)`` per
 row (``rstd`` alone for RMSNorm); the backward recomputes ``xhat`` from them.
 
 The backward computes ``dx`` per row and the gradients of the affine parameters as per-program
@@ -88,9 +89,17 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
         if HAS_B:
             y = y + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=m)
-    else:  # a wide row, in column blocks: the sums first, then the outputs
+    else:  # a wide row: one pass for the statistics, one for the outputs
         SRC = S if HAS_RES else X
-        acc = tl.full([BLOCK], 0.0, tl.float32)
+        if CENTER:  # relative to the row's first element K, merged block by block (Chan, Golub & LeVeque)
+            K = tl.load(X + base).to(tl.float32)
+            if HAS_RES:  # the first element of the rounded sum, as the blocks below compute it
+                K = (K + tl.load(R + base).to(tl.float32)).to(S.dtype.element_ty).to(tl.float32)
+            n = 0.0
+            mean = 0.0  # of x - K over the blocks so far
+            m2 = 0.0  # their sum of squared deviations from that mean
+        else:
+            acc = tl.full([BLOCK], 0.0, tl.float32)
         for start in range(0, N, BLOCK):
             c = start + cols
             m = c < N
@@ -99,26 +108,26 @@ def _fwd(X, R, Y, S, W, B, STATS, M, N, eps,
                 s = (x + tl.load(R + base + c, mask=m, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
                 tl.store(S + base + c, s, mask=m)
                 x = s.to(tl.float32)
-            if CENTER:
-                acc += x
+            if CENTER:  # the block's mean and squared deviations by the corrected two-pass, in registers
+                nb = tl.minimum(N - start, BLOCK).to(tl.float32)
+                yb = tl.where(m, x - K, 0.0)
+                mb = tl.reduce(yb, 0, tl.standard._sum_combine) / nb
+                d = tl.where(m, yb - mb, 0.0)
+                cb = tl.reduce(d, 0, tl.standard._sum_combine) / nb
+                m2b = tl.maximum(tl.reduce(d * d, 0, tl.standard._sum_combine) - nb * cb * cb, 0.0)
+                delta = (mb + cb) - mean
+                total = n + nb
+                mean = mean + delta * (nb / total)
+                m2 = m2 + m2b + delta * delta * (n * nb / total)
+                n = total
             else:
                 acc += x * x
         if HAS_RES:
             tl.debug_barrier()  # the sums just stored are read back below, by other threads too
         if CENTER:
-            shift = tl.reduce(acc, 0, tl.standard._sum_combine) / N
-            a1 = tl.full([BLOCK], 0.0, tl.float32)
-            a2 = tl.full([BLOCK], 0.0, tl.float32)
-            for start in range(0, N, BLOCK):
-                c = start + cols
-                m = c < N
-                x = tl.load(SRC + base + c, mask=m, other=0.0).to(tl.float32)
-                d = tl.where(m, x - shift, 0.0)
-                a1 += d
-                a2 += d * d
-            corr = tl.reduce(a1, 0, tl.standard._sum_combine) / N
-            var = tl.maximum(tl.reduce(a2, 0, tl.standard._sum_combine) / N - corr * corr, 0.0)
-            rstd = 1.0 / tl.sqrt(var + eps)
+            shift = K
+            corr = mean
+            rstd = 1.0 / tl.sqrt(m2 / N + eps)
             tl.store(STATS + row, shift)
             tl.store(STATS + M + row, corr)
             tl.store(STATS + 2 * M + row, rstd)
