@@ -421,6 +421,31 @@ def test_layers_route_through_triton_and_match_the_reference(any_device, dtype):
             _close(a, c, TOL[dtype], f"{name} grad")
 
 
+def test_compiled_layer_and_add_norm_keep_the_triton_op(any_device):
+    """torch.compile(fullgraph=True) through the layers' dispatch in mode triton: no graph break, the op
+    in the graph, the reference's values (forward and gradients)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    ln = nl.RMSNorm(32, zero_centered_gamma=True)
+    x, r = torch.randn(2, 3, 32, requires_grad=True), torch.randn(2, 3, 32)
+    fn = torch.compile(lambda x, r: nl.add_norm(x, r, ln)[0] + ln(x), fullgraph=True, backend=backend)
+    with nl.kernels.use("triton"):
+        out = fn(x, r)
+    with nl.kernels.use("reference"):
+        want = nl.add_norm(x, r, ln)[0] + ln(x)
+    _close(out, want, 2e-5, "compiled")
+    got = torch.autograd.grad(out.sum(), [x, ln.weight])
+    ref = torch.autograd.grad(want.sum(), [x, ln.weight])
+    for a, c in zip(got, ref):
+        _close(a, c, 2e-5, "compiled grad")
+    calls = [line for line in graphs[0].splitlines() if "target=torch.ops.normlab.triton_rows_fwd" in line]
+    assert len(graphs) == 1 and len(calls) == 2, graphs
+
+
 def test_layer_calls_the_triton_op(any_device, monkeypatch):
     """The layer's forward and add_norm reach the custom op (not a look-alike path with the same numbers)."""
     seen = []
