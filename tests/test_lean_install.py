@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-EXTRAS_ONLY = ["sklearn", "scipy", "mnist1d", "requests", "matplotlib", "rich", "ray", "grpc"]
+EXTRAS_ONLY = ["sklearn", "scipy", "mnist1d", "requests", "matplotlib", "rich", "ray", "grpc", "triton", "liger_kernel"]
 EXTRA_DISTS = ["scikit_learn", "mpl_toolkits", "grpcio"]  # distribution or package names of the same
 
 
@@ -116,7 +116,7 @@ def test_the_core_dependencies_are_the_lean_ones():
     # the lock installs everything (the README's commands): every extra's packages are pinned there
     lock = {line.split("==")[0].lower().replace("_", "-") for line in
             (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
-    for extra in ("suite", "ray", "docs", "test"):
+    for extra in ("suite", "ray", "docs", "test", "gpu"):
         for dep in extras[extra]:
             name = dep.split(">")[0].split("=")[0].split("[")[0].lower()
             assert name in lock, f"{name} (normlab[{extra}]) is not pinned in requirements.lock"

@@ -45,9 +45,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """``normlab bench --device cuda``: the GPU bench (normlab.bench_gpu), with the options both benches share."""
+    from . import bench_gpu
+
+    given = (("--cases", args.cases is not None), ("--dtypes", args.dtypes != "float32,bfloat16"),
+             ("--fresh-pages", args.fresh_pages), ("--threads", args.threads is not None),
+             ("--processes", args.processes != 1), ("--side-by-side", args.side_by_side))
+    cpu_only = [flag for flag, yes in given if yes]
+    if cpu_only:
+        return _fail("bench", f"{', '.join(cpu_only)} apply to the CPU bench; with --device cuda give --quick, "
+                              "--no-compile, --repeats, --json (every option: python -m normlab.bench_gpu --help)")
+    argv = ["--ns", "4096", "65536", "--rounds", "1"] if args.quick else []
+    argv += ["--no-compile"] if args.no_compile else []
+    argv += ["--reps", str(args.repeats)] if args.repeats else []
+    argv += ["--json", args.json] if args.json else []
+    return bench_gpu.main(argv)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    if args.device == "cuda":
+        return _cmd_bench_gpu(args)
     if args.json:
         parent = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
@@ -657,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as it is (the way a user times them)")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     b.add_argument("--silent", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the GPU bench of the triton kernels (bandwidth against torch, torch.compile, "
+                        "Liger-Kernel and x.clone(); see docs/gpu.md)")
     b.set_defaults(func=_cmd_bench)
 
     lst = sub.add_parser("list", help="the claims and how many of their runs have records",

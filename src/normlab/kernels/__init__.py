@@ -19,6 +19,10 @@ fastest implementation of exactly those semantics (precision included):
   float32 Welford statistics.  On float32 rows with a large mean and a small
   spread (mean 1e4, std 1e-2) torch's kernels are off by ~0.1 normalized
   units, so float32 never takes them unless asked (``native`` mode).
+- ``triton:rows`` (opt-in, mode ``triton``): triton kernels for CUDA inputs of LayerNorm and
+  RMSNorm over the last dim, affine or not, fused add + norm (:func:`normlab.add_norm`), float32 /
+  bf16 / fp16 with float32 statistics (``triton_rows.py``, ``triton_ops.py``).  Tested in triton's
+  interpreter on CPU; no GPU has run them yet, so no default mode takes them (see ``docs/gpu.md``).
 - ``reference``: :mod:`normlab.functional`, for everything else (masked
   GroupNorm/InstanceNorm, arbitrary dims, SyncBatchNorm across processes,
   tensors on devices without a fast path, empty tensors).
@@ -52,17 +56,19 @@ streaming stores (:func:`streaming_stores`; the same bits either way).
 order above), ``reference`` (only the reference), ``native`` (torch's
 kernels wherever the configuration is theirs, any dtype, then the
 reference), ``cpp`` (normlab's kernels where they apply, then the
-reference).  :func:`use` sets it for a block of code, in the thread that runs the block (each thread
+reference), ``triton`` (the triton kernels where they apply, else as ``auto``).
+:func:`use` sets it for a block of code, in the thread that runs the block (each thread
 starts in the default mode).
 """
 
 from __future__ import annotations
 
-from . import build, ops
+from . import build, ops, triton_ops
 from .call import Call, Running
-from .choose import choose, cpp_available, eager, implementation
+from .choose import choose, cpp_available, eager, implementation, triton_applies
 from .mode import MODES, mode, use, use_reference
-from .run import run, run_add_norm, run_planned, streaming_stores
+from .run import run, run_add_norm, run_add_norm_triton, run_planned, streaming_stores
 
 __all__ = ["MODES", "mode", "use", "use_reference", "implementation", "cpp_available", "streaming_stores",
-           "Call", "Running", "choose", "eager", "run", "run_planned", "run_add_norm", "build", "ops"]
+           "Call", "Running", "choose", "eager", "run", "run_planned", "run_add_norm", "run_add_norm_triton",
+           "triton_applies", "build", "ops", "triton_ops"]

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
-from . import build
+from . import build, triton_ops
 from . import mode as _mode
 from .call import Call
 from .mode import mode
 
-__all__ = ["cpp_available", "choose", "implementation", "eager", "prod", "Layout"]
+__all__ = ["cpp_available", "choose", "implementation", "eager", "prod", "Layout", "triton_applies"]
 
 #: ``("rows", R, L, groups, seg)``, ``("chfirst", N, C, S)``, ``("batch", N, C, S)``, ``("batch-cols", M, C, permuted)``
 Layout = tuple
@@ -131,6 +131,26 @@ def layout(call: Call, x: Tensor, mask: Tensor | None) -> Layout | None:
     return ("batch", x.shape[0], x.shape[1], spatial)
 
 
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_applies(call: Call, x: Tensor, mask: Tensor | None, device_type: str | None = None) -> bool:
+    """Whether the triton row kernels compute this call exactly: a LayerNorm or RMSNorm over the last
+    dim (affine over it or none, batch statistics, no mask) of a non-empty float32/bf16/fp16 input on
+    ``device_type`` (default: ``x``'s) CUDA, where triton imports.  Tests pass ``device_type="cuda"``
+    with CPU tensors to check the decision on a machine without a GPU.
+    """
+    if (device_type or x.device.type) != "cuda" or x.dtype not in _TRITON_DTYPES or x.numel() == 0:
+        return False
+    last = x.ndim - 1
+    if mask is not None or call.groups is not None or not call.batch_stats or call.running is not None \
+            or call.rdims != (last,) or (call.affine and call.pdims != (last,)):
+        return False
+    if torch.jit.is_tracing() or (not torch.compiler.is_compiling() and transformed()):
+        return False  # the custom ops have no batching rules or forward derivatives, and jit.trace cannot save them
+    return triton_ops.known_available() if torch.compiler.is_compiling() else triton_ops.available()
+
+
 def native_name(call: Call, x: Tensor, mask: Tensor | None) -> str | None:
     """The torch kernel whose configuration is exactly this call's, if any."""
     if mask is not None:
@@ -156,11 +176,16 @@ def native_name(call: Call, x: Tensor, mask: Tensor | None) -> str | None:
 
 
 def choose(call: Call | None, x: Tensor, mask: Tensor | None = None) -> tuple[str, Layout | None]:
-    """The path of this call in the mode in force: ``("cpp:<family>", layout)``, ``("native:<op>", None)``
-    or ``("reference", None)`` (also for ``call=None``: a layer that allows no fast path)."""
+    """The path of this call in the mode in force: ``("cpp:<family>", layout)``, ``("native:<op>", None)``,
+    ``("triton:rows", None)`` or ``("reference", None)`` (also for ``call=None``: a layer that allows no fast
+    path).  Mode ``triton`` takes the triton kernels where :func:`triton_applies`, else the ``auto`` choice."""
     m = mode()
     if m == "reference" or call is None:
         return "reference", None
+    if m == "triton":
+        if triton_applies(call, x, mask):
+            return "triton:rows", None
+        m = "auto"
     if m in ("auto", "cpp") and _cpp_ready(x):
         lay = layout(call, x, mask)
         if lay is not None:
@@ -173,7 +198,8 @@ def choose(call: Call | None, x: Tensor, mask: Tensor | None = None) -> tuple[st
 
 
 def implementation(layer, x: Tensor, mask: Tensor | None = None) -> str:
-    """The implementation ``layer(x, mask=mask)`` would use now: ``"cpp:..."``, ``"native:..."`` or ``"reference"``.
+    """The implementation ``layer(x, mask=mask)`` would use now: ``"cpp:..."``, ``"native:..."``, ``"triton:rows"``
+    or ``"reference"``.
 
     ``layer`` is a normlab normalization layer: it describes its call (``layer.kernel_call``, which
     validates the input as its forward does) and this says which path that call takes.

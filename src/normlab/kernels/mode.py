@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 __all__ = ["MODES", "mode", "use", "use_reference"]
 
-MODES = ("auto", "reference", "native", "cpp")
+MODES = ("auto", "reference", "native", "cpp", "triton")
 
 
 def _env_mode() -> str:
@@ -19,7 +19,16 @@ def _env_mode() -> str:
     return m
 
 
+def _probe(m: str) -> None:
+    """Entering mode ``triton``: ask now whether triton imports (compiled calls read the answer, see triton_ops)."""
+    if m == "triton":
+        from . import triton_ops
+
+        triton_ops.available()
+
+
 _default = _env_mode()
+_probe(_default)
 
 
 class _ThreadModes(threading.local):
@@ -43,6 +52,7 @@ def use(m: str) -> Iterator[None]:
     """Run a block with kernel mode ``m`` (one of :data:`MODES`), in the thread that runs it."""
     if m not in MODES:
         raise ValueError(f"kernel mode must be one of {', '.join(MODES)}, got {m!r}")
+    _probe(m)
     stack = _modes.stack
     stack.append(m)
     try:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
+from . import ops, triton_ops
 from .call import Call, Running
 from .choose import Layout, cpp_available, prod
 
-__all__ = ["run", "run_planned", "run_add_norm", "streaming_stores"]
+__all__ = ["run", "run_planned", "run_add_norm", "run_add_norm_triton", "streaming_stores"]
 
 Moments = tuple  # (mean, var, count) shaped as normlab.functional.moments's, or None
 
@@ -43,6 +43,8 @@ def run(name: str, lay: Layout | None, call: Call, x: Tensor, mask: Tensor | Non
     """
     if lay is not None:
         return _run_cpp(call, x, mask, weight, bias, eps, lay)
+    if name == "triton:rows":
+        return triton_ops.rows(x, _flat(weight), _flat(bias), eps, call.center)[0], None
     return _run_native(call, x, weight, bias, eps, name.split(":", 1)[1])
 
 
@@ -158,6 +160,14 @@ def run_add_norm(lay: Layout, x: Tensor, residual: Tensor, w: Tensor | None, b: 
     y, _, s = ops.rows(x2, w, b, eps=eps, center=center, residual=r2)
     assert s is not None
     return y.view(x.shape), s.view(x.shape)
+
+
+def run_add_norm_triton(x: Tensor, residual: Tensor, w: Tensor | None, b: Tensor | None, eps: float,
+                        center: bool) -> tuple[Tensor, Tensor]:
+    """``(norm(x + residual), x + residual)`` by the triton row kernels (``w``/``b`` of the last dim's size)."""
+    y, s = triton_ops.rows(x, _flat(w), _flat(b), eps, center, residual=residual)
+    assert s is not None  # a residual was given
+    return y, s
 
 
 @contextmanager

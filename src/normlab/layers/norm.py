@@ -616,11 +616,14 @@ class Norm(NoTorchScript, nn.Module):
         if self.num_groups is not None or self.track_running_stats:
             return None
         plan = self._plan(x)
-        if plan is None:  # compiling or tracing: validate on every call
+        if plan:
+            lay = plan[0]
+        else:  # no C++ plan, or not an eager CPU call (compiling, tracing, CUDA): validate on every call
             rdims, pdims = self._layout(x)
-            lay = kernels.choose(self._describe(rdims, pdims), x)[1]
-        else:
-            lay = plan[0] if plan else None
+            name, lay = kernels.choose(self._describe(rdims, pdims), x)
+            if name == "triton:rows":
+                w, b, eps = self._call_params(x)
+                return kernels.run_add_norm_triton(x, residual, w, b, eps, self.center)
         if lay is None or lay[0] != "rows" or lay[3] != 1 or lay[4] != 1:
             return None
         w, b, eps = self._call_params(x)
